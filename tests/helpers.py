@@ -1,0 +1,70 @@
+"""Small datasets written to temporary folders for the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TOML = """name = "tiny"
+title = "Tiny test dataset"
+provenance = "simulated"
+citation = "test fixture"
+effect_measure = "SMD"
+
+[outcomes.BMD]
+label = "Bone mineral density"
+unit = "g/cm2"
+direction = 1
+
+[outcomes.Tb_Sp]
+label = "Trabecular separation"
+unit = "um"
+direction = -1
+
+[moderators.species]
+type = "categorical"
+reference = "rat"
+levels = ["rat", "mouse"]
+
+[moderators.duration_weeks]
+type = "numeric"
+"""
+
+STUDIES = """study,species,duration_weeks,rob_sequence_generation
+A2020,rat,8,low
+B2021,mouse,4,unclear
+C2022,rat,12,high
+"""
+
+ARMS = """study,arm,role,outcome,mean,sd,sem,n,control_arm
+A2020,sham,sham,BMD,0.30,0.03,,8,
+A2020,ovx,control,BMD,0.22,0.03,,8,
+A2020,ev,treatment,BMD,0.26,0.03,,8,ovx
+A2020,ovx,control,Tb_Sp,400,60,,8,
+A2020,ev,treatment,Tb_Sp,330,55,,8,ovx
+B2021,ovx,control,BMD,0.20,,0.01,6,
+B2021,ev_low,treatment,BMD,0.23,,0.012,6,ovx
+B2021,ev_high,treatment,BMD,0.25,,0.011,7,ovx
+C2022,ovx,control,BMD,0.21,0.04,,10,
+C2022,ev,treatment,BMD,0.24,0.04,,10,
+"""
+
+
+def write_dataset(root: Path, *, toml: str = TOML, studies: str = STUDIES, arms: str | None = ARMS,
+                  effects: str | None = None) -> Path:
+    """Write a dataset folder under ``root`` from the given file texts and return its path."""
+    path = root / "tiny"
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dataset.toml").write_text(toml, encoding="utf-8")
+    (path / "studies.csv").write_text(studies, encoding="utf-8")
+    if arms is not None:
+        (path / "arms.csv").write_text(arms, encoding="utf-8")
+    if effects is not None:
+        (path / "effects.csv").write_text(effects, encoding="utf-8")
+    return path
+
+
+def replace_line(text: str, line: int, new: str) -> str:
+    """Replace 1-based ``line`` of a CSV text."""
+    lines = text.splitlines()
+    lines[line - 1] = new
+    return "\n".join(lines) + "\n"
