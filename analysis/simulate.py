@@ -32,6 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis import simulate_design as D
+from analysis.atomic import write_text_atomic
 from analysis.simulate_design import DEFAULT_SEED
 
 __all__ = ["DEFAULT_SEED", "SimulatedDataset", "simulate_dataset", "write_dataset"]
@@ -209,7 +210,10 @@ def _matrix(mat: np.ndarray) -> dict:
     return {"outcomes": list(D.OUTCOMES), "matrix": [[_r6(v) for v in row] for row in mat]}
 
 
-def _truth(seed, design, delta, contrib, mod_info, arm_effects, selection) -> dict:  # noqa: ANN001
+def _truth(
+    seed: int, design: list[dict], delta: np.ndarray, contrib: np.ndarray, mod_info: dict,
+    arm_effects: dict, selection: dict,
+) -> dict:
     """Assemble truth.json (plain Python types only)."""
     var_mod = float(np.mean(contrib**2))
     tau_r = np.array([D.TAU_RESIDUAL[k] for k in D.OUTCOMES])
@@ -290,20 +294,6 @@ def _serialise(sim: SimulatedDataset) -> dict[str, str]:
     }
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _swap_into_place(staging: Path, out_dir: Path) -> None:
     """Rename the finished ``staging`` folder to ``out_dir``, replacing an existing one safely."""
     if not out_dir.exists():
@@ -355,7 +345,7 @@ def write_dataset(sim: SimulatedDataset, out_dir: Path, *, overwrite: bool = Fal
     staging.mkdir()
     try:
         for name in FILES:
-            _write_text_atomic(staging / name, texts[name])
+            write_text_atomic(staging / name, texts[name])
         _swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

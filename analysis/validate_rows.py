@@ -14,8 +14,8 @@ ARMS_REQUIRED = ("study", "arm", "role", "outcome", "mean", "n")
 EFFECTS_REQUIRED = ("study", "outcome", "yi")
 #: |g| above which a comparison is flagged as suspicious (metafor's escalc check uses the same idea).
 LARGE_G = 2.0
-#: Coefficient of variation below which a dispersion reported as SD looks like an SEM.
-SEM_SIZED_CV = 0.1
+#: An arm whose CV is below this fraction of the outcome's median CV has SEM-sized dispersion.
+SEM_SIZED_CV_RATIO = 0.5
 
 
 def _missing_columns(frame: pd.DataFrame, file: str, required: tuple[str, ...]) -> list[Problem]:
@@ -144,26 +144,32 @@ def suspicious_arms(arms: pd.DataFrame) -> list[Problem]:
     """Warnings for legal but suspicious arm summaries (run only on rows that passed the checks).
 
     * SD larger than a positive mean (implausible for a positive bone measure);
-    * |g| > 2 while the dispersion given as SD is SEM-sized (coefficient of variation < 10%
-      in both arms): the "SD" may be an SEM, which inflates g by about sqrt(n).
+    * |g| > 2 while both arms' "SD"s are SEM-sized: their coefficient of variation is below
+      half the median CV of the same outcome across the dataset (an SEM is SD/sqrt(n), i.e.
+      2-3 times smaller at n = 4-10). Such an SD may be an SEM, which inflates g by sqrt(n).
+      Needs at least three studies reporting the outcome.
     """
     sd = _sd_column(arms)
+    mean = numeric_cells(arms, "mean")
     problems = [
         Problem("warning", ARMS_NAME, csv_line(idx), "sd" if arms.at[idx, "sd"] else "sem",
-                f"SD ({sd[idx]:.4g}) larger than the positive mean ({float(arms.at[idx, 'mean']):.4g})")
-        for idx in arms.index
-        if float(arms.at[idx, "mean"]) > 0 and sd[idx] > float(arms.at[idx, "mean"])
+                f"SD ({sd[idx]:.4g}) larger than the positive mean ({mean[i]:.4g})")
+        for i, idx in enumerate(arms.index)
+        if mean[i] > 0 and sd[idx] > mean[i]
     ]
+    cv = pd.Series(np.where(mean != 0, sd.to_numpy() / np.abs(np.where(mean != 0, mean, 1.0)), np.inf), index=arms.index)
     for idx, row in arms[arms["role"] == "treatment"].iterrows():
+        same_outcome = arms["outcome"] == row["outcome"]
         ctrl = _control_index(arms, row)
-        if ctrl is None:
+        if ctrl is None or arms.loc[same_outcome, "study"].nunique() < 3:
             continue
-        g, _ = hedges_g(float(row["mean"]), sd[idx], int(float(row["n"])), float(arms.at[ctrl, "mean"]), sd[ctrl], int(float(arms.at[ctrl, "n"])))
-        cv = [sd[i] / abs(float(arms.at[i, "mean"])) if float(arms.at[i, "mean"]) else np.inf for i in (idx, ctrl)]
-        reported_sd = row.get("sd", "") != "" and arms.at[ctrl, "sd"] != ""
-        if abs(g) > LARGE_G and reported_sd and max(cv) < SEM_SIZED_CV:
-            problems.append(Problem("warning", ARMS_NAME, csv_line(idx), "sd",
-                                    f"|g| = {abs(float(g)):.2f} > {LARGE_G:g} with SEM-sized SDs (CV < {SEM_SIZED_CV:.0%}): check the SD is not an SEM"))
+        g, _ = hedges_g(mean[arms.index.get_loc(idx)], sd[idx], int(float(row["n"])),
+                        mean[arms.index.get_loc(ctrl)], sd[ctrl], int(float(arms.at[ctrl, "n"])))
+        threshold = SEM_SIZED_CV_RATIO * float(np.median(cv[same_outcome]))
+        if abs(g) > LARGE_G and max(cv[idx], cv[ctrl]) < threshold:
+            problems.append(Problem("warning", ARMS_NAME, csv_line(idx), "sd" if row.get("sd", "") else "sem",
+                                    f"|g| = {abs(float(g)):.2f} > {LARGE_G:g} with SEM-sized dispersion (CV below half the "
+                                    f"outcome's median CV {threshold / SEM_SIZED_CV_RATIO:.3g}): check the SD is not an SEM"))
     return problems
 
 
