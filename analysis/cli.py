@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from analysis.atomic import write_text_atomic
-from analysis.config import DEFAULT_DATASET
+from analysis.config import DEFAULT_DATASET, REPORTS_DIR
 from analysis.problems import DatasetError, Problem, errors
+from models.priors import PriorSpec
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NOT_CONVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -72,6 +74,103 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _prior(text: str) -> PriorSpec:
+    try:
+        return PriorSpec.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _progress(message: str) -> None:
+    print(f"[evmeta {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """``evmeta fit DATASET --outcome ID | --all``: fit, print the report, write JSON/figures/posteriors."""
+    from analysis.dataset import load_dataset
+    from analysis.effects import compute_effects
+    from analysis.fit import PriorSet, SamplerSettings, fit_random_effects
+    from analysis.report import write_fit_outputs
+
+    priors = PriorSet(mu=args.mu_prior, tau=args.tau_prior)
+    sampler = SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains)
+    dataset = load_dataset(args.dataset)
+    _print_problems(dataset.warnings)
+    table = compute_effects(dataset)
+    outcomes = list(dataset.outcomes) if args.all else [args.outcome]
+    results = []
+    for i, outcome in enumerate(outcomes, start=1):
+        if len(outcomes) > 1 or args.engine == "nuts":
+            _progress(f"[{i}/{len(outcomes)}] {outcome}: {args.engine} fit")
+        try:
+            results.append(fit_random_effects(dataset, outcome, engine=args.engine, priors=priors, seed=args.seed,
+                                              sampler=sampler, table=table, progressbar=sys.stderr.isatty()))
+        except ValueError as exc:
+            if not args.all:
+                raise
+            _progress(f"{outcome}: skipped ({exc})")
+    for result in results:
+        print(result, end="\n\n")
+    for path in write_fit_outputs(results, json_path=args.json, out_dir=args.out, all_outcomes=args.all):
+        print(f"wrote {path}")
+    failed = [r.outcome.id for r in results if not r.converged]
+    if failed:
+        print(f"evmeta: FAILED convergence gates: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``evmeta run [DATASET] [--out DIR]``: the whole analysis and its report."""
+    from analysis.fit import SamplerSettings
+    from analysis.pipeline import run_analysis
+    from analysis.report import write_run_report
+
+    started = time.perf_counter()
+    sampler = SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains)
+    run = run_analysis(args.dataset, seed=args.seed, sampler=sampler, progress=_progress, progressbar=sys.stderr.isatty())
+    _print_problems(run.dataset.warnings)
+    _progress(f"writing the report to {args.out}")
+    write_run_report(run, args.out, elapsed=time.perf_counter() - started)
+    _progress(f"done in {time.perf_counter() - started:.1f} s: {args.out / 'report.md'}")
+    if run.failed:
+        print(f"evmeta: FAILED convergence gates: {', '.join(run.failed)} (flagged at the top of the report)", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
+    return EXIT_OK
+
+
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the whole analysis of a dataset and its report")
+    p.add_argument("dataset", type=Path, nargs="?", default=DEFAULT_DATASET, help=f"default {DEFAULT_DATASET}")
+    p.add_argument("--out", type=Path, default=REPORTS_DIR, help=f"report folder (default {REPORTS_DIR})")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--tune", type=int, default=1000)
+    p.add_argument("--chains", type=int, default=4)
+    p.set_defaults(func=cmd_run)
+
+
+def _add_fit_parser(sub: argparse._SubParsersAction) -> None:
+    from models.priors import DEFAULT_MU_PRIOR, DEFAULT_TAU_PRIOR, PRIOR_FORMS
+
+    p = sub.add_parser("fit", help="fit the Bayesian random-effects model to one outcome or all outcomes")
+    p.add_argument("dataset", type=Path)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--outcome", help="outcome id declared in dataset.toml")
+    which.add_argument("--all", action="store_true", help="fit every outcome of the dataset")
+    p.add_argument("--model", choices=["random-effects"], default="random-effects")
+    p.add_argument("--engine", choices=["nuts", "exact"], default="nuts")
+    p.add_argument("--tau-prior", type=_prior, default=DEFAULT_TAU_PRIOR, help=f"default {DEFAULT_TAU_PRIOR}; forms: {PRIOR_FORMS}")
+    p.add_argument("--mu-prior", type=_prior, default=DEFAULT_MU_PRIOR, help=f"default {DEFAULT_MU_PRIOR}")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--tune", type=int, default=1000)
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--json", type=Path, default=None, help="write the summaries as JSON to this file")
+    p.add_argument("--out", type=Path, default=None, help="folder for figures, tables and NetCDF posteriors")
+    p.set_defaults(func=cmd_fit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``evmeta`` with all its subcommands."""
     from analysis.simulate import DEFAULT_SEED
@@ -90,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.set_defaults(func=cmd_simulate)
+    _add_fit_parser(sub)
+    _add_run_parser(sub)
     return parser
 
 

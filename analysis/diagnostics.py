@@ -53,7 +53,9 @@ class Diagnostics:
 
 
 def _worst(tree: xr.DataTree, *, var_names: Sequence[str], reduce: str) -> float:
-    values = [float(getattr(tree.posterior[v], reduce)()) for v in var_names]
+    """Largest (``reduce="max"``) or smallest value of a diagnostic over all variables and elements."""
+    node = tree["posterior"] if "posterior" in tree.children else tree
+    values = [float(getattr(node[v], reduce)()) for v in var_names]
     return max(values) if reduce == "max" else min(values)
 
 

@@ -21,9 +21,6 @@ Examples
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +29,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis import simulate_design as D
-from analysis.atomic import write_text_atomic
+from analysis.atomic import staged_directory, write_text_atomic
 from analysis.simulate_design import DEFAULT_SEED
 
 __all__ = ["DEFAULT_SEED", "SimulatedDataset", "simulate_dataset", "write_dataset"]
@@ -294,21 +291,6 @@ def _serialise(sim: SimulatedDataset) -> dict[str, str]:
     }
 
 
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename the finished ``staging`` folder to ``out_dir``, replacing an existing one safely."""
-    if not out_dir.exists():
-        os.rename(staging, out_dir)
-        return
-    backup = out_dir.with_name(f".{out_dir.name}.old-{secrets.token_hex(4)}")
-    os.rename(out_dir, backup)
-    try:
-        os.rename(staging, out_dir)
-    except BaseException:
-        os.rename(backup, out_dir)
-        raise
-    shutil.rmtree(backup)
-
-
 def write_dataset(sim: SimulatedDataset, out_dir: Path, *, overwrite: bool = False) -> Path:
     """Write a simulated dataset folder atomically.
 
@@ -341,13 +323,7 @@ def write_dataset(sim: SimulatedDataset, out_dir: Path, *, overwrite: bool = Fal
         raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace it")
     texts = _serialise(sim)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".{out_dir.name}.tmp-{secrets.token_hex(4)}")
-    staging.mkdir()
-    try:
+    with staged_directory(out_dir) as staging:
         for name in FILES:
             write_text_atomic(staging / name, texts[name])
-        _swap_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir

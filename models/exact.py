@@ -383,7 +383,7 @@ class ExactPosterior:
         if int(n) != n or n < 1:
             raise ValueError(f"n must be a positive integer, got {n}")
         n = int(n)
-        tau = self._grid.quantile(rng.random(n))
+        tau = self._grid.quantile(rng.random(n), polish=False)
         _, mean, cov = self.model.conditional(tau)
         beta = mean + np.einsum("nij,nj->ni", np.linalg.cholesky(cov), rng.standard_normal(mean.shape))
         y, v = self.model.yi, self.model.vi

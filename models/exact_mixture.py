@@ -19,6 +19,7 @@ __all__ = ["mixture_cdf", "mixture_moments", "mixture_pdf", "mixture_quantile", 
 _SQRT_2PI = np.sqrt(2.0 * np.pi)
 #: Half-width of the initial bracket of a mixture quantile, in component standard deviations.
 _BRACKET_SDS = 12.0
+_EPS4 = 4.0 * np.finfo(float).eps
 
 
 def solve_monotone(
@@ -33,8 +34,8 @@ def solve_monotone(
 ) -> np.ndarray:
     """Solve ``F(x) = target`` elementwise for a non-decreasing ``F`` on a bracket.
 
-    Safeguarded Newton: a Newton step is taken when it stays strictly inside the current
-    bracket, otherwise the bracket is bisected, so convergence is guaranteed whenever
+    Safeguarded Newton: a Newton step is taken when it stays inside the current bracket,
+    otherwise the bracket is bisected, so convergence is guaranteed whenever
     ``F(lo) <= target <= F(hi)``.
 
     Parameters
@@ -46,7 +47,8 @@ def solve_monotone(
     x0 : numpy.ndarray, optional
         Starting values (clipped into the bracket); the bracket midpoint by default.
     xtol : float
-        Relative tolerance on ``x``.
+        Relative tolerance on ``x``; an entry also stops once ``|F(x) - target|`` is at the
+        rounding level of ``F``.
     maxiter : int
         Iteration cap.
 
@@ -57,6 +59,7 @@ def solve_monotone(
     """
     target, lo, hi = (np.array(a, dtype=float) for a in np.broadcast_arrays(target, lo, hi))
     x = 0.5 * (lo + hi) if x0 is None else np.clip(np.broadcast_to(x0, lo.shape), lo, hi)
+    done = np.zeros(x.shape, dtype=bool)
     for _ in range(maxiter):
         value, slope = fun(x)
         resid = value - target
@@ -64,11 +67,12 @@ def solve_monotone(
         hi = np.where(resid >= 0.0, x, hi)
         with np.errstate(divide="ignore", invalid="ignore"):
             newton = x - resid / slope
-        inside = np.isfinite(newton) & (newton > lo) & (newton < hi)
+        inside = np.isfinite(newton) & (newton >= lo) & (newton <= hi)
         x_new = np.where(resid == 0.0, x, np.where(inside, newton, 0.5 * (lo + hi)))
         scale = xtol * (1.0 + np.abs(x_new))
-        done = (np.abs(x_new - x) <= scale) | (hi - lo <= scale)
-        x = x_new
+        noise = _EPS4 * np.maximum(np.abs(target), np.abs(value))  # rounding level of F
+        done |= (np.abs(x_new - x) <= scale) | (hi - lo <= scale) | (np.abs(resid) <= noise)
+        x = np.where(done, x, x_new)  # converged entries stay frozen
         if np.all(done):
             break
     return x

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from scipy.special import gammaln
 
+import analysis.atomic as atomic_mod
 import analysis.simulate as sim_mod
 from analysis.simulate import DEFAULT_SEED, SimulatedDataset, simulate_dataset, write_dataset
 
@@ -230,7 +231,7 @@ def test_failed_overwrite_keeps_the_old_dataset(tmp_path: Path, monkeypatch: pyt
             raise OSError("rename failed (simulated)")
         real_rename(src, dst)
 
-    monkeypatch.setattr(sim_mod.os, "rename", failing_rename)
+    monkeypatch.setattr(atomic_mod.os, "rename", failing_rename)
     with pytest.raises(OSError, match="rename failed"):
         write_dataset(simulate_dataset(2), out, overwrite=True)
     monkeypatch.undo()

@@ -1,0 +1,119 @@
+"""The report: writes fit outputs and the analysis report (``report.md``, figures, tables, manifest).
+
+Everything goes through the atomic writers of :mod:`analysis.outputs`, so an interrupted run
+leaves complete files or none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from analysis.atomic import staged_directory, write_text_atomic
+from analysis.config import INTERVAL_KIND
+from analysis.outputs import pooled_table, save_posterior, write_csv, write_figure, write_json
+from analysis.results import MetaAnalysisResult
+
+if TYPE_CHECKING:
+    from analysis.pipeline import RunResult
+
+
+def fits_json(results: Sequence[MetaAnalysisResult], *, all_outcomes: bool) -> dict:
+    """The JSON object of ``evmeta fit``: one fit's dict, or ``{dataset, fits: {outcome: dict}}``."""
+    if not all_outcomes and len(results) == 1:
+        return results[0].to_dict()
+    return {
+        "dataset": results[0].dataset if results else None,
+        "provenance": results[0].provenance if results else None,
+        "fits": {r.outcome.id: r.to_dict() for r in results},
+    }
+
+
+def write_fit_outputs(
+    results: Sequence[MetaAnalysisResult], *, json_path: Path | None, out_dir: Path | None, all_outcomes: bool
+) -> list[Path]:
+    """Write what ``evmeta fit`` produces and return the paths written.
+
+    Parameters
+    ----------
+    results : sequence of MetaAnalysisResult
+        Fits to write.
+    json_path : pathlib.Path, optional
+        JSON file of the summaries (DESIGN.md §3 layout).
+    out_dir : pathlib.Path, optional
+        Folder for ``figures/`` (forest plots, pooled summary), ``tables/`` (pooled summary and
+        study effects as CSV) and ``posteriors/`` (NetCDF DataTrees of NUTS fits).
+    all_outcomes : bool
+        Whether the fits came from ``--all`` (changes the JSON layout).
+    """
+    written: list[Path] = []
+    if json_path is not None:
+        written.append(write_json(json_path, fits_json(results, all_outcomes=all_outcomes)))
+    if out_dir is not None and results:
+        written += write_fit_figures(results, Path(out_dir) / "figures")
+        written += write_fit_tables(results, Path(out_dir) / "tables")
+        for result in results:
+            path = save_posterior(result, Path(out_dir) / "posteriors" / f"{result.outcome.id}.nc")
+            written += [path] if path else []
+    return written
+
+
+def write_fit_figures(results: Sequence[MetaAnalysisResult], folder: Path) -> list[Path]:
+    """Forest plot per outcome and, for several outcomes, the pooled summary figure."""
+    from analysis.plots_forest import forest_plot, pooled_summary_plot
+
+    written = []
+    for result in results:
+        written += write_figure(forest_plot(result), folder / f"forest_{result.outcome.id}")
+    if len(results) > 1:
+        written += write_figure(pooled_summary_plot(results), folder / "pooled_summary")
+    return written
+
+
+def write_fit_tables(results: Sequence[MetaAnalysisResult], folder: Path) -> list[Path]:
+    """Pooled summary table (one row per outcome) and the study-effects table of each outcome."""
+    written = [write_csv(folder / "pooled_summary.csv", pooled_table(results))]
+    for result in results:
+        written.append(write_csv(folder / f"studies_{result.outcome.id}.csv", result.studies))
+    return written
+
+
+def manifest(run: RunResult, elapsed: float) -> dict:
+    """The ``manifest.json`` content of a run (provenance of every number in the report)."""
+    from analysis.manifest import git_revision, package_versions
+
+    ds = run.dataset
+    return {
+        "dataset": {"name": ds.name, "path": str(ds.path), "provenance": ds.provenance, "sha256": ds.sha256()},
+        "packages": package_versions(), "git_revision": git_revision(),
+        "seeds": {r.outcome.id: r.settings.get("seed") for r in run.nuts},
+        "priors": run.priors.to_dict(), "sampler": asdict(run.sampler), "interval": INTERVAL_KIND,
+        "run_time_seconds": round(elapsed, 3), "timings_seconds": {k: round(v, 3) for k, v in run.timings.items()},
+        "fits": {r.outcome.id: {"engine": r.engine, "converged": r.converged, "retried": r.retried,
+                                "diagnostics": None if r.diagnostics is None else r.diagnostics.to_dict()} for r in run.nuts},
+        "failed_fits": run.failed,
+    }
+
+
+def write_run_report(run: RunResult, out_dir: Path, *, elapsed: float) -> Path:
+    """Write the whole report of a run to ``out_dir`` (replaced only once complete).
+
+    Layout: ``report.md``, ``manifest.json``, ``figures/`` (PNG + SVG), ``tables/`` (CSV),
+    ``fits/`` (JSON per outcome, NUTS and exact), ``posteriors/`` (NetCDF DataTrees).
+    """
+    from analysis.pipeline import engine_check
+    from analysis.report_md import build_report_markdown
+
+    with staged_directory(Path(out_dir)) as stage:
+        write_csv(stage / "tables" / "effects.csv", run.table.data)
+        if run.table.covariance:
+            write_csv(stage / "tables" / "effects.covariance.csv", run.table.covariance_long())
+        write_fit_outputs(run.nuts, json_path=stage / "fits" / "nuts.json", out_dir=stage, all_outcomes=True)
+        write_json(stage / "fits" / "exact.json", fits_json(run.exact, all_outcomes=True))
+        write_csv(stage / "tables" / "pooled_summary_exact.csv", pooled_table(run.exact))
+        write_csv(stage / "tables" / "engine_check.csv", engine_check(run.nuts, run.exact))
+        write_text_atomic(stage / "report.md", build_report_markdown(run))
+        write_json(stage / "manifest.json", manifest(run, elapsed))
+    return Path(out_dir)
