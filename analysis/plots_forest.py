@@ -73,14 +73,15 @@ def forest_plot(result: MetaAnalysisResult, *, sort: bool = False, measure: str 
     _draw_studies(ax, studies, y)
     _draw_diamond(ax, result.summaries["mu"], y_pool)
     _draw_prediction(ax, result.summaries["theta_new"], y_pred)
-    lows = [studies["yi"] - Z975 * np.sqrt(studies["vi"]), studies["theta_q025"], [result.summaries["theta_new"]["q025"]]]
-    highs = [studies["yi"] + Z975 * np.sqrt(studies["vi"]), studies["theta_q975"], [result.summaries["theta_new"]["q975"]]]
+    pooled = [result.summaries[p] for p in ("mu", "theta_new")]
+    lows = [studies["yi"] - Z975 * np.sqrt(studies["vi"]), studies["theta_q025"], [s["q025"] for s in pooled]]
+    highs = [studies["yi"] + Z975 * np.sqrt(studies["vi"]), studies["theta_q975"], [s["q975"] for s in pooled]]
     _format_axes(ax, tax, labels, np.r_[y, y_pool, y_pred], _xlim(lows, highs), separator=k - 0.3)
     ax.set_xlabel(MEASURE_LABELS.get(measure, measure))
     _benefit_annotation(ax, result.outcome.direction)
     _forest_table(tax, studies, y, result, y_pool, y_pred, symbol="g" if measure == "SMD" else "yi")
     _forest_titles(fig, tax, result)
-    _legend(ax, forest=True, below_points=52)
+    _legend(ax, forest=True)
     return fig
 
 
@@ -124,10 +125,10 @@ def pooled_summary_plot(results: Sequence[MetaAnalysisResult], *, measure: str =
     flipped = [r.outcome.id for r in results if r.outcome.direction < 0]
     note = f" († {', '.join(flipped)})" if flipped else " (none here)"
     ax.set_xlabel(f"benefit-oriented {MEASURE_LABELS.get(measure, measure)}\nlower-is-better outcomes sign-flipped{note}")
-    _benefit_annotation(ax, 1, below_points=44)
+    _benefit_annotation(ax, 1)
     _pooled_table(tax, results, y)
     _pooled_titles(fig, tax, results)
-    _legend(ax, forest=False, below_points=62)
+    _legend(ax, forest=False)
     return fig
 
 
@@ -212,8 +213,14 @@ def _draw_prediction(ax: Axes, summary: dict[str, float], y: float) -> Line2D:
     return line
 
 
-def _benefit_annotation(ax: Axes, direction: int, *, below_points: float = 34) -> None:
-    """'favours treatment' arrow under the axis on the side of benefit, 'favours control' opposite."""
+def _below_xlabel(ax: Axes) -> float:
+    """Distance in points from the bottom of the axes to below its x label (ticks + label lines)."""
+    return 23.0 + 13.0 * (ax.get_xlabel().count("\n") + 1)
+
+
+def _benefit_annotation(ax: Axes, direction: int) -> None:
+    """'favours treatment' arrow under the x label on the side of benefit, 'favours control' opposite."""
+    below_points = _below_xlabel(ax)
     right = direction > 0
     texts = {True: "favours treatment →", False: "← favours treatment"}
     others = {True: "← favours control", False: "favours control →"}
@@ -224,7 +231,7 @@ def _benefit_annotation(ax: Axes, direction: int, *, below_points: float = 34) -
                 color="#555555", gid="control_annotation", **style)
 
 
-def _legend(ax: Axes, *, forest: bool, below_points: float) -> None:
+def _legend(ax: Axes, *, forest: bool) -> None:
     """Key of the marks, under the main axes (inside its layout box, so nothing overlaps it)."""
     handles = [
         Line2D([], [], color=COLORS["pooled"], marker="D", lw=0, markersize=7, label="pooled μ, mean [95% ETI]"),
@@ -236,7 +243,7 @@ def _legend(ax: Axes, *, forest: bool, below_points: float) -> None:
             Line2D([], [], color=COLORS["shrunken"], marker="o", lw=1.1, markersize=5, label="shrunken θ_i, mean [95% ETI]"),
         ]
         handles = [handles[0], handles[2], handles[1], handles[3]]  # column-major: observed/shrunken, pooled/PI
-    shift = ScaledTranslation(0.0, -below_points / 72.0, ax.get_figure().dpi_scale_trans)
+    shift = ScaledTranslation(0.0, -(_below_xlabel(ax) + 17.0) / 72.0, ax.get_figure().dpi_scale_trans)
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=ax.transAxes + shift,
               ncols=2, frameon=False, fontsize=8.5, handlelength=2.0, columnspacing=1.6, borderaxespad=0.0)
 
@@ -245,7 +252,8 @@ def _legend(ax: Axes, *, forest: bool, below_points: float) -> None:
 
 
 def _num(x: float) -> str:
-    return f"{x:.2f}".replace("-", "\u2212")
+    """Two decimals with a typographic minus; values that round to zero print as 0.00 (not −0.00)."""
+    return f"{0.0 if round(x, 2) == 0 else x:.2f}".replace("-", "\u2212")
 
 
 def _interval(mid: float, lo: float, hi: float) -> str:
@@ -334,7 +342,7 @@ def _pooled_titles(fig: Figure, tax: Axes, results: Sequence[MetaAnalysisResult]
     datasets = ", ".join(dict.fromkeys(r.dataset for r in results))
     engines = ", ".join(dict.fromkeys(_engine_text(r) for r in results))
     priors = "; ".join(dict.fromkeys(_priors_text(r.priors) for r in results))
-    fig.suptitle(f"Pooled effects by outcome ({len(results)} outcomes)", fontsize=12, fontweight="bold")
+    fig.suptitle(f"Pooled effects by outcome ({len(results)} outcome{'s' if len(results) > 1 else ''})", fontsize=12, fontweight="bold")
     fig.axes[0].set_title(f"{datasets} · engine {engines}\npriors: {priors}", loc="left", fontsize=9, color="#333333")
     fig.supxlabel(f"All intervals 95% equal-tailed ({INTERVAL_KIND}); diamond: pooled μ (posterior mean, 95% ETI); "
                   "bar: 95% prediction interval for a new study (θ_new). Right = benefit on every row.",

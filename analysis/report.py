@@ -66,9 +66,9 @@ def write_fit_figures(results: Sequence[MetaAnalysisResult], folder: Path) -> li
 
     written = []
     for result in results:
-        written += write_figure(forest_plot(result), folder / f"forest_{result.outcome.id}")
+        written += write_figure(forest_plot(result, measure=result.measure), folder / f"forest_{result.outcome.id}")
     if len(results) > 1:
-        written += write_figure(pooled_summary_plot(results), folder / "pooled_summary")
+        written += write_figure(pooled_summary_plot(results, measure=results[0].measure), folder / "pooled_summary")
     return written
 
 

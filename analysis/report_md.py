@@ -62,7 +62,8 @@ def methods_section(run: RunResult) -> list[str]:
         "I² = τ²/(τ² + s²) with s² the typical within-study variance",
         f"- NUTS (PyMC, θ integrated out, θ_i drawn from its exact conditional): {s.chains} chains × {s.draws} draws, "
         f"{s.tune} tuning steps, target_accept {s.target_accept}, seeds {run.seed}..{run.seed + max(len(run.nuts) - 1, 0)}",
-        "- convergence gates: no divergences, r_hat ≤ 1.01, ess_bulk ≥ 400 (one retry with target_accept 0.99)",
+        "- convergence gates: no divergences, r_hat ≤ 1.01, ess_bulk ≥ 400 (one retry: target_accept 0.99, "
+        "twice the tuning and draws)",
         "- exact engine: quadrature over τ (as R's bayesmeta), used as a cross-check of every NUTS fit", "",
     ]
 

@@ -40,6 +40,8 @@ class MetaAnalysisResult:
         NUTS draws (with ``theta`` and ``theta_new`` added), savable as NetCDF.
     settings : dict
         Seed and sampler settings, for the manifest.
+    measure : str
+        Effect measure of ``yi`` (``"SMD"`` for Hedges' g; e.g. ``"logRR"`` for effect-level data).
     """
 
     dataset: str
@@ -55,6 +57,7 @@ class MetaAnalysisResult:
     retried: bool = False
     posterior: xr.DataTree | None = None
     settings: dict = field(default_factory=dict)
+    measure: str = "SMD"
 
     @property
     def k(self) -> int:
@@ -72,7 +75,7 @@ class MetaAnalysisResult:
             "dataset": self.dataset, "provenance": self.provenance, "outcome": self.outcome.id,
             "outcome_label": self.outcome.label, "direction": self.outcome.direction,
             "model": self.model, "engine": self.engine, "priors": dict(self.priors), "k": self.k,
-            "interval": INTERVAL_KIND,
+            "interval": INTERVAL_KIND, "measure": self.measure,
         }
         out.update({name: dict(self.summaries[name]) for name in SUMMARY_PARAMS})
         out["prob_benefit"] = self.prob_benefit

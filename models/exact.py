@@ -39,9 +39,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from models.exact_grid import NormalModel, TauGrid, build_tau_grid
+from models.exact_grid import TauGrid, build_tau_grid
 from models.exact_mixture import mixture_cdf, mixture_moments, mixture_pdf, mixture_quantile
-from models.priors import DEFAULT_MU_PRIOR, PriorSpec
+from models.exact_model import NormalModel, build_model, tau_log_posterior, typical_variance
+from models.priors import PriorSpec
 
 __all__ = ["ExactPosterior", "exact_posterior", "typical_variance"]
 
@@ -51,50 +52,11 @@ _SUMMARY_P = np.array([0.5, 0.025, 0.975])
 _WEIGHT_FLOOR = 1e-15
 
 
-def typical_variance(vi: np.ndarray) -> float:
-    """Higgins-Thompson typical within-study variance ``s^2`` (``v_1`` when ``k = 1``)."""
-    w = 1.0 / np.asarray(vi, dtype=float)
-    if w.size == 1:
-        return float(1.0 / w[0])
-    return float((w.size - 1) * w.sum() / (w.sum() ** 2 - np.sum(w**2)))
-
-
-def _as_vector(values: object, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(values, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be numeric") from None
-    if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite; bad positions: {np.flatnonzero(~np.isfinite(arr)).tolist()}")
-    return arr
-
-
-def _regression_prior(
-    X: object, k: int, beta_mean: object, beta_cov: object
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    X = np.asarray(X, dtype=float)
-    if X.ndim != 2 or X.shape[0] != k or X.shape[1] == 0 or not np.all(np.isfinite(X)):
-        raise ValueError(f"X must be a finite ({k}, p) matrix with p >= 1, got shape {X.shape}")
-    p = X.shape[1]
-    if beta_mean is None or beta_cov is None:
-        raise ValueError("meta-regression (X given) needs beta_mean (p,) and beta_cov (p, p)")
-    b0 = np.asarray(beta_mean, dtype=float)
-    B0 = np.asarray(beta_cov, dtype=float)
-    if b0.shape != (p,) or B0.shape != (p, p):
-        raise ValueError(f"beta_mean must have shape ({p},) and beta_cov ({p}, {p}); got {b0.shape}, {B0.shape}")
-    if not (np.all(np.isfinite(b0)) and np.all(np.isfinite(B0)) and np.allclose(B0, B0.T)):
-        raise ValueError("beta_mean and beta_cov must be finite and beta_cov symmetric")
-    if np.any(np.linalg.eigvalsh(B0) <= 0):
-        raise ValueError("beta_cov must be positive definite")
-    return X, b0, B0
-
-
-def _names(given: Sequence[str] | None, default: list[str], what: str) -> list[str]:
+def _names(given: Sequence[str] | None, default: list[str], what: str, *, unique: bool = True) -> list[str]:
     names = default if given is None else [str(n) for n in given]
-    if len(names) != len(default) or len(set(names)) != len(names):
-        raise ValueError(f"{what} must be {len(default)} unique names, got {names}")
+    if len(names) != len(default) or (unique and len(set(names)) != len(names)):
+        kind = "unique names" if unique else "labels"
+        raise ValueError(f"{what} must be {len(default)} {kind}, got {names}")
     return names
 
 
@@ -129,7 +91,8 @@ def exact_posterior(
     coef_names : list of str, optional
         Coefficient names; default ``["mu"]`` without ``X``, else ``["intercept", "x1", ...]``.
     study : list of str, optional
-        Study labels (default ``"1"``, ``"2"``, ...).
+        Study labels, one per row (default ``"1"``, ``"2"``, ...); repeats are allowed (several
+        comparisons from one paper).
     n_nodes : int
         Number of quadrature nodes over tau (default 401).
 
@@ -140,38 +103,21 @@ def exact_posterior(
     Raises
     ------
     ValueError
-        On non-finite data, ``vi <= 0``, mismatched lengths, an improper/unsupported prior or
-        badly shaped regression inputs.
+        On non-finite data, ``vi <= 0``, mismatched lengths, an unsupported prior or badly
+        shaped regression inputs.
+    TypeError
+        If ``tau_prior`` is not a :class:`PriorSpec`.
     """
-    y = _as_vector(yi, "yi")
-    v = _as_vector(vi, "vi")
-    if y.size != v.size:
-        raise ValueError(f"yi and vi must have the same length, got {y.size} and {v.size}")
-    if np.any(v <= 0):
-        raise ValueError(f"vi must be > 0; bad positions: {np.flatnonzero(v <= 0).tolist()}")
     if not isinstance(tau_prior, PriorSpec):
-        raise ValueError(f"tau_prior must be a PriorSpec, got {type(tau_prior).__name__}")
+        raise TypeError(f"tau_prior must be a PriorSpec (PriorSpec.parse('halfnormal:1')), got {type(tau_prior).__name__}")
     tau_prior.require_positive("tau")
     if n_nodes < 16:
         raise ValueError(f"n_nodes must be >= 16, got {n_nodes}")
-    if X is None:
-        if beta_mean is not None or beta_cov is not None:
-            raise ValueError("beta_mean/beta_cov are for meta-regression: pass X, or use mu_prior")
-        mu_prior = DEFAULT_MU_PRIOR if mu_prior is None else mu_prior
-        if not isinstance(mu_prior, PriorSpec) or mu_prior.family != "normal":
-            raise ValueError(f"the exact engine needs a normal:M:S prior on mu, got {mu_prior}")
-        design, b0, B0 = np.ones((y.size, 1)), np.array(mu_prior.params[:1]), np.array([[mu_prior.params[1] ** 2]])
-        default_names = ["mu"]
-    else:
-        if mu_prior is not None:
-            raise ValueError("with X, give the prior of all coefficients as beta_mean/beta_cov, not mu_prior")
-        design, b0, B0 = _regression_prior(X, y.size, beta_mean, beta_cov)
-        default_names = ["intercept"] + [f"x{j}" for j in range(1, design.shape[1])]
+    model, default_names = build_model(yi, vi, mu_prior=mu_prior, X=X, beta_mean=beta_mean, beta_cov=beta_cov)
     names = _names(coef_names, default_names, "coef_names")
     if any(n in _RESERVED for n in names) or "mu" in names[1:]:
         raise ValueError(f"coef_names may not use {_RESERVED} (or 'mu' except first), got {names}")
-    labels = _names(study, [str(i + 1) for i in range(y.size)], "study")
-    model = NormalModel(y, v, design, b0, B0)
+    labels = _names(study, [str(i + 1) for i in range(model.k)], "study", unique=False)
     return ExactPosterior(model, tau_prior, names, labels, regression=X is not None, n_nodes=n_nodes)
 
 
@@ -273,7 +219,11 @@ class ExactPosterior:
         return mixture_cdf(x.reshape(1, -1), mean[None], sd[None], self._w).reshape(x.shape)
 
     def quantile(self, param: str, p: np.ndarray | float) -> np.ndarray:
-        """Marginal posterior quantiles of ``param`` for probabilities ``p`` in (0, 1)."""
+        """Marginal posterior quantiles of ``param`` for probabilities ``p`` in [0, 1].
+
+        ``p = 0`` and ``1`` give the support ends: ``-inf``/``inf`` for location parameters, the
+        ends of the quadrature range for tau and I².
+        """
         p = np.asarray(p, dtype=float)
         if np.any((p < 0) | (p > 1)) or not np.all(np.isfinite(p)):
             raise ValueError("probabilities must lie in [0, 1]")
@@ -281,7 +231,8 @@ class ExactPosterior:
             tau = self._grid.quantile(p)
             return tau if param == "tau" else self._i2(tau)
         mean, sd = self._components(param)
-        return mixture_quantile(p.ravel(), mean[None], sd[None], self._w).reshape(p.shape)
+        q = mixture_quantile(p.ravel(), mean[None], sd[None], self._w).reshape(p.shape)
+        return np.where(p == 0.0, -np.inf, np.where(p == 1.0, np.inf, q))
 
     def mean(self, param: str) -> float:
         """Posterior mean of ``param``."""
@@ -377,9 +328,16 @@ class ExactPosterior:
         dict of numpy.ndarray
             ``tau``, ``I2``, ``beta`` (n, p), each coefficient by name, ``mu``,
             ``theta`` (n, k) and, for random effects, ``theta_new``.
+
+        Raises
+        ------
+        TypeError
+            If ``rng`` is not a :class:`numpy.random.Generator`.
+        ValueError
+            If ``n`` is not a positive integer.
         """
         if not isinstance(rng, np.random.Generator):
-            raise ValueError("rng must be a numpy.random.Generator, e.g. np.random.default_rng(1)")
+            raise TypeError("rng must be a numpy.random.Generator, e.g. np.random.default_rng(1)")
         if int(n) != n or n < 1:
             raise ValueError(f"n must be a positive integer, got {n}")
         n = int(n)
@@ -397,13 +355,17 @@ class ExactPosterior:
         return out
 
     def _log_post(self, tau: np.ndarray) -> np.ndarray:
-        return _log_post(self.model, self.tau_prior, tau)
+        return tau_log_posterior(self.model, self.tau_prior, tau)
 
     def __str__(self) -> str:
         kind = "meta-regression" if self.regression else "random-effects meta-analysis"
         b0, B0 = self.model.beta_mean, self.model.beta_cov
-        prior = (f"mu ~ normal:{b0[0]:g}:{np.sqrt(B0[0, 0]):g}" if not self.regression
-                 else f"beta ~ N({np.array2string(b0, precision=4)}, {np.array2string(B0, precision=4)})")
+        if not self.regression:
+            prior = f"mu ~ normal:{b0[0]:g}:{np.sqrt(B0[0, 0]):g}"
+        else:
+            cov = (f"diag({', '.join(f'{x:g}' for x in np.diag(B0))})" if np.allclose(B0, np.diag(np.diag(B0)))
+                   else np.array2string(B0, precision=4, separator=", ").replace("\n", ""))
+            prior = f"({', '.join(self.coef_names)}) ~ N(({', '.join(f'{x:g}' for x in b0)}), {cov})"
         table = self.summary_table().rename(columns={"q025": "eti95_lower", "q975": "eti95_upper"})
         return (
             f"Exact Bayesian {kind} (quadrature over tau, {self.tau_grid.size} nodes)\n"
@@ -418,22 +380,11 @@ class ExactPosterior:
         return f"<ExactPosterior {kind} k={self.k} tau~{self.tau_prior} coefs={self.coef_names}>"
 
 
-def _log_post(model: NormalModel, prior: PriorSpec, tau: np.ndarray) -> np.ndarray:
-    """Unnormalised log posterior of tau (``-inf`` outside the prior support)."""
-    tau = np.asarray(tau, dtype=float)
-    out = np.full(tau.shape, -np.inf)
-    logprior = prior.logpdf(tau)
-    ok = np.isfinite(logprior)
-    if np.any(ok):
-        out[ok] = logprior[ok] + model.conditional(tau[ok])[0]
-    return out
-
-
 def _make_grid(model: NormalModel, prior: PriorSpec, s2: float, n_nodes: int) -> TauGrid:
     lower, upper = prior.support
     scales = {"uniform": prior.params[-1] - prior.params[0], "lognormal": np.exp(prior.params[0])}
     ref = min(np.sqrt(s2), scales.get(prior.family, prior.params[-1]))
-    return build_tau_grid(lambda t: _log_post(model, prior, t), lower=lower, upper=upper,
+    return build_tau_grid(lambda t: tau_log_posterior(model, prior, t), lower=lower, upper=upper,
                           ref=ref, n_nodes=n_nodes)
 
 

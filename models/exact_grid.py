@@ -1,16 +1,4 @@
-"""The normal-normal likelihood given tau, and the quadrature grid for tau's posterior.
-
-:class:`NormalModel` evaluates, for a vector of tau values, the marginal likelihood
-``p(y | tau) = N(y; X b0, diag(v + tau^2) + X B0 X')`` and the conditional posterior
-``beta | tau, y ~ N(m(tau), V(tau))`` (conjugate generalised least squares):
-
-    V(tau)^-1 = B0^-1 + X' W X,    m(tau) = V(tau) (B0^-1 b0 + X' W y),    W = diag(1 / (v + tau^2))
-
-    log p(y | tau) = -1/2 [k log(2 pi) + sum log(v_i + tau^2) + log|B0| + log|V(tau)^-1|
-                           + (y - X m)' W (y - X m) + (m - b0)' B0^-1 (m - b0)]
-
-(matrix determinant lemma and Woodbury; the quadratic form is written as a sum of two
-non-negative terms for numerical stability).
+"""Quadrature grid for the one-dimensional marginal posterior of tau.
 
 :func:`build_tau_grid` locates the posterior mass of tau adaptively (a coarse geometric scan
 over 24 orders of magnitude, then refinement until the mass is resolved), and lays ``n_nodes``
@@ -33,7 +21,7 @@ import numpy as np
 
 from models.exact_mixture import solve_monotone
 
-__all__ = ["NormalModel", "TauGrid", "build_tau_grid"]
+__all__ = ["TauGrid", "build_tau_grid"]
 
 #: Log-density drop (relative to the maximum) beyond which posterior mass is ignored: e^-40.
 _LOG_CUTOFF = 40.0
@@ -41,55 +29,6 @@ _COARSE_POWERS = np.arange(-40, 41)
 _REFINE_NODES = 257
 _MIN_RESOLVED = 64
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(6)
-
-
-@dataclass(frozen=True)
-class NormalModel:
-    """Data and conjugate normal prior of the normal-normal (meta-regression) model."""
-
-    yi: np.ndarray
-    vi: np.ndarray
-    X: np.ndarray
-    beta_mean: np.ndarray
-    beta_cov: np.ndarray
-
-    @property
-    def k(self) -> int:
-        return self.yi.size
-
-    def conditional(self, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Log marginal likelihood, conditional mean and covariance of beta at each tau.
-
-        Parameters
-        ----------
-        tau : numpy.ndarray
-            Shape ``(n,)``, non-negative.
-
-        Returns
-        -------
-        loglik : numpy.ndarray
-            Shape ``(n,)``: ``log p(y | tau)``.
-        mean : numpy.ndarray
-            Shape ``(n, p)``: ``E[beta | tau, y]``.
-        cov : numpy.ndarray
-            Shape ``(n, p, p)``: ``Cov[beta | tau, y]``.
-        """
-        tau = np.asarray(tau, dtype=float)
-        prior_prec = np.linalg.inv(self.beta_cov)
-        w = 1.0 / (self.vi[None, :] + tau[:, None] ** 2)
-        xtw = self.X.T[None, :, :] * w[:, None, :]
-        prec = prior_prec[None] + xtw @ self.X
-        rhs = (prior_prec @ self.beta_mean)[None, :] + xtw @ self.yi
-        chol = np.linalg.cholesky(prec)
-        cov = np.linalg.inv(prec)
-        mean = np.einsum("nij,nj->ni", cov, rhs)
-        resid = self.yi[None, :] - mean @ self.X.T
-        dev = mean - self.beta_mean[None, :]
-        quad = np.sum(w * resid**2, axis=1) + np.einsum("ni,ij,nj->n", dev, prior_prec, dev)
-        logdet = 2.0 * np.sum(np.log(np.diagonal(chol, axis1=1, axis2=2)), axis=1)
-        logdet += np.linalg.slogdet(self.beta_cov)[1]
-        loglik = -0.5 * (self.k * np.log(2.0 * np.pi) - np.sum(np.log(w), axis=1) + logdet + quad)
-        return loglik, mean, cov
 
 
 def _gauss_intervals(logpost: Callable, lo: float, c: float, u: np.ndarray, top: float) -> np.ndarray:

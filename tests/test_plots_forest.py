@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from matplotlib.text import Text
 from analysis.config import DATA_DIR
 from analysis.dataset import load_dataset
 from analysis.fit import fit_random_effects
-from analysis.plots_forest import PREDICTION_LABEL, POOLED_LABEL, Z975, forest_plot, pooled_summary_plot
+from analysis.plots_forest import POOLED_LABEL, PREDICTION_LABEL, Z975, forest_plot, pooled_summary_plot
 from analysis.results import MetaAnalysisResult
 from tests.helpers import write_dataset
 
@@ -64,7 +65,7 @@ def _row_labels(fig: Figure) -> list[str]:
 
 def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", dpi=40)  # low resolution keeps the test fast
     return buffer.getvalue()
 
 
@@ -79,7 +80,7 @@ def _side(fig: Figure, gid: str) -> str:
 
 def _no_vertical_overlap(texts: list[Text]) -> bool:
     boxes = sorted((t.get_window_extent() for t in texts), key=lambda b: b.y0)
-    return all(lower.y1 <= upper.y0 + 0.5 for lower, upper in zip(boxes, boxes[1:]))
+    return all(lower.y1 <= upper.y0 + 0.5 for lower, upper in itertools.pairwise(boxes))
 
 
 def _effects_dataset(root: Path, k: int, *, label_chars: int) -> Path:
@@ -211,6 +212,17 @@ def test_forest_forty_studies_with_long_labels_has_no_overlaps(tmp_path, normand
         box = text.get_window_extent()
         assert box.x0 >= plot_box.x1 and box.x1 <= fig_box.x1  # table right of the plot, inside the figure
     assert all(t.get_window_extent().x0 >= 0 for t in ax.get_yticklabels())
+
+
+@pytest.mark.parametrize("plot", ["forest", "pooled"])
+def test_direction_annotations_and_legend_sit_below_the_x_label(normand, bone, plot):
+    fig = forest_plot(normand) if plot == "forest" else pooled_summary_plot([normand, *bone])
+    fig.draw_without_rendering()
+    ax = _one(fig, "forest")
+    label = ax.xaxis.label.get_window_extent()
+    for gid in ("benefit_annotation", "control_annotation"):
+        assert _one(fig, gid).get_window_extent().y1 <= label.y0
+    assert ax.get_legend().get_window_extent().y1 <= _one(fig, "benefit_annotation").get_window_extent().y0
 
 
 def test_forest_renders_png_without_warnings(normand, bone):
