@@ -187,7 +187,7 @@ def _fit_nuts(
         **base, engine="nuts", summaries=summaries,
         prob_benefit=prob_benefit_from_draws(post["mu"].to_numpy(), base["outcome"].direction),
         studies=studies, diagnostics=diagnostics, retried=retried, posterior=idata,
-        settings={"seed": seed, **asdict(used)},
+        settings={"seed": seed, **asdict(used)}, pymc_model=model,
     )
 
 

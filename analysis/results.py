@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 import xarray as xr
@@ -42,6 +43,8 @@ class MetaAnalysisResult:
         Seed and sampler settings, for the manifest.
     measure : str
         Effect measure of ``yi`` (``"SMD"`` for Hedges' g; e.g. ``"logRR"`` for effect-level data).
+    pymc_model : pymc.Model or None
+        The compiled-graph model of a NUTS fit (for log-prior/likelihood and checks); not serialised.
     """
 
     dataset: str
@@ -58,6 +61,7 @@ class MetaAnalysisResult:
     posterior: xr.DataTree | None = None
     settings: dict = field(default_factory=dict)
     measure: str = "SMD"
+    pymc_model: Any = field(default=None, repr=False)
 
     @property
     def k(self) -> int:

@@ -30,6 +30,10 @@ integrated out given tau). Heterogeneity is also reported as
 ``s^2 = (k - 1) sum w / ((sum w)^2 - sum w^2)``, ``w = 1 / v`` (``s^2 = v_1`` when ``k = 1``,
 the formula's limit for equal variances); it is increasing in tau, so its quantiles are the
 mapped quantiles of tau.
+
+These mixtures use the quadrature nodes by default (exact). bayesmeta instead uses its DIRECT
+discrete approximation (Röver & Friede 2017, J Comput Graph Stat 26:217-222), off by up to a few
+1e-3 in quantiles; ``mixture="bayesmeta"`` reproduces it (:mod:`models.exact_direct`).
 """
 
 from __future__ import annotations
@@ -39,17 +43,19 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from models.exact_direct import DirectSupport, direct_support
 from models.exact_grid import TauGrid, build_tau_grid
-from models.exact_mixture import mixture_cdf, mixture_moments, mixture_pdf, mixture_quantile
+from models.exact_mixture import (
+    SUMMARY_P, LocationMixture, mixture_cdf, mixture_moments, mixture_pdf, mixture_quantile, mixture_summary,
+)
 from models.exact_model import NormalModel, build_model, tau_log_posterior, typical_variance
 from models.priors import PriorSpec
 
 __all__ = ["ExactPosterior", "exact_posterior", "typical_variance"]
 
 _RESERVED = ("tau", "I2", "theta_new")
-_SUMMARY_P = np.array([0.5, 0.025, 0.975])
-#: Mixture components lighter than this (relative to the heaviest) are dropped.
-_WEIGHT_FLOOR = 1e-15
+#: Ways to compute the location mixtures over tau (see :func:`exact_posterior`).
+MIXTURES = ("quadrature", "bayesmeta")
 
 
 def _names(given: Sequence[str] | None, default: list[str], what: str, *, unique: bool = True) -> list[str]:
@@ -72,6 +78,7 @@ def exact_posterior(
     coef_names: list[str] | None = None,
     study: list[str] | None = None,
     n_nodes: int = 401,
+    mixture: str = "quadrature",
 ) -> ExactPosterior:
     """Exact posterior of the normal-normal model by quadrature over tau.
 
@@ -95,6 +102,12 @@ def exact_posterior(
         comparisons from one paper).
     n_nodes : int
         Number of quadrature nodes over tau (default 401).
+    mixture : {"quadrature", "bayesmeta"}
+        How the normal mixtures over tau of mu, theta_new and the shrinkage estimates are
+        computed: ``"quadrature"`` (default) on the quadrature nodes, i.e. exactly;
+        ``"bayesmeta"`` with R bayesmeta's DIRECT approximation (:mod:`models.exact_direct`),
+        to reproduce bayesmeta's numbers (random-effects model only). tau and I² are exact in
+        both modes, and :meth:`ExactPosterior.sample` always draws from the exact posterior.
 
     Returns
     -------
@@ -103,8 +116,8 @@ def exact_posterior(
     Raises
     ------
     ValueError
-        On non-finite data, ``vi <= 0``, mismatched lengths, an unsupported prior or badly
-        shaped regression inputs.
+        On non-finite data, ``vi <= 0``, mismatched lengths, an unsupported prior, badly
+        shaped regression inputs, an unknown ``mixture`` or ``mixture="bayesmeta"`` with ``X``.
     TypeError
         If ``tau_prior`` is not a :class:`PriorSpec`.
     """
@@ -118,7 +131,8 @@ def exact_posterior(
     if any(n in _RESERVED for n in names) or "mu" in names[1:]:
         raise ValueError(f"coef_names may not use {_RESERVED} (or 'mu' except first), got {names}")
     labels = _names(study, [str(i + 1) for i in range(model.k)], "study", unique=False)
-    return ExactPosterior(model, tau_prior, names, labels, regression=X is not None, n_nodes=n_nodes)
+    return ExactPosterior(model, tau_prior, names, labels, regression=X is not None, n_nodes=n_nodes,
+                          mixture=mixture)
 
 
 class ExactPosterior:
@@ -129,6 +143,10 @@ class ExactPosterior:
     random-effects model, ``"theta_new"`` (prediction for a new study; for meta-regression use
     :meth:`predict`).
 
+    mu (the first coefficient), theta_new, :meth:`predict` and :meth:`shrinkage` are mixtures over
+    the quadrature nodes (``mixture="quadrature"``, exact) or over bayesmeta's DIRECT support
+    (``mixture="bayesmeta"``); tau, I² and :meth:`sample` are exact either way.
+
     Attributes
     ----------
     tau_grid, tau_density : numpy.ndarray
@@ -138,22 +156,29 @@ class ExactPosterior:
     coef_names, study : list of str
     typical_variance : float
         Higgins-Thompson ``s^2`` used for I².
+    mixture : str
+        ``"quadrature"`` or ``"bayesmeta"``.
+    direct : DirectSupport or None
+        The DIRECT support with ``mixture="bayesmeta"`` (None otherwise).
     """
 
     def __init__(
         self, model: NormalModel, tau_prior: PriorSpec, coef_names: list[str],
-        study: list[str], *, regression: bool, n_nodes: int = 401,
+        study: list[str], *, regression: bool, n_nodes: int = 401, mixture: str = "quadrature",
     ) -> None:
-        self.model, self.tau_prior, self.regression = model, tau_prior, regression
+        if mixture not in MIXTURES:
+            raise ValueError(f"mixture must be one of {MIXTURES}, got {mixture!r}")
+        if mixture == "bayesmeta" and regression:
+            raise ValueError("mixture='bayesmeta' is for the random-effects model only, not meta-regression (X)")
+        self.model, self.tau_prior, self.regression, self.mixture = model, tau_prior, regression, mixture
         self.coef_names, self.study = list(coef_names), list(study)
         self.typical_variance = typical_variance(model.vi)
         self._grid = _make_grid(model, tau_prior, self.typical_variance, n_nodes)
         self.tau_grid, self.tau_density = self._grid.tau, self._grid.density
         self.log_marginal_likelihood = float(self._grid.log_evidence)
-        keep = self._grid.weights > _WEIGHT_FLOOR * self._grid.weights.max()
-        self._tau = self._grid.tau[keep]
-        self._w = self._grid.weights[keep] / self._grid.weights[keep].sum()
-        _, self._bmean, self._bcov = model.conditional(self._tau)
+        self.direct: DirectSupport | None = direct_support(self) if mixture == "bayesmeta" else None
+        nodes = (self._grid.tau, self._grid.weights) if self.direct is None else (self.direct.tau, self.direct.weight)
+        self._mix = LocationMixture.on_nodes(model.conditional, *nodes, prune=self.direct is None)
 
     # ---- parameter resolution -------------------------------------------------------------
     @property
@@ -161,21 +186,14 @@ class ExactPosterior:
         """Number of studies."""
         return self.model.k
 
-    def _coef_index(self, param: str) -> int | None:
-        if param == "mu":
-            return 0
-        return self.coef_names.index(param) if param in self.coef_names else None
-
     def _components(self, param: str) -> tuple[np.ndarray, np.ndarray]:
-        """Mixture component means and sds over the grid for a location-type parameter."""
-        j = self._coef_index(param)
-        if j is not None:
-            return self._bmean[:, j], np.sqrt(self._bcov[:, j, j])
-        if param == "theta_new":
-            if self.regression:
-                raise ValueError("theta_new in a meta-regression depends on x: use predict(x_new)")
-            return self._bmean[:, 0], np.sqrt(self._bcov[:, 0, 0] + self._tau**2)
-        raise ValueError(f"unknown parameter {param!r}; use one of {self.parameters}")
+        """Mixture component means and sds for a location-type parameter."""
+        j = 0 if param == "mu" else (self.coef_names.index(param) if param in self.coef_names else None)
+        if j is None and param != "theta_new":
+            raise ValueError(f"unknown parameter {param!r}; use one of {self.parameters}")
+        if j is None and self.regression:
+            raise ValueError("theta_new in a meta-regression depends on x: use predict(x_new)")
+        return self._mix.linear(np.eye(len(self.coef_names))[j or 0], new_study=j is None)
 
     @property
     def parameters(self) -> list[str]:
@@ -206,7 +224,7 @@ class ExactPosterior:
             inside = (x >= 0) & (x < 1)
             return np.where(inside, self.pdf("tau", np.where(inside, t, 0.0)) * jac, 0.0)
         mean, sd = self._components(param)
-        return mixture_pdf(x.reshape(1, -1), mean[None], sd[None], self._w).reshape(x.shape)
+        return mixture_pdf(x.reshape(1, -1), mean[None], sd[None], self._mix.weights).reshape(x.shape)
 
     def cdf(self, param: str, x: np.ndarray | float) -> np.ndarray:
         """Marginal posterior CDF of ``param`` at ``x``."""
@@ -216,7 +234,7 @@ class ExactPosterior:
         if param == "I2":
             return np.where(x >= 1.0, 1.0, self._grid.cdf(self._tau_of_i2(x)))
         mean, sd = self._components(param)
-        return mixture_cdf(x.reshape(1, -1), mean[None], sd[None], self._w).reshape(x.shape)
+        return mixture_cdf(x.reshape(1, -1), mean[None], sd[None], self._mix.weights).reshape(x.shape)
 
     def quantile(self, param: str, p: np.ndarray | float) -> np.ndarray:
         """Marginal posterior quantiles of ``param`` for probabilities ``p`` in [0, 1].
@@ -231,7 +249,7 @@ class ExactPosterior:
             tau = self._grid.quantile(p)
             return tau if param == "tau" else self._i2(tau)
         mean, sd = self._components(param)
-        q = mixture_quantile(p.ravel(), mean[None], sd[None], self._w).reshape(p.shape)
+        q = mixture_quantile(p.ravel(), mean[None], sd[None], self._mix.weights).reshape(p.shape)
         return np.where(p == 0.0, -np.inf, np.where(p == 1.0, np.inf, q))
 
     def mean(self, param: str) -> float:
@@ -249,7 +267,7 @@ class ExactPosterior:
             mean = float(values @ g.weights)
             return mean, float(np.sqrt(((values - mean) ** 2) @ g.weights))
         mean, sd = self._components(param)
-        m, s = mixture_moments(mean[None], sd[None], self._w)
+        m, s = mixture_moments(mean[None], sd[None], self._mix.weights)
         return float(m[0]), float(s[0])
 
     def prob_greater(self, param: str, value: float = 0.0) -> float:
@@ -259,7 +277,7 @@ class ExactPosterior:
     def summary(self, param: str) -> dict[str, float]:
         """``{mean, sd, median, q025, q975}`` of ``param`` (95% equal-tailed interval)."""
         mean, sd = self._moments(param)
-        median, q025, q975 = (float(q) for q in self.quantile(param, _SUMMARY_P))
+        median, q025, q975 = (float(q) for q in self.quantile(param, SUMMARY_P))
         return {"mean": mean, "sd": sd, "median": median, "q025": q025, "q975": q975}
 
     def summary_table(self) -> pd.DataFrame:
@@ -286,9 +304,8 @@ class ExactPosterior:
         x = np.asarray(x_new, dtype=float)
         if x.shape != (len(self.coef_names),) or not np.all(np.isfinite(x)):
             raise ValueError(f"x_new must be a finite vector of length {len(self.coef_names)}, got shape {x.shape}")
-        mean = self._bmean @ x
-        var = np.einsum("i,nij,j->n", x, self._bcov, x) + (self._tau**2 if new_study else 0.0)
-        return _mixture_summary(mean[None], np.sqrt(var)[None], self._w)[0]
+        mean, sd = self._mix.linear(x, new_study=new_study)
+        return mixture_summary(mean[None], sd[None], self._mix.weights)[0]
 
     def shrinkage(self) -> pd.DataFrame:
         """Posterior of each study's true effect theta_i (shrinkage estimates).
@@ -298,13 +315,8 @@ class ExactPosterior:
         pandas.DataFrame
             Index ``study``; columns ``yi, vi, mean, sd, median, q025, q975``.
         """
-        y, v, X = self.model.yi, self.model.vi, self.model.X
-        lam = self._tau[:, None] ** 2 / (self._tau[:, None] ** 2 + v[None, :])
-        fitted = self._bmean @ X.T
-        fitted_var = np.einsum("kp,npq,kq->nk", X, self._bcov, X)
-        mean = (lam * y + (1.0 - lam) * fitted).T
-        sd = np.sqrt(lam * v + (1.0 - lam) ** 2 * fitted_var).T
-        rows = _mixture_summary(mean, sd, self._w)
+        y, v = self.model.yi, self.model.vi
+        rows = mixture_summary(*self._mix.shrinkage(y, v, self.model.X), self._mix.weights)
         table = pd.DataFrame(rows, index=pd.Index(self.study, name="study"))
         table.insert(0, "vi", v)
         table.insert(0, "yi", y)
@@ -367,8 +379,11 @@ class ExactPosterior:
                    else np.array2string(B0, precision=4, separator=", ").replace("\n", ""))
             prior = f"({', '.join(self.coef_names)}) ~ N(({', '.join(f'{x:g}' for x in b0)}), {cov})"
         table = self.summary_table().rename(columns={"q025": "eti95_lower", "q975": "eti95_upper"})
+        support = ("the quadrature nodes (exact)" if self.direct is None
+                   else f"bayesmeta's DIRECT support ({self.direct.tau.size} points, approximate)")
         return (
             f"Exact Bayesian {kind} (quadrature over tau, {self.tau_grid.size} nodes)\n"
+            f"mixture = {self.mixture!r}: mu/theta are normal mixtures over {support}\n"
             f"k = {self.k} studies; priors: tau ~ {self.tau_prior}, {prior}\n"
             f"log marginal likelihood = {self.log_marginal_likelihood:.4f}; "
             f"I2 uses s2 = {self.typical_variance:.4g}; intervals: 95% equal-tailed (eti95)\n"
@@ -386,13 +401,3 @@ def _make_grid(model: NormalModel, prior: PriorSpec, s2: float, n_nodes: int) ->
     ref = min(np.sqrt(s2), scales.get(prior.family, prior.params[-1]))
     return build_tau_grid(lambda t: tau_log_posterior(model, prior, t), lower=lower, upper=upper,
                           ref=ref, n_nodes=n_nodes)
-
-
-def _mixture_summary(means: np.ndarray, sds: np.ndarray, weights: np.ndarray) -> list[dict[str, float]]:
-    mean, sd = mixture_moments(means, sds, weights)
-    q = mixture_quantile(_SUMMARY_P, means, sds, weights)
-    return [
-        {"mean": float(mean[i]), "sd": float(sd[i]), "median": float(q[i, 0]),
-         "q025": float(q[i, 1]), "q975": float(q[i, 2])}
-        for i in range(means.shape[0])
-    ]

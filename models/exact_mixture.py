@@ -4,22 +4,32 @@ The marginal posterior of every location-type quantity in the normal-normal mode
 regression coefficient, a prediction, a shrunken study effect) is a continuous mixture over tau of
 normal distributions. On a quadrature grid tau_j with weights w_j (sum 1) it becomes the finite
 mixture ``sum_j w_j N(m_j, s_j^2)``, whose density, CDF and moments are closed-form sums; its
-quantiles solve ``CDF(x) = p`` with :func:`solve_monotone`.
+quantiles solve ``CDF(x) = p`` with :func:`solve_monotone`. :class:`LocationMixture` holds the
+nodes, weights and ``beta | tau, y`` moments; the nodes are the quadrature grid (exact) or
+bayesmeta's DIRECT support (:mod:`models.exact_direct`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import special
 
-__all__ = ["mixture_cdf", "mixture_moments", "mixture_pdf", "mixture_quantile", "solve_monotone"]
+__all__ = [
+    "SUMMARY_P", "LocationMixture", "mixture_cdf", "mixture_moments", "mixture_pdf", "mixture_quantile",
+    "mixture_summary", "solve_monotone",
+]
 
 _SQRT_2PI = np.sqrt(2.0 * np.pi)
 #: Half-width of the initial bracket of a mixture quantile, in component standard deviations.
 _BRACKET_SDS = 12.0
 _EPS4 = 4.0 * np.finfo(float).eps
+#: Probabilities of the reported median and 95% equal-tailed interval.
+SUMMARY_P = np.array([0.5, 0.025, 0.975])
+#: Quadrature components lighter than this (relative to the heaviest) are dropped.
+_WEIGHT_FLOOR = 1e-15
 
 
 def solve_monotone(
@@ -146,3 +156,58 @@ def mixture_quantile(
         return mixture_cdf(x, means, sds, weights), mixture_pdf(x, means, sds, weights)
 
     return solve_monotone(fun, target, lo, hi, x0)
+
+
+def mixture_summary(means: np.ndarray, sds: np.ndarray, weights: np.ndarray) -> list[dict[str, float]]:
+    """``{mean, sd, median, q025, q975}`` of each of ``m`` normal mixtures (shapes as in :func:`mixture_cdf`)."""
+    mean, sd = mixture_moments(means, sds, weights)
+    q = mixture_quantile(SUMMARY_P, means, sds, weights)
+    return [
+        {"mean": float(mean[i]), "sd": float(sd[i]), "median": float(q[i, 0]),
+         "q025": float(q[i, 1]), "q975": float(q[i, 2])}
+        for i in range(means.shape[0])
+    ]
+
+
+@dataclass(frozen=True)
+class LocationMixture:
+    """Components of the location mixtures over tau (see :mod:`models.exact`).
+
+    Attributes
+    ----------
+    tau, weights : numpy.ndarray
+        Shape ``(N,)``: nodes and weights (sum 1).
+    mean, cov : numpy.ndarray
+        Shapes ``(N, p)`` and ``(N, p, p)``: ``E[beta | tau, y]`` and ``Cov[beta | tau, y]``.
+    """
+
+    tau: np.ndarray
+    weights: np.ndarray
+    mean: np.ndarray
+    cov: np.ndarray
+
+    @classmethod
+    def on_nodes(cls, conditional: Callable, tau: np.ndarray, weights: np.ndarray, *, prune: bool) -> LocationMixture:
+        """Mixture at nodes ``tau``; ``conditional(tau) -> (loglik, mean, cov)`` as ``NormalModel.conditional``.
+
+        With ``prune``, components lighter than 1e-15 of the heaviest are dropped. Weights are
+        renormalised to sum 1.
+        """
+        if prune:
+            keep = weights > _WEIGHT_FLOOR * weights.max()
+            tau, weights = tau[keep], weights[keep]
+        _, mean, cov = conditional(tau)
+        return cls(tau, weights / weights.sum(), mean, cov)
+
+    def linear(self, x: np.ndarray, *, new_study: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Component means and sds, shape ``(N,)``, of ``x' beta`` (plus tau^2 if ``new_study``)."""
+        var = np.einsum("i,nij,j->n", x, self.cov, x) + (self.tau**2 if new_study else 0.0)
+        return self.mean @ x, np.sqrt(var)
+
+    def shrinkage(self, y: np.ndarray, v: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Component means and sds, shape ``(k, N)``, of each study's theta_i."""
+        lam = self.tau[:, None] ** 2 / (self.tau[:, None] ** 2 + v[None, :])
+        fitted = self.mean @ X.T
+        fitted_var = np.einsum("kp,npq,kq->nk", X, self.cov, X)
+        mean = lam * y + (1.0 - lam) * fitted
+        return mean.T, np.sqrt(lam * v + (1.0 - lam) ** 2 * fitted_var).T
