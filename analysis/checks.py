@@ -14,6 +14,9 @@ Test statistics :math:`T(y, \mu, \tau)`, each with its posterior predictive p-va
 * the Egger-type funnel-asymmetry slope: the weighted least-squares slope of :math:`y_i` on
   :math:`\sqrt{v_i}` with weights :math:`1/v_i` (small-study effects), with a two-sided p-value.
 
+Q needs at least two studies and the slope at least three of different precision; statistics
+that are undefined for an outcome are left out of its result.
+
 p-values near 0 or 1 flag misfit; under a well-fitting model they are not far in the tails.
 """
 
@@ -102,11 +105,11 @@ def posterior_predictive_check(result: MetaAnalysisResult, *, seed: int = 1) -> 
     mu, tau = post["mu"].to_numpy(), post["tau"].to_numpy()
     yi, vi = result.studies["yi"].to_numpy(dtype=float), result.studies["vi"].to_numpy(dtype=float)
     y_rep = replicate(mu, tau, vi, rng=np.random.default_rng([result.settings.get("seed", seed), _PPC_STREAM, seed]))
-    stats = {
-        "Q": _stat(np.broadcast_to(cochran_q(yi, vi), mu.shape), cochran_q(y_rep, vi)),
-        "max_std_residual": _stat(max_standardised_residual(yi, vi, mu, tau), max_standardised_residual(y_rep, vi, mu, tau)),
-        "egger_slope": _stat(np.broadcast_to(egger_slope(yi, vi), mu.shape), egger_slope(y_rep, vi), two_sided=True),
-    }
+    stats = {"max_std_residual": _stat(max_standardised_residual(yi, vi, mu, tau), max_standardised_residual(y_rep, vi, mu, tau))}
+    if yi.size >= 2:  # Q of a single study is identically 0
+        stats["Q"] = _stat(np.broadcast_to(cochran_q(yi, vi), mu.shape), cochran_q(y_rep, vi))
+    if yi.size >= 3 and np.ptp(vi) > 0:  # a slope on SE needs three studies of different precision
+        stats["egger_slope"] = _stat(np.broadcast_to(egger_slope(yi, vi), mu.shape), egger_slope(y_rep, vi), two_sided=True)
     study = result.studies["study"].tolist()
     result.posterior["posterior_predictive"] = xr.DataTree(xr.Dataset(
         {"y": xr.DataArray(y_rep, dims=("chain", "draw", "study"), coords={"study": study})}))

@@ -37,8 +37,13 @@ def bayesian_row(label: str, fit: Mapping) -> dict:
 
 
 def frequentist_rows(yi: np.ndarray, vi: np.ndarray, *, outcome: str) -> list[dict]:
-    """DerSimonian–Laird and REML rows (metafor ``rma``), μ with its 95% Wald CI."""
-    rows = []
+    """DerSimonian–Laird and REML rows (metafor ``rma``), μ with its 95% Wald CI.
+
+    With a single study τ² is not estimable, so no frequentist rows are returned.
+    """
+    rows: list[dict] = []
+    if len(yi) < 2:
+        return rows
     for method in ("DL", "REML"):
         fit = rma_uni(yi, vi, method=method)
         rows.append({"label": f"frequentist {method}", "outcome": outcome, "model": "random-effects",

@@ -37,13 +37,25 @@ import xarray as xr
 from analysis.dataset import Dataset
 from analysis.diagnostics import diagnose
 from analysis.effects import EffectTable, compute_effects
-from analysis.fit import ENGINES, PriorSet, SamplerSettings, outcome_effects, sample_with_retry
+from analysis.fit import (
+    ENGINES,
+    PriorSet,
+    SamplerSettings,
+    outcome_effects,
+    sample_with_retry,
+)
 from analysis.meta_regression_result import MetaRegressionResult, SubgroupResults
 from analysis.summaries import summarize_draws
 from models.exact import ExactPosterior, exact_posterior
 from models.meta_regression import (
-    DEFAULT_SLOPE_SD_JOINT, DEFAULT_SLOPE_SD_SEPARATE, Design, ModeratorNotEstimable,
-    build_design, build_meta_regression_model, slope_prior_sds,
+    DEFAULT_SLOPE_SD_JOINT,
+    DEFAULT_SLOPE_SD_SEPARATE,
+    Design,
+    ModeratorNotEstimable,
+    build_design,
+    build_meta_regression_model,
+    coef_name,
+    slope_prior_sds,
 )
 from models.priors import PriorSpec
 from models.random_effects import draw_theta, draw_theta_new
@@ -302,7 +314,7 @@ def _subgroups_and_contrasts(fitted: _ExactFit | _NutsFit, design: Design, direc
             subgroups.append({"moderator": term.moderator, "level": level, "is_reference": level == term.reference,
                               "n_studies": term.counts[level]} | _with_benefit(fitted.linear(x), direction))
             if level != term.reference:
-                coef = f"{term.moderator}[{level}]"
+                coef = coef_name(term.moderator, level)
                 unit = np.eye(design.p)[design.coef_names.index(coef)]
                 contrasts.append({"moderator": term.moderator, "level": level, "reference": term.reference,
                                   "coef": coef} | _with_benefit(fitted.linear(unit), direction))

@@ -196,11 +196,12 @@ def format_meta_regression(result: MetaRegressionResult) -> str:
     """Text report in the style of metafor's ``print.rma`` with moderators."""
     r2 = result.R2
     hetero = pd.DataFrame.from_dict({p: result.summaries[p] for p in ("tau", "I2")}, orient="index")
+    explained = (f"tau^2 explained (Bayesian pseudo-R2, truncated at 0): R2 = {100 * r2['R2']:.1f}%  "
+                 f"(posterior median tau^2: random effects {r2['tau2_median_RE']:.4g}, "
+                 f"meta-regression {r2['tau2_median_MR']:.4g}; ratio {r2['ratio']:.4g})")
     lines = _header(result) + [
         "", "Residual heterogeneity:", hetero.rename(columns=_COLUMNS).to_string(float_format=lambda z: f"{z:.4f}"),
-        f"tau^2 explained (Bayesian pseudo-R2, truncated at 0): R2 = {100 * r2['R2']:.1f}%  "
-        f"(posterior median tau^2: random effects {r2['tau2_median_RE']:.4g}, "
-        f"meta-regression {r2['tau2_median_MR']:.4g}; ratio {r2['ratio']:.4g})",
+        explained,
         "", "Model results (coefficients; slopes per unit):",
         _table(list(result.beta.values()), list(result.beta)),
     ]

@@ -1,9 +1,8 @@
-"""``evmeta run``: the whole analysis of a dataset as a sequence of steps, reported to a folder.
+"""``evmeta run``: the whole analysis of a dataset as a sequence of steps (no file output here).
 
-Steps: validate and load the dataset; compute effect sizes; for every outcome fit the
-random-effects model with NUTS (convergence-gated, retried once) and with the exact engine
-(the cross-check); write figures, tables, posteriors, ``report.md`` and ``manifest.json``.
-The output folder is built in a staging folder and swapped in only when complete.
+Per outcome: the random-effects model with NUTS (convergence-gated, retried once) and with
+the exact engine (the cross-check); posterior predictive checks; power-scaling and a prior
+grid; the comparison with the frequentist DL/REML estimates. The report module writes it all.
 """
 
 from __future__ import annotations
@@ -16,10 +15,13 @@ from pathlib import Path
 import arviz as az
 import pandas as pd
 
+from analysis.checks import PPCResult, posterior_predictive_check
+from analysis.compare import compare_table
 from analysis.dataset import Dataset, load_dataset
 from analysis.effects import EffectTable, compute_effects
 from analysis.fit import PriorSet, SamplerSettings, fit_random_effects
 from analysis.results import MetaAnalysisResult
+from analysis.sensitivity import power_scaling, prior_grid
 
 Progress = Callable[[str], None]
 
@@ -29,18 +31,39 @@ def _silent(message: str) -> None:
 
 
 @dataclass
+class OutcomeAnalysis:
+    """Everything computed for one outcome."""
+
+    nuts: MetaAnalysisResult
+    exact: MetaAnalysisResult
+    ppc: PPCResult
+    psense: pd.DataFrame
+    prior_grid: pd.DataFrame
+    comparison: pd.DataFrame
+
+
+@dataclass
 class RunResult:
     """Everything ``evmeta run`` computed, ready for the report."""
 
     dataset: Dataset
     table: EffectTable
-    nuts: list[MetaAnalysisResult]
-    exact: list[MetaAnalysisResult]
+    outcomes: dict[str, OutcomeAnalysis]
     skipped: dict[str, str]
     seed: int
     priors: PriorSet
     sampler: SamplerSettings
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def nuts(self) -> list[MetaAnalysisResult]:
+        """The NUTS random-effects fit of every analysed outcome."""
+        return [a.nuts for a in self.outcomes.values()]
+
+    @property
+    def exact(self) -> list[MetaAnalysisResult]:
+        """The exact-engine fit of every analysed outcome."""
+        return [a.exact for a in self.outcomes.values()]
 
     @property
     def failed(self) -> list[str]:
@@ -66,12 +89,28 @@ def engine_check(nuts: list[MetaAnalysisResult], exact: list[MetaAnalysisResult]
         node = mcse["posterior"] if "posterior" in mcse.children else mcse
         for param in ("mu", "tau"):
             se = float(node[param])
-            diff = r.summaries[param]["mean"] - exact_by[r.outcome.id].summaries[param]["mean"]
-            rows.append({"outcome": r.outcome.id, "parameter": param,
-                         "exact_mean": exact_by[r.outcome.id].summaries[param]["mean"],
+            reference = exact_by[r.outcome.id].summaries[param]["mean"]
+            diff = r.summaries[param]["mean"] - reference
+            rows.append({"outcome": r.outcome.id, "parameter": param, "exact_mean": reference,
                          "nuts_mean": r.summaries[param]["mean"], "mcse": se,
                          "z_mcse": abs(diff) / se, "within_4_mcse": abs(diff) <= 4 * se})
     return pd.DataFrame(rows)
+
+
+def analyse_outcome(
+    dataset: Dataset, table: EffectTable, outcome: str, *, priors: PriorSet, sampler: SamplerSettings,
+    seed: int, progressbar: bool = False,
+) -> OutcomeAnalysis:
+    """Fit, check and compare one outcome (see the module docstring)."""
+    exact = fit_random_effects(dataset, outcome, engine="exact", priors=priors, table=table)
+    nuts = fit_random_effects(dataset, outcome, engine="nuts", priors=priors, seed=seed, sampler=sampler,
+                              table=table, progressbar=progressbar)
+    fits = {"NUTS (default priors)": nuts.to_dict(), "exact engine (default priors)": exact.to_dict()}
+    comparison = compare_table(fits, frequentist=(nuts.studies["yi"].to_numpy(), nuts.studies["vi"].to_numpy()))
+    return OutcomeAnalysis(
+        nuts=nuts, exact=exact, ppc=posterior_predictive_check(nuts, seed=seed), psense=power_scaling(nuts),
+        prior_grid=prior_grid(dataset, outcome, table=table), comparison=comparison,
+    )
 
 
 def run_analysis(
@@ -90,7 +129,7 @@ def run_analysis(
     dataset_path : pathlib.Path
         Dataset folder.
     seed : int
-        Base seed; outcome ``j`` (0-based) is sampled with seed ``seed + j``.
+        Base seed; outcome ``j`` (0-based, declaration order) is sampled with seed ``seed + j``.
     priors, sampler : optional
         Priors and NUTS settings (defaults of :mod:`analysis.fit`).
     progress : callable
@@ -103,7 +142,7 @@ def run_analysis(
     progress(f"loading and validating {dataset_path}")
     dataset = load_dataset(dataset_path)
     table = compute_effects(dataset)
-    run = RunResult(dataset=dataset, table=table, nuts=[], exact=[], skipped={}, seed=seed, priors=priors, sampler=sampler)
+    run = RunResult(dataset=dataset, table=table, outcomes={}, skipped={}, seed=seed, priors=priors, sampler=sampler)
     run.timings["data"] = time.perf_counter() - clock
     outcomes = list(dataset.outcomes)
     for j, outcome in enumerate(outcomes):
@@ -111,12 +150,9 @@ def run_analysis(
             run.skipped[outcome] = "no study reports this outcome"
             continue
         started = time.perf_counter()
-        progress(f"[{j + 1}/{len(outcomes)}] {outcome}: exact engine + NUTS random-effects fit")
-        kwargs = {"priors": priors, "table": table}
-        run.exact.append(fit_random_effects(dataset, outcome, engine="exact", **kwargs))
-        run.nuts.append(fit_random_effects(dataset, outcome, engine="nuts", seed=seed + j, sampler=sampler,
-                                           progressbar=progressbar, **kwargs))
-        run.timings[f"fit_{outcome}"] = time.perf_counter() - started
-    run.timings["total_fits"] = time.perf_counter() - clock
+        progress(f"[{j + 1}/{len(outcomes)}] {outcome}: NUTS + exact fits, predictive checks, prior sensitivity")
+        run.outcomes[outcome] = analyse_outcome(dataset, table, outcome, priors=priors, sampler=sampler,
+                                                seed=seed + j, progressbar=progressbar)
+        run.timings[f"outcome_{outcome}"] = time.perf_counter() - started
+    run.timings["analysis"] = time.perf_counter() - clock
     return run
-

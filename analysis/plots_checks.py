@@ -35,14 +35,15 @@ def ppc_statistics_plot(result: MetaAnalysisResult, check: PPCResult) -> Figure:
     mu, tau = post["mu"].to_numpy().ravel(), post["tau"].to_numpy().ravel()
     yi, vi = result.studies["yi"].to_numpy(dtype=float), result.studies["vi"].to_numpy(dtype=float)
     y_rep = check.y_rep.reshape(-1, yi.size)
-    replicated = {"Q": cochran_q(y_rep, vi), "max_std_residual": max_standardised_residual(y_rep, vi, mu, tau),
-                  "egger_slope": egger_slope(y_rep, vi)}
-    observed = {"Q": np.full(1, cochran_q(yi, vi)), "max_std_residual": max_standardised_residual(yi, vi, mu, tau),
-                "egger_slope": np.full(1, egger_slope(yi, vi))}
-    fig = Figure(figsize=(11, 3.4), layout="constrained")
-    for ax, name in zip(fig.subplots(1, 3), STAT_LABELS, strict=True):
-        ax.hist(replicated[name], bins=50, color="#9ecae1", edgecolor="white")
-        ax.axvline(float(np.median(observed[name])), color="black", lw=2, label="observed")
+    replicated = {"Q": lambda: cochran_q(y_rep, vi), "max_std_residual": lambda: max_standardised_residual(y_rep, vi, mu, tau),
+                  "egger_slope": lambda: egger_slope(y_rep, vi)}
+    observed = {"Q": lambda: np.full(1, cochran_q(yi, vi)), "max_std_residual": lambda: max_standardised_residual(yi, vi, mu, tau),
+                "egger_slope": lambda: np.full(1, egger_slope(yi, vi))}
+    names = [n for n in STAT_LABELS if n in check.statistics]
+    fig = Figure(figsize=(3.7 * len(names), 3.4), layout="constrained")
+    for ax, name in zip(np.atleast_1d(fig.subplots(1, len(names))), names, strict=True):
+        ax.hist(replicated[name](), bins=50, color="#9ecae1", edgecolor="white")
+        ax.axvline(float(np.median(observed[name]())), color="black", lw=2, label="observed")
         stat = check.statistics[name]
         p_text = f"ppp = {stat['ppp']:.3f}" + (f" (two-sided {stat['ppp_two_sided']:.3f})" if "ppp_two_sided" in stat else "")
         ax.set_title(f"{STAT_LABELS[name]}\n{p_text}", fontsize=10)

@@ -113,7 +113,7 @@ def pooled_summary_plot(results: Sequence[MetaAnalysisResult], *, measure: str =
     n = len(results)
     y = np.arange(n, dtype=float)
     labels = [_shorten(r.outcome.label) + (" †" if r.outcome.direction < 0 else "") for r in results]
-    fig, ax, tax = _new_figure(n, labels, table_inch=3.0)
+    fig, ax, tax = _new_figure(n, labels, table_inch=3.4)
     lows, highs = [], []
     for yi, r in zip(y, results):
         mu, pred = _oriented(r.summaries["mu"], r.outcome.direction), _oriented(r.summaries["theta_new"], r.outcome.direction)
@@ -311,11 +311,11 @@ def _priors_text(priors: dict[str, str]) -> str:
     return ", ".join(f"{'μ' if p == 'mu' else 'τ' if p == 'tau' else p} ~ {s}" for p, s in priors.items())
 
 
-def _engine_text(result: MetaAnalysisResult) -> str:
+def _engine_text(result: MetaAnalysisResult, *, seed: bool = True) -> str:
     if result.engine == "exact":
         return "exact (quadrature over τ)"
     s = result.settings
-    return f"NUTS ({s.get('chains')}×{s.get('draws')} draws, seed {s.get('seed')})"
+    return f"NUTS ({s.get('chains')}×{s.get('draws')} draws" + (f", seed {s.get('seed')})" if seed else ")")
 
 
 def _simulated_marker(fig: Figure, tax: Axes, ax: Axes) -> None:
@@ -340,7 +340,7 @@ def _forest_titles(fig: Figure, tax: Axes, result: MetaAnalysisResult) -> None:
 
 def _pooled_titles(fig: Figure, tax: Axes, results: Sequence[MetaAnalysisResult]) -> None:
     datasets = ", ".join(dict.fromkeys(r.dataset for r in results))
-    engines = ", ".join(dict.fromkeys(_engine_text(r) for r in results))
+    engines = ", ".join(dict.fromkeys(_engine_text(r, seed=False) for r in results))
     priors = "; ".join(dict.fromkeys(_priors_text(r.priors) for r in results))
     fig.suptitle(f"Pooled effects by outcome ({len(results)} outcome{'s' if len(results) > 1 else ''})", fontsize=12, fontweight="bold")
     fig.axes[0].set_title(f"{datasets} · engine {engines}\npriors: {priors}", loc="left", fontsize=9, color="#333333")

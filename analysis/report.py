@@ -97,13 +97,52 @@ def manifest(run: RunResult, elapsed: float) -> dict:
     }
 
 
+def _save(fig: object, stem: Path) -> list[Path]:
+    """Save a figure (PNG + SVG) and release it (ArviZ figures live in pyplot's registry)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return write_figure(fig, stem)
+    finally:
+        plt.close(fig)
+
+
+def write_check_figures(run: RunResult, folder: Path) -> None:
+    """Per outcome: PPC density and statistics, power-scaling, prior grid, comparison forest; and the RoB figure."""
+    from analysis.compare import compare_forest
+    from analysis.plots_checks import ppc_density_plot, ppc_statistics_plot, prior_grid_plot, psense_plot
+    from analysis.plots_rob import rob_columns, rob_summary_plot
+
+    for oid, a in run.outcomes.items():
+        _save(ppc_density_plot(a.nuts), folder / f"ppc_{oid}")
+        _save(ppc_statistics_plot(a.nuts, a.ppc), folder / f"ppc_stats_{oid}")
+        _save(psense_plot(a.nuts), folder / f"psense_{oid}")
+        _save(prior_grid_plot(a.prior_grid), folder / f"prior_grid_{oid}")
+        _save(compare_forest({"NUTS": a.nuts, "exact engine": a.exact}), folder / f"compare_{oid}")
+    if rob_columns(run.dataset.studies):
+        _save(rob_summary_plot(run.dataset.studies, simulated=run.dataset.is_simulated), folder / "risk_of_bias")
+
+
+def write_check_tables(run: RunResult, folder: Path) -> None:
+    """PPC statistics, power-scaling, prior grids and comparison tables (all outcomes stacked)."""
+    import pandas as pd
+
+    ppc = [{"outcome": oid, "statistic": k, **v} for oid, a in run.outcomes.items() for k, v in a.ppc.statistics.items()]
+    write_csv(folder / "ppc_statistics.csv", pd.DataFrame(ppc))
+    psense = [a.psense.reset_index(names="parameter").assign(outcome=oid) for oid, a in run.outcomes.items()]
+    write_csv(folder / "power_scaling.csv", pd.concat(psense, ignore_index=True))
+    write_csv(folder / "prior_grid.csv", pd.concat([a.prior_grid for a in run.outcomes.values()], ignore_index=True))
+    write_csv(folder / "comparison.csv", pd.concat([a.comparison for a in run.outcomes.values()], ignore_index=True))
+
+
 def write_run_report(run: RunResult, out_dir: Path, *, elapsed: float) -> Path:
     """Write the whole report of a run to ``out_dir`` (replaced only once complete).
 
-    Layout: ``report.md``, ``manifest.json``, ``figures/`` (PNG + SVG), ``tables/`` (CSV),
+    Layout: ``report.md``, ``report.html`` (self-contained), ``manifest.json``, ``figures/`` (PNG + SVG), ``tables/`` (CSV),
     ``fits/`` (JSON per outcome, NUTS and exact), ``posteriors/`` (NetCDF DataTrees).
     """
     from analysis.pipeline import engine_check
+    from analysis.report_html import markdown_to_html
     from analysis.report_md import build_report_markdown
 
     with staged_directory(Path(out_dir)) as stage:
@@ -114,6 +153,10 @@ def write_run_report(run: RunResult, out_dir: Path, *, elapsed: float) -> Path:
         write_json(stage / "fits" / "exact.json", fits_json(run.exact, all_outcomes=True))
         write_csv(stage / "tables" / "pooled_summary_exact.csv", pooled_table(run.exact))
         write_csv(stage / "tables" / "engine_check.csv", engine_check(run.nuts, run.exact))
-        write_text_atomic(stage / "report.md", build_report_markdown(run))
+        write_check_figures(run, stage / "figures")
+        write_check_tables(run, stage / "tables")
+        markdown = build_report_markdown(run)
+        write_text_atomic(stage / "report.md", markdown)
+        write_text_atomic(stage / "report.html", markdown_to_html(markdown, folder=stage, title=f"evmeta report: {run.dataset.name}"))
         write_json(stage / "manifest.json", manifest(run, elapsed))
     return Path(out_dir)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analysis.pipeline import RunResult, engine_check
+from analysis.pipeline import OutcomeAnalysis, RunResult, engine_check
 from analysis.results import MetaAnalysisResult
 
 SIMULATED_BANNER = (
@@ -82,14 +82,78 @@ def pooled_section(results: Sequence[MetaAnalysisResult]) -> list[str]:
             "![Pooled effects of all outcomes](figures/pooled_summary.png)", ""]
 
 
-def outcome_sections(results: Sequence[MetaAnalysisResult]) -> list[str]:
-    """One section per outcome: forest plot and the fit's text report."""
+def _ppc_table(analysis: OutcomeAnalysis) -> str:
+    rows = [{"statistic": name, "observed": f"{v['observed']:.3f}", "replicated mean": f"{v['replicated_mean']:.3f}",
+             "ppp": f"{v['ppp']:.3f}", "two-sided": f"{v['ppp_two_sided']:.3f}" if "ppp_two_sided" in v else ""}
+            for name, v in analysis.ppc.statistics.items()]
+    return markdown_table(pd.DataFrame(rows))
+
+
+def _psense_table(analysis: OutcomeAnalysis) -> str:
+    table = analysis.psense.reset_index(names="parameter")
+    return markdown_table(table.assign(prior=table["prior"].map("{:.3f}".format), likelihood=table["likelihood"].map("{:.3f}".format)))
+
+
+def _grid_table(analysis: OutcomeAnalysis) -> str:
+    g = analysis.prior_grid
+    rows = pd.DataFrame({"μ prior": g["prior_mu"], "τ prior": g["prior_tau"],
+                         "μ mean [eti95]": [f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in zip(g["mu_mean"], g["mu_q025"], g["mu_q975"], strict=True)],
+                         "τ median [eti95]": [f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in zip(g["tau_median"], g["tau_q025"], g["tau_q975"], strict=True)],
+                         "P(benefit)": g["prob_benefit"].map("{:.3f}".format)})
+    return markdown_table(rows)
+
+
+def outcome_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
+    """One outcome: forest plot, fit report, predictive checks, prior sensitivity, comparison."""
+    r = analysis.nuts
+    from analysis.compare import compare_markdown
+
+    return [
+        f"### {r.outcome.label} ({oid})", "",
+        f"![Forest plot of {oid}](figures/forest_{oid}.png)", "",
+        "```", str(r), "```", "",
+        f"**Pooled effect:** μ = {interval(r.summaries['mu'])} (eti95); prediction interval for a new study "
+        f"[{r.summaries['theta_new']['q025']:.2f}, {r.summaries['theta_new']['q975']:.2f}]; P(benefit) = {r.prob_benefit:.3f}.", "",
+        "#### Posterior predictive checks", "",
+        "Replicated study effects from the mixed predictive distribution; ppp = P(T(y_rep) ≥ T(y)).", "",
+        _ppc_table(analysis), "",
+        f"![Posterior predictive density of {oid}](figures/ppc_{oid}.png)", "",
+        f"![Posterior predictive test statistics of {oid}](figures/ppc_stats_{oid}.png)", "",
+        "#### Prior sensitivity", "",
+        "Power-scaling of the top-level priors (μ, τ); sensitivity ≥ 0.05 is flagged.", "",
+        _psense_table(analysis), "",
+        f"![Power-scaling of {oid}](figures/psense_{oid}.png)", "",
+        "Refits under alternative priors (exact engine):", "",
+        _grid_table(analysis), "",
+        f"![Prior grid of {oid}](figures/prior_grid_{oid}.png)", "",
+        "#### Bayesian and frequentist estimates side by side", "",
+        compare_markdown(analysis.comparison), "",
+        f"![Comparison of fits of {oid}](figures/compare_{oid}.png)", "",
+    ]
+
+
+def outcome_sections(run: RunResult) -> list[str]:
+    """All per-outcome sections."""
     lines = ["## Outcomes", ""]
-    for r in results:
-        lines += [f"### {r.outcome.label} ({r.outcome.id})", "",
-                  f"![Forest plot of {r.outcome.id}](figures/forest_{r.outcome.id}.png)", "",
-                  "```", str(r), "```", ""]
+    for oid, analysis in run.outcomes.items():
+        lines += outcome_section(oid, analysis)
     return lines
+
+
+def diagnostics_section(run: RunResult) -> list[str]:
+    """Convergence diagnostics of every NUTS fit."""
+    rows = [{"outcome": r.outcome.id, "r_hat max": f"{r.diagnostics.r_hat_max:.3f}", "ess_bulk min": f"{r.diagnostics.ess_bulk_min:.0f}",
+             "ess_tail min": f"{r.diagnostics.ess_tail_min:.0f}", "divergences": r.diagnostics.divergences,
+             "retried": "yes" if r.retried else "no", "gates": "passed" if r.converged else "**FAILED**"}
+            for r in run.nuts if r.diagnostics is not None]
+    return ["## Convergence diagnostics", "", markdown_table(pd.DataFrame(rows)), ""]
+
+
+def rob_section(run: RunResult) -> list[str]:
+    """The SYRCLE risk-of-bias figure, if the studies table has risk-of-bias columns."""
+    if not any(c.startswith("rob_") for c in run.dataset.studies.columns):
+        return []
+    return ["## Risk of bias (SYRCLE)", "", "![SYRCLE risk of bias](figures/risk_of_bias.png)", ""]
 
 
 def engine_section(run: RunResult) -> list[str]:
@@ -108,5 +172,5 @@ def build_report_markdown(run: RunResult) -> str:
     lines = header_section(run) + methods_section(run) + pooled_section(run.nuts)
     if run.skipped:
         lines += ["Outcomes not analysed: " + "; ".join(f"{k} ({v})" for k, v in run.skipped.items()), ""]
-    lines += outcome_sections(run.nuts) + engine_section(run)
+    lines += rob_section(run) + outcome_sections(run) + diagnostics_section(run) + engine_section(run)
     return "\n".join(lines).rstrip() + "\n"

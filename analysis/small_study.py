@@ -47,6 +47,8 @@ N_DRAWS = 4000
 #: Fewer studies than this: small-study methods have very low power (Sterne et al. 2011, BMJ 343:d4002).
 MIN_K_ADVISED = 10
 PET_PEESE_THRESHOLD = 0.975
+#: A predictor whose largest/smallest value is below this ratio barely varies across studies.
+SPREAD_RATIO_MIN = 1.5
 #: NUTS settings of the selection model: its posterior curves sharply where omega and mu trade
 #: off, so target_accept starts at 0.95 and the retry (0.99, doubled tuning) is automatic.
 SELECTION_SAMPLER = SamplerSettings(target_accept=0.95)
@@ -103,6 +105,19 @@ def _predictors(studies: pd.DataFrame, notes: list[str]) -> list[str]:
     notes.append("group sizes (n_treatment, n_control) are not available for every study: "
                  "the sqrt(1/n~) and 1/n~ regressions were skipped (SE-based PET/PEESE only)")
     return ["sei", "vi"]
+
+
+def _spread_notes(studies: pd.DataFrame, predictors: list[str]) -> list[str]:
+    """Warn when a predictor barely varies: beta1 is then hardly identified and beta0 a far extrapolation."""
+    notes = []
+    for predictor in [p for p in predictors if PREDICTORS[p][0] == "PET"]:  # PEESE uses their squares
+        x = predictor_values(predictor, studies["vi"].to_numpy(), studies["n_treatment"].to_numpy(),
+                             studies["n_control"].to_numpy())
+        distinct = np.unique(np.round(x, 6)).size
+        if distinct < 3 or x.max() / x.min() < SPREAD_RATIO_MIN:
+            notes.append(f"{predictor} only spans {x.min():.3g} to {x.max():.3g} ({distinct} distinct values): the "
+                         f"slope is weakly identified and the intercept (at {predictor} = 0) is a long extrapolation")
+    return notes
 
 
 def _exact_regression(studies: pd.DataFrame, predictor: str, priors: SmallStudyPriors, direction: int,
@@ -241,8 +256,9 @@ def fit_small_study(
         notes.append(f"only k = {len(studies)} studies: small-study methods have little power below "
                      f"{MIN_K_ADVISED} studies; read the intervals, not the point estimates")
     rng = np.random.default_rng([seed, 2])
-    regressions = {}
-    for predictor in _predictors(studies, notes):
+    regressions, predictors = {}, _predictors(studies, notes)
+    notes += _spread_notes(studies, predictors)
+    for predictor in predictors:
         fit = (_exact_regression(studies, predictor, priors, direction, rng) if engine == "exact" else
                _nuts_regression(studies, predictor, priors, direction, seed, sampler, progressbar))
         regressions[fit.name] = fit

@@ -56,8 +56,17 @@ from models.priors import PriorSpec
 from models.random_effects import build_random_effects_model
 
 __all__ = [
-    "DEFAULT_SLOPE_SD_JOINT", "DEFAULT_SLOPE_SD_SEPARATE", "INTERCEPT", "Design", "ModeratorLike",
-    "ModeratorNotEstimable", "Term", "build_design", "build_meta_regression_model", "slope_prior_sds",
+    "DEFAULT_SLOPE_SD_JOINT",
+    "DEFAULT_SLOPE_SD_SEPARATE",
+    "INTERCEPT",
+    "Design",
+    "ModeratorLike",
+    "ModeratorNotEstimable",
+    "Term",
+    "build_design",
+    "build_meta_regression_model",
+    "coef_name",
+    "slope_prior_sds",
 ]
 
 INTERCEPT = "intercept"
@@ -145,7 +154,24 @@ class Term:
 
 @dataclass(frozen=True)
 class Design:
-    """Design matrix ``[1, x_i']`` of a meta-regression with its coding and notes."""
+    """Design matrix ``[1, x_i']`` of a meta-regression with its coding and notes.
+
+    Attributes
+    ----------
+    X : numpy.ndarray
+        ``(k, p)`` design matrix; column 0 is the intercept.
+    coef_names : tuple of str
+        ``"intercept"``, then ``moderator[level]`` per treatment-coded level and ``moderator``
+        per numeric moderator (see :func:`coef_name`).
+    study : tuple of str
+        Study label of each row.
+    terms : tuple of Term
+        Coding of each moderator in the model.
+    notes : tuple of str
+        Dropped or single-study levels, re-referencing, skipped moderators, rank problems.
+    center : bool
+        Whether numeric moderators were centred.
+    """
 
     X: np.ndarray
     coef_names: tuple[str, ...]
@@ -180,7 +206,7 @@ class Design:
             raise ValueError(f"{level!r} is not an estimable level of categorical moderator {moderator!r}")
         x = self.baseline()
         if level != term.reference:
-            x[self.coef_names.index(f"{moderator}[{level}]")] = 1.0
+            x[self.coef_names.index(coef_name(moderator, level))] = 1.0
         return x
 
     def term(self, moderator: str) -> Term:
@@ -189,6 +215,15 @@ class Design:
             if term.moderator == moderator:
                 return term
         raise KeyError(f"moderator {moderator!r} is not in this design")
+
+
+def coef_name(moderator: str, level: str | None = None) -> str:
+    """Coefficient name: ``moderator[level]`` for a treatment-coded level, else ``moderator``.
+
+    ``/`` is replaced by ``_`` because PyMC variable names become DataTree paths (NetCDF groups).
+    """
+    name = moderator if level is None else f"{moderator}[{level}]"
+    return name.replace("/", "_")
 
 
 def build_design(
@@ -277,7 +312,7 @@ def _encode_categorical(values: pd.Series, mod: ModeratorLike) -> tuple[Term, np
               "estimate and contrast rest on that study" for lvl in present if counts[lvl] == 1]
     others = [lvl for lvl in present if lvl != reference]
     block = np.column_stack([(values == lvl).to_numpy(dtype=float) for lvl in others])
-    term = Term(moderator=mod.name, type="categorical", columns=tuple(f"{mod.name}[{lvl}]" for lvl in others),
+    term = Term(moderator=mod.name, type="categorical", columns=tuple(coef_name(mod.name, lvl) for lvl in others),
                 reference=reference, levels=tuple(present), counts=counts,
                 dropped_levels=tuple(lvl for lvl in ordered if counts[lvl] == 0))
     return term, block, notes
@@ -289,7 +324,7 @@ def _encode_numeric(values: pd.Series, name: str, *, center: bool) -> tuple[Term
         raise ModeratorNotEstimable(name, f"constant ({x[0]:g}) across the analysed studies" if x.size else "no studies")
     mean, sd = float(x.mean()), float(x.std(ddof=1))
     centre = mean if center else 0.0
-    term = Term(moderator=name, type="numeric", columns=(name,), mean=mean, sd=sd, centre=centre)
+    term = Term(moderator=name, type="numeric", columns=(coef_name(name),), mean=mean, sd=sd, centre=centre)
     return term, x - centre, []
 
 

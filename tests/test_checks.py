@@ -64,6 +64,13 @@ def test_ppc_on_normand_and_arviz_group(fit):
     assert fit.posterior["posterior_predictive"]["y"].dims == ("chain", "draw", "study")
 
 
+def test_undefined_statistics_are_left_out(fit):
+    one = type(fit)(**{**fit.__dict__, "studies": fit.studies.iloc[:1]})
+    assert set(posterior_predictive_check(one).statistics) == {"max_std_residual"}
+    two = type(fit)(**{**fit.__dict__, "studies": fit.studies.iloc[:2]})
+    assert set(posterior_predictive_check(two).statistics) == {"max_std_residual", "Q"}
+
+
 def test_ppc_needs_nuts():
     exact = fit_random_effects(load_dataset(DATA_DIR / "normand1999"), "length_of_stay", engine="exact")
     with pytest.raises(ValueError, match="NUTS"):

@@ -24,8 +24,12 @@ from analysis.fit import PriorSet, SamplerSettings
 from analysis.meta_regression import fit_meta_regression, fit_subgroups_one_at_a_time
 from models.exact import exact_posterior
 from models.meta_regression import (
-    DEFAULT_SLOPE_SD_JOINT, DEFAULT_SLOPE_SD_SEPARATE, ModeratorNotEstimable, build_design,
-    build_meta_regression_model, slope_prior_sds,
+    DEFAULT_SLOPE_SD_JOINT,
+    DEFAULT_SLOPE_SD_SEPARATE,
+    ModeratorNotEstimable,
+    build_design,
+    build_meta_regression_model,
+    slope_prior_sds,
 )
 from models.priors import PriorSpec
 from tests.helpers import write_dataset
@@ -84,6 +88,13 @@ def test_absent_reference_and_single_study_level_are_noted() -> None:
     assert design.term("species").reference == "mouse" and design.coef_names == ("intercept", "species[rabbit]")
     assert any("reference 'rat' has no study; reference set to 'mouse'" in n for n in design.notes)
     assert any("'rabbit' has a single study (S2)" in n for n in design.notes)
+
+
+def test_slash_in_a_level_gives_a_path_safe_coefficient_name() -> None:
+    route = Moderator("route", "categorical", reference="oral", levels=("oral", "i.v./i.p."))
+    design = build_design(_table(route=["oral", "i.v./i.p.", "oral"]), [route])
+    assert design.coef_names == ("intercept", "route[i.v._i.p.]")
+    np.testing.assert_array_equal(design.level_row("route", "i.v./i.p."), [1.0, 1.0])
 
 
 def test_rank_and_saturation_notes() -> None:
@@ -291,6 +302,8 @@ def test_nuts_path_runs_and_records_diagnostics(tiny) -> None:
     post = result.posterior.posterior
     assert post["beta"].sizes["coef"] == 2 and post["theta"].sizes["study"] == 6 and "theta_new" in post
     assert result.diagnostics is not None and result.settings["seed"] == 3
+    out = json.loads(json.dumps(result.to_dict()))
+    assert out["engine"] == "nuts" and set(out["diagnostics"]) >= {"r_hat_max", "ess_bulk_min", "divergences"}
     again = fit_meta_regression(tiny, "BMD", moderators=["species"], engine="nuts", seed=3,
                                 sampler=SamplerSettings(draws=300, tune=300, chains=2))
     assert again.beta == result.beta and again.subgroups == result.subgroups
