@@ -20,6 +20,7 @@ from pathlib import Path
 from analysis.atomic import write_text_atomic
 from analysis.config import DEFAULT_DATASET, REPORTS_DIR
 from analysis.problems import DatasetError, Problem, errors
+from analysis.requests import MODELS, FitRequest
 from models.priors import PriorSpec
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NOT_CONVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -85,26 +86,36 @@ def _progress(message: str) -> None:
     print(f"[evmeta {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def _fit_request(args: argparse.Namespace) -> FitRequest:
+    from analysis.fit import PriorSet, SamplerSettings
+
+    return FitRequest(model=args.model, engine=args.engine, priors=PriorSet(mu=args.mu_prior, tau=args.tau_prior),
+                      seed=args.seed, sampler=SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains),
+                      moderator=args.moderator, progressbar=sys.stderr.isatty())
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """``evmeta fit DATASET --outcome ID | --all``: fit, print the report, write JSON/figures/posteriors."""
     from analysis.dataset import load_dataset
     from analysis.effects import compute_effects
-    from analysis.fit import PriorSet, SamplerSettings, fit_random_effects
     from analysis.report import write_fit_outputs
+    from analysis.requests import fit_outcome
 
-    priors = PriorSet(mu=args.mu_prior, tau=args.tau_prior)
-    sampler = SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains)
+    if args.model != "multivariate" and not (args.outcome or args.all):
+        print("evmeta fit: error: give --outcome ID or --all", file=sys.stderr)
+        return EXIT_USAGE
+    request = _fit_request(args)
     dataset = load_dataset(args.dataset)
     _print_problems(dataset.warnings)
     table = compute_effects(dataset)
+    if args.model == "multivariate":
+        return _fit_multivariate(args, dataset, table, request)
     outcomes = list(dataset.outcomes) if args.all else [args.outcome]
     results = []
     for i, outcome in enumerate(outcomes, start=1):
-        if len(outcomes) > 1 or args.engine == "nuts":
-            _progress(f"[{i}/{len(outcomes)}] {outcome}: {args.engine} fit")
+        _progress(f"[{i}/{len(outcomes)}] {outcome}: {args.model} ({args.engine})")
         try:
-            results.append(fit_random_effects(dataset, outcome, engine=args.engine, priors=priors, seed=args.seed,
-                                              sampler=sampler, table=table, progressbar=sys.stderr.isatty()))
+            results.append(fit_outcome(dataset, outcome, request, table=table))
         except ValueError as exc:
             if not args.all:
                 raise
@@ -113,11 +124,30 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(result, end="\n\n")
     for path in write_fit_outputs(results, json_path=args.json, out_dir=args.out, all_outcomes=args.all):
         print(f"wrote {path}")
-    failed = [r.outcome.id for r in results if not r.converged]
+    return _exit_for(results)
+
+
+def _exit_for(results: Sequence[object]) -> int:
+    failed = [getattr(r, "outcome", None) for r in results if not getattr(r, "converged", True)]
     if failed:
-        print(f"evmeta: FAILED convergence gates: {', '.join(failed)}", file=sys.stderr)
+        names = ", ".join(getattr(o, "id", str(o)) for o in failed)
+        print(f"evmeta: FAILED convergence gates: {names}", file=sys.stderr)
         return EXIT_NOT_CONVERGED
     return EXIT_OK
+
+
+def _fit_multivariate(args: argparse.Namespace, dataset: object, table: object, request: FitRequest) -> int:
+    from analysis.multivariate import fit_multivariate
+    from analysis.outputs import write_json
+
+    outcomes = None if not args.outcomes else ("all" if args.outcomes == ["all"] else args.outcomes)
+    _progress(f"multivariate model over {', '.join(outcomes) if isinstance(outcomes, list) else outcomes or 'default outcomes'}")
+    result = fit_multivariate(dataset, outcomes=outcomes, rho_within=args.rho_within, seed=args.seed,
+                              sampler=request.sampler, table=table, progressbar=request.progressbar)
+    print(result)
+    if args.json is not None:
+        print(f"wrote {write_json(args.json, result.to_dict())}")
+    return _exit_for([result])
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -155,10 +185,13 @@ def _add_fit_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("fit", help="fit the Bayesian random-effects model to one outcome or all outcomes")
     p.add_argument("dataset", type=Path)
-    which = p.add_mutually_exclusive_group(required=True)
+    which = p.add_mutually_exclusive_group(required=False)
     which.add_argument("--outcome", help="outcome id declared in dataset.toml")
     which.add_argument("--all", action="store_true", help="fit every outcome of the dataset")
-    p.add_argument("--model", choices=["random-effects"], default="random-effects")
+    p.add_argument("--model", choices=list(MODELS), default="random-effects")
+    p.add_argument("--moderator", default=None, help="meta-regression: a moderator declared in dataset.toml, or 'all' (joint)")
+    p.add_argument("--outcomes", nargs="+", default=None, help="multivariate: outcome ids, or 'all' (default BV_TV Tb_N Tb_Sp Tb_Th)")
+    p.add_argument("--rho-within", type=float, default=None, help="multivariate: assumed within-study correlation")
     p.add_argument("--engine", choices=["nuts", "exact"], default="nuts")
     p.add_argument("--tau-prior", type=_prior, default=DEFAULT_TAU_PRIOR, help=f"default {DEFAULT_TAU_PRIOR}; forms: {PRIOR_FORMS}")
     p.add_argument("--mu-prior", type=_prior, default=DEFAULT_MU_PRIOR, help=f"default {DEFAULT_MU_PRIOR}")

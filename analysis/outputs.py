@@ -62,12 +62,12 @@ def write_figure(fig: Figure, stem: Path, formats: Sequence[str] = FIGURE_FORMAT
     return paths
 
 
-def save_posterior(result: MetaAnalysisResult, path: Path) -> Path | None:
+def save_posterior(result: object, path: Path) -> Path | None:
     """Save the NUTS posterior of a fit as a NetCDF DataTree (opens with ``xarray.open_datatree``).
 
     Returns None for exact fits, which have no draws.
     """
-    if result.posterior is None:
+    if getattr(result, "posterior", None) is None:
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 Per outcome: the random-effects model with NUTS (convergence-gated, retried once) and with
 the exact engine (the cross-check); posterior predictive checks; power-scaling and a prior
-grid; the comparison with the frequentist DL/REML estimates. The report module writes it all.
+grid; the comparison with the frequentist DL/REML estimates; subgroups as covariates, one
+moderator at a time as the paper did (exact engine). The report module writes it all.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from analysis.compare import compare_table
 from analysis.dataset import Dataset, load_dataset
 from analysis.effects import EffectTable, compute_effects
 from analysis.fit import PriorSet, SamplerSettings, fit_random_effects
+from analysis.meta_regression import fit_subgroups_one_at_a_time
+from analysis.meta_regression_result import SubgroupResults
 from analysis.results import MetaAnalysisResult
 from analysis.sensitivity import power_scaling, prior_grid
 
@@ -40,6 +43,7 @@ class OutcomeAnalysis:
     psense: pd.DataFrame
     prior_grid: pd.DataFrame
     comparison: pd.DataFrame
+    subgroups: SubgroupResults | None = None
 
 
 @dataclass
@@ -107,9 +111,12 @@ def analyse_outcome(
                               table=table, progressbar=progressbar)
     fits = {"NUTS (default priors)": nuts.to_dict(), "exact engine (default priors)": exact.to_dict()}
     comparison = compare_table(fits, frequentist=(nuts.studies["yi"].to_numpy(), nuts.studies["vi"].to_numpy()))
+    subgroups = None
+    if dataset.moderators:
+        subgroups = fit_subgroups_one_at_a_time(dataset, outcome, engine="exact", priors=priors, table=table)
     return OutcomeAnalysis(
         nuts=nuts, exact=exact, ppc=posterior_predictive_check(nuts, seed=seed), psense=power_scaling(nuts),
-        prior_grid=prior_grid(dataset, outcome, table=table), comparison=comparison,
+        prior_grid=prior_grid(dataset, outcome, table=table), comparison=comparison, subgroups=subgroups,
     )
 
 

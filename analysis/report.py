@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from analysis.pipeline import RunResult
 
 
-def fits_json(results: Sequence[MetaAnalysisResult], *, all_outcomes: bool) -> dict:
+def fits_json(results: Sequence[object], *, all_outcomes: bool) -> dict:
     """The JSON object of ``evmeta fit``: one fit's dict, or ``{dataset, fits: {outcome: dict}}``."""
     if not all_outcomes and len(results) == 1:
         return results[0].to_dict()
@@ -32,7 +32,7 @@ def fits_json(results: Sequence[MetaAnalysisResult], *, all_outcomes: bool) -> d
 
 
 def write_fit_outputs(
-    results: Sequence[MetaAnalysisResult], *, json_path: Path | None, out_dir: Path | None, all_outcomes: bool
+    results: Sequence[object], *, json_path: Path | None, out_dir: Path | None, all_outcomes: bool
 ) -> list[Path]:
     """Write what ``evmeta fit`` produces and return the paths written.
 
@@ -65,16 +65,23 @@ def write_fit_figures(results: Sequence[MetaAnalysisResult], folder: Path) -> li
     from analysis.plots_forest import forest_plot, pooled_summary_plot
 
     written = []
+    pooled = [r for r in results if isinstance(r, MetaAnalysisResult)]
     for result in results:
-        written += write_figure(forest_plot(result, measure=result.measure), folder / f"forest_{result.outcome.id}")
-    if len(results) > 1:
-        written += write_figure(pooled_summary_plot(results, measure=results[0].measure), folder / "pooled_summary")
+        if isinstance(result, MetaAnalysisResult):
+            written += write_figure(forest_plot(result, measure=result.measure), folder / f"forest_{result.outcome.id}")
+        elif type(result).__name__ == "MetaRegressionResult":
+            from analysis.plots_subgroups import subgroup_plot
+
+            written += write_figure(subgroup_plot(result), folder / f"subgroups_{result.outcome.id}")
+    if len(pooled) > 1:
+        written += write_figure(pooled_summary_plot(pooled, measure=pooled[0].measure), folder / "pooled_summary")
     return written
 
 
 def write_fit_tables(results: Sequence[MetaAnalysisResult], folder: Path) -> list[Path]:
     """Pooled summary table (one row per outcome) and the study-effects table of each outcome."""
-    written = [write_csv(folder / "pooled_summary.csv", pooled_table(results))]
+    pooled = [r for r in results if isinstance(r, MetaAnalysisResult)]
+    written = [write_csv(folder / "pooled_summary.csv", pooled_table(pooled))] if pooled else []
     for result in results:
         written.append(write_csv(folder / f"studies_{result.outcome.id}.csv", result.studies))
     return written
@@ -112,6 +119,7 @@ def write_check_figures(run: RunResult, folder: Path) -> None:
     from analysis.compare import compare_forest
     from analysis.plots_checks import ppc_density_plot, ppc_statistics_plot, prior_grid_plot, psense_plot
     from analysis.plots_rob import rob_columns, rob_summary_plot
+    from analysis.plots_subgroups import subgroup_plot
 
     for oid, a in run.outcomes.items():
         _save(ppc_density_plot(a.nuts), folder / f"ppc_{oid}")
@@ -119,6 +127,8 @@ def write_check_figures(run: RunResult, folder: Path) -> None:
         _save(psense_plot(a.nuts), folder / f"psense_{oid}")
         _save(prior_grid_plot(a.prior_grid), folder / f"prior_grid_{oid}")
         _save(compare_forest({"NUTS": a.nuts, "exact engine": a.exact}), folder / f"compare_{oid}")
+        if a.subgroups:
+            _save(subgroup_plot(dict(a.subgroups)), folder / f"subgroups_{oid}")
     if rob_columns(run.dataset.studies):
         _save(rob_summary_plot(run.dataset.studies, simulated=run.dataset.is_simulated), folder / "risk_of_bias")
 
@@ -133,6 +143,12 @@ def write_check_tables(run: RunResult, folder: Path) -> None:
     write_csv(folder / "power_scaling.csv", pd.concat(psense, ignore_index=True))
     write_csv(folder / "prior_grid.csv", pd.concat([a.prior_grid for a in run.outcomes.values()], ignore_index=True))
     write_csv(folder / "comparison.csv", pd.concat([a.comparison for a in run.outcomes.values()], ignore_index=True))
+    subgroups = [{"outcome": oid, "moderator": m, **{k: v for k, v in g.items() if k != "moderator"}}
+                 for oid, a in run.outcomes.items() if a.subgroups for m, fit in a.subgroups.items() for g in fit.subgroups]
+    if subgroups:
+        write_csv(folder / "subgroups.csv", pd.DataFrame(subgroups))
+    if any(a.subgroups for a in run.outcomes.values()):
+        write_json(folder.parent / "fits" / "subgroups.json", {oid: a.subgroups.to_dict() for oid, a in run.outcomes.items() if a.subgroups})
 
 
 def write_run_report(run: RunResult, out_dir: Path, *, elapsed: float) -> Path:

@@ -103,6 +103,27 @@ def _grid_table(analysis: OutcomeAnalysis) -> str:
     return markdown_table(rows)
 
 
+def subgroup_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
+    """Subgroup means, contrasts and slopes (one moderator at a time) with P(benefit) and R²."""
+    if not analysis.subgroups:
+        return []
+    means, effects = [], []
+    for name, fit in analysis.subgroups.items():
+        r2 = f"{100 * fit.R2['R2']:.0f}%"
+        means += [{"moderator": name, "level": g["level"] + (" (ref)" if g["is_reference"] else ""), "k": g["n_studies"],
+                   "mean [eti95]": interval(g), "P(benefit)": f"{g['prob_benefit']:.3f}"} for g in fit.subgroups]
+        effects += [{"moderator": name, "effect": f"{c['level']} − {c['reference']}", "mean [eti95]": interval(c),
+                     "P(favours)": f"{c['prob_benefit']:.3f}", "R² (τ² explained)": r2} for c in fit.contrasts]
+        effects += [{"moderator": name, "effect": "slope per unit", "mean [eti95]": interval(sl, 3),
+                     "P(favours)": f"{sl['prob_benefit']:.3f}", "R² (τ² explained)": r2} for sl in fit.slopes]
+    skipped = [f"{k} ({v})" for k, v in analysis.subgroups.skipped.items()]
+    lines = ["#### Subgroups (moderators as covariates, one at a time, exact engine)", ""]
+    if means:
+        lines += [markdown_table(pd.DataFrame(means)), ""]
+    lines += [markdown_table(pd.DataFrame(effects)), "", f"![Subgroups of {oid}](figures/subgroups_{oid}.png)", ""]
+    return lines + ([f"Not estimable for this outcome: {'; '.join(skipped)}", ""] if skipped else [])
+
+
 def outcome_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     """One outcome: forest plot, fit report, predictive checks, prior sensitivity, comparison."""
     r = analysis.nuts
@@ -114,6 +135,7 @@ def outcome_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         "```", str(r), "```", "",
         f"**Pooled effect:** μ = {interval(r.summaries['mu'])} (eti95); prediction interval for a new study "
         f"[{r.summaries['theta_new']['q025']:.2f}, {r.summaries['theta_new']['q975']:.2f}]; P(benefit) = {r.prob_benefit:.3f}.", "",
+        *subgroup_section(oid, analysis),
         "#### Posterior predictive checks", "",
         "Replicated study effects from the mixed predictive distribution; ppp = P(T(y_rep) ≥ T(y)).", "",
         _ppc_table(analysis), "",

@@ -1,0 +1,64 @@
+"""One place that turns a fit request (model, engine, priors, moderator, seed) into the right fit.
+
+The CLI builds a :class:`FitRequest` from its arguments; :func:`fit_outcome` validates it and
+dispatches to the model's fitting function, so every model is reachable the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from analysis.dataset import Dataset
+from analysis.effects import EffectTable
+from analysis.fit import PriorSet, SamplerSettings, fit_random_effects
+
+PER_OUTCOME_MODELS = ("random-effects", "meta-regression", "small-study")
+MODELS = (*PER_OUTCOME_MODELS, "multivariate")
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """What to fit: the model, its engine, priors, sampler settings and model-specific options."""
+
+    model: str = "random-effects"
+    engine: str = "nuts"
+    priors: PriorSet = PriorSet()
+    seed: int = 1
+    sampler: SamplerSettings = SamplerSettings()
+    moderator: str | None = None
+    progressbar: bool = False
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.model == "meta-regression" and not self.moderator:
+            raise ValueError("--model meta-regression needs --moderator NAME (or --moderator all)")
+        if self.moderator and self.model != "meta-regression":
+            raise ValueError("--moderator applies to --model meta-regression only")
+
+
+def fit_outcome(dataset: Dataset, outcome: str, request: FitRequest, *, table: EffectTable) -> object:
+    """Fit one outcome as requested; returns the model's result object (``to_dict()``, ``str()``).
+
+    Raises
+    ------
+    ValueError
+        On an unknown outcome or moderator, or a model that is not fitted per outcome.
+    """
+    common = {"priors": request.priors, "seed": request.seed, "sampler": request.sampler, "table": table,
+              "progressbar": request.progressbar}
+    if request.model == "random-effects":
+        return fit_random_effects(dataset, outcome, engine=request.engine, **common)
+    if request.model == "meta-regression":
+        from analysis.meta_regression import fit_meta_regression
+
+        if request.moderator != "all" and request.moderator not in dataset.moderators:
+            raise ValueError(f"moderator {request.moderator!r} is not declared in {dataset.name}; "
+                             f"declared: {', '.join(dataset.moderators) or 'none'}")
+        moderators = "all" if request.moderator == "all" else [request.moderator]
+        return fit_meta_regression(dataset, outcome, moderators=moderators, engine=request.engine, **common)
+    if request.model == "small-study":
+        from analysis.small_study import fit_small_study
+
+        return fit_small_study(dataset, outcome, engine=request.engine, **common)
+    raise ValueError(f"model {request.model!r} is fitted across outcomes, not per outcome")
