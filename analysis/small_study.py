@@ -157,7 +157,7 @@ def _nuts_regression(studies: pd.DataFrame, predictor: str, priors: SmallStudyPr
         prob_small_study=float(np.mean(direction * beta[:, 1] > 0)),
         prob_benefit=float(np.mean(direction * beta[:, 0] > 0)), engine="nuts",
         diagnostics=diagnose(idata, ["beta", "tau"]), retried=retried,
-        draws={"intercept": beta[:, 0], "slope": beta[:, 1]},
+        draws={"intercept": beta[:, 0], "slope": beta[:, 1]}, posterior=idata,
     )
 
 

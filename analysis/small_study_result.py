@@ -61,6 +61,8 @@ class RegressionFit:
         NUTS convergence (``None`` for the exact engine).
     draws : dict
         ``intercept`` and ``slope`` posterior draws (for plotting; not serialised).
+    posterior : xarray.DataTree or None
+        The NUTS draws (``engine="nuts"`` only).
     """
 
     name: str
@@ -76,6 +78,7 @@ class RegressionFit:
     diagnostics: Diagnostics | None = None
     retried: bool = False
     draws: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    posterior: xr.DataTree | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (no draws)."""
