@@ -169,6 +169,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``evmeta compare``: fits side by side, from saved JSON files or the standard set for one outcome."""
+    import json
+
+    from analysis.compare import compare_forest, compare_markdown, compare_table, standard_comparison
+    from analysis.outputs import write_csv, write_figure
+
+    if args.fits:
+        fits = {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in args.fits}
+        frame, bayes = compare_table(fits), None
+    elif args.dataset is not None and args.outcome:
+        from analysis.dataset import load_dataset
+
+        dataset = load_dataset(args.dataset)
+        _progress(f"{args.outcome}: NUTS and exact fits, alternative priors, DL and REML")
+        frame, bayes = standard_comparison(dataset, args.outcome, seed=args.seed)
+    else:
+        print("evmeta compare: error: give DATASET --outcome ID, or --fits FILE.json ...", file=sys.stderr)
+        return EXIT_USAGE
+    print(compare_markdown(frame))
+    if args.out is not None:
+        print(f"wrote {write_csv(args.out / 'compare.csv', frame)}")
+        print(f"wrote {write_text_atomic(args.out / 'compare.md', compare_markdown(frame) + chr(10))}")
+        if bayes:
+            for path in write_figure(compare_forest(bayes), args.out / "compare_forest"):
+                print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="posterior summaries side by side (engines, priors, models, DL/REML)")
+    p.add_argument("dataset", type=Path, nargs="?", default=None)
+    p.add_argument("--outcome", help="outcome id (standard comparison set)")
+    p.add_argument("--fits", type=Path, nargs="+", default=None, help="JSON files written by evmeta fit --json")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None, help="folder for compare.csv, compare.md and the forest plot")
+    p.set_defaults(func=cmd_compare)
+
+
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the whole analysis of a dataset and its report")
     p.add_argument("dataset", type=Path, nargs="?", default=DEFAULT_DATASET, help=f"default {DEFAULT_DATASET}")
@@ -224,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
     _add_fit_parser(sub)
     _add_run_parser(sub)
+    _add_compare_parser(sub)
     return parser
 
 

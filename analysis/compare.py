@@ -121,3 +121,33 @@ def compare_forest(results: Mapping[str, MetaAnalysisResult]) -> Figure:
 def fit_labels(results: Sequence[MetaAnalysisResult]) -> list[str]:
     """Default labels ``engine model [priors]`` that distinguish the given fits."""
     return [f"{r.engine} {r.model} (μ~{r.priors['mu']}, τ~{r.priors['tau']})" for r in results]
+
+
+STANDARD_PRIORS = {
+    "default priors": ("normal:0:3", "halfnormal:1"),
+    "tau ~ halfcauchy:0.5": ("normal:0:3", "halfcauchy:0.5"),
+    "vague priors": ("normal:0:10", "uniform:0:5"),
+}
+
+
+def standard_comparison(
+    dataset: object, outcome: str, *, seed: int = 1, sampler: object | None = None, table: object | None = None,
+) -> tuple[pd.DataFrame, dict[str, MetaAnalysisResult]]:
+    """The standard side-by-side set for one outcome: NUTS and exact engines, alternative priors, DL and REML.
+
+    Returns
+    -------
+    (pandas.DataFrame, dict)
+        The comparison table and the Bayesian fits by label (for :func:`compare_forest`).
+    """
+    from analysis.fit import PriorSet, fit_random_effects
+
+    fits: dict[str, MetaAnalysisResult] = {}
+    fits["NUTS, default priors"] = fit_random_effects(dataset, outcome, engine="nuts", seed=seed, sampler=sampler, table=table)
+    for label, (mu, tau) in STANDARD_PRIORS.items():
+        priors = PriorSet(mu=PriorSpec.parse(mu), tau=PriorSpec.parse(tau))
+        fits[f"exact, {label}"] = fit_random_effects(dataset, outcome, engine="exact", priors=priors, table=table)
+    studies = fits["NUTS, default priors"].studies
+    frame = compare_table({k: v.to_dict() for k, v in fits.items()},
+                          frequentist=(studies["yi"].to_numpy(), studies["vi"].to_numpy()))
+    return frame, fits

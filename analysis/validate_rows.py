@@ -14,8 +14,10 @@ ARMS_REQUIRED = ("study", "arm", "role", "outcome", "mean", "n")
 EFFECTS_REQUIRED = ("study", "outcome", "yi")
 #: |g| above which a comparison is flagged as suspicious (metafor's escalc check uses the same idea).
 LARGE_G = 2.0
-#: An arm whose CV is below this fraction of the outcome's median CV has SEM-sized dispersion.
-SEM_SIZED_CV_RATIO = 0.5
+#: An arm whose CV is below this fraction of the outcome's median CV has SEM-sized dispersion:
+#: SEM/SD = 1/sqrt(n) <= 0.41 for n >= 6 animals, while genuine SDs of one outcome rarely differ
+#: that much between studies (a ratio of 0.5 flagged a genuine SD in normand1999).
+SEM_SIZED_CV_RATIO = 0.4
 
 
 def _missing_columns(frame: pd.DataFrame, file: str, required: tuple[str, ...]) -> list[Problem]:
@@ -145,8 +147,8 @@ def suspicious_arms(arms: pd.DataFrame) -> list[Problem]:
 
     * SD larger than a positive mean (implausible for a positive bone measure);
     * |g| > 2 while both arms' "SD"s are SEM-sized: their coefficient of variation is below
-      half the median CV of the same outcome across the dataset (an SEM is SD/sqrt(n), i.e.
-      2-3 times smaller at n = 4-10). Such an SD may be an SEM, which inflates g by sqrt(n).
+      0.4 times the median CV of the same outcome across the dataset (an SEM is SD/sqrt(n), i.e.
+      2.4-3.2 times smaller at n = 6-10). Such an SD may be an SEM, which inflates g by sqrt(n).
       Needs at least three studies reporting the outcome.
     """
     sd = _sd_column(arms)
@@ -168,7 +170,7 @@ def suspicious_arms(arms: pd.DataFrame) -> list[Problem]:
         threshold = SEM_SIZED_CV_RATIO * float(np.median(cv[same_outcome]))
         if abs(g) > LARGE_G and max(cv[idx], cv[ctrl]) < threshold:
             problems.append(Problem("warning", ARMS_NAME, csv_line(idx), "sd" if row.get("sd", "") else "sem",
-                                    f"|g| = {abs(float(g)):.2f} > {LARGE_G:g} with SEM-sized dispersion (CV below half the "
+                                    f"|g| = {abs(float(g)):.2f} > {LARGE_G:g} with SEM-sized dispersion (CV below {SEM_SIZED_CV_RATIO:g} x the "
                                     f"outcome's median CV {threshold / SEM_SIZED_CV_RATIO:.3g}): check the SD is not an SEM"))
     return problems
 
