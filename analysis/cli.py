@@ -158,7 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     sampler = SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains)
-    run = run_analysis(args.dataset, seed=args.seed, sampler=sampler, progress=_progress, progressbar=sys.stderr.isatty())
+    run = run_analysis(args.dataset, seed=args.seed, sampler=sampler, progress=_progress, workers=args.workers,
+                       use_cache=not args.no_cache)
     _print_problems(run.dataset.warnings)
     _progress(f"writing the report to {args.out}")
     write_run_report(run, args.out, elapsed=time.perf_counter() - started)
@@ -216,6 +217,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--tune", type=int, default=1000)
     p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2, help="worker processes for the outcomes (default 2)")
+    p.add_argument("--no-cache", action="store_true", help="recompute everything (ignore the .evmeta_cache/)")
     p.set_defaults(func=cmd_run)
 
 

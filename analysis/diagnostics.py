@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import arviz as az
+import pandas as pd
 import xarray as xr
 
 R_HAT_MAX = 1.01
@@ -73,6 +73,8 @@ def diagnose(idata: xr.DataTree, var_names: Sequence[str]) -> Diagnostics:
     -------
     Diagnostics
     """
+    import arviz as az  # imported here: loading cached results must not pay ArviZ's import time
+
     names = list(var_names)
     rhat = az.rhat(idata, var_names=names)
     ess_bulk = az.ess(idata, var_names=names, method="bulk")
@@ -83,3 +85,31 @@ def diagnose(idata: xr.DataTree, var_names: Sequence[str]) -> Diagnostics:
         ess_tail_min=_worst(ess_tail, var_names=names, reduce="min"),
         divergences=int(idata.sample_stats["diverging"].sum()),
     )
+
+
+def engine_check(nuts: list, exact: list) -> pd.DataFrame:
+    """NUTS posterior means against the exact engine, in Monte Carlo standard errors.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Per outcome and parameter (mu, tau): exact mean, NUTS mean, MCSE of the NUTS mean,
+        ``|difference| / MCSE`` and whether it is within 4 MCSE.
+    """
+    import arviz as az
+
+    rows = []
+    exact_by = {r.outcome.id: r for r in exact}
+    for r in nuts:
+        if r.posterior is None or r.outcome.id not in exact_by:
+            continue
+        mcse = az.mcse(r.posterior, var_names=["mu", "tau"], method="mean")
+        node = mcse["posterior"] if "posterior" in mcse.children else mcse
+        for param in ("mu", "tau"):
+            se = float(node[param])
+            reference = exact_by[r.outcome.id].summaries[param]["mean"]
+            diff = r.summaries[param]["mean"] - reference
+            rows.append({"outcome": r.outcome.id, "parameter": param, "exact_mean": reference,
+                         "nuts_mean": r.summaries[param]["mean"], "mcse": se,
+                         "z_mcse": abs(diff) / se, "within_4_mcse": abs(diff) <= 4 * se})
+    return pd.DataFrame(rows)

@@ -1,30 +1,29 @@
-"""``evmeta run``: the whole analysis of a dataset as a sequence of steps (no file output here).
+"""``evmeta run``: the whole analysis of a dataset as cached, parallel per-outcome jobs (no file output).
 
 Per outcome: the random-effects model with NUTS (convergence-gated, retried once) and with
 the exact engine (the cross-check); posterior predictive checks; power-scaling and a prior
 grid; the comparison with the frequentist DL/REML estimates; subgroups as covariates, one
-moderator at a time as the paper did (exact engine). The report module writes it all.
+moderator at a time as the paper did (exact engine). Each outcome is one job whose rendered
+artifacts are cached by content hash (:mod:`analysis.cache`); jobs that miss the cache run in
+parallel worker processes. The report module writes the result.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
-import arviz as az
 import pandas as pd
 
-from analysis.checks import PPCResult, posterior_predictive_check
-from analysis.compare import compare_table
+from analysis import cache
+from analysis.artifacts import OutcomeArtifacts
 from analysis.dataset import Dataset, load_dataset
 from analysis.effects import EffectTable, compute_effects
-from analysis.fit import PriorSet, SamplerSettings, fit_random_effects
-from analysis.meta_regression import fit_subgroups_one_at_a_time
-from analysis.meta_regression_result import SubgroupResults
 from analysis.results import MetaAnalysisResult
-from analysis.sensitivity import power_scaling, prior_grid
 
 Progress = Callable[[str], None]
 
@@ -35,15 +34,28 @@ def _silent(message: str) -> None:
 
 @dataclass
 class OutcomeAnalysis:
-    """Everything computed for one outcome."""
+    """Everything computed for one outcome (live objects; rendered by :mod:`analysis.artifacts`)."""
 
     nuts: MetaAnalysisResult
     exact: MetaAnalysisResult
-    ppc: PPCResult
+    ppc: object
     psense: pd.DataFrame
     prior_grid: pd.DataFrame
     comparison: pd.DataFrame
-    subgroups: SubgroupResults | None = None
+    subgroups: object | None = None
+    engine_check: pd.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class OutcomeJob:
+    """One outcome's work: picklable, so it can run in a worker process."""
+
+    dataset_path: str
+    outcome: str
+    priors: dict[str, str]
+    sampler: dict
+    seed: int
+    key: str
 
 
 @dataclass
@@ -52,16 +64,16 @@ class RunResult:
 
     dataset: Dataset
     table: EffectTable
-    outcomes: dict[str, OutcomeAnalysis]
+    outcomes: dict[str, OutcomeArtifacts]
     skipped: dict[str, str]
     seed: int
-    priors: PriorSet
-    sampler: SamplerSettings
+    priors: object
+    sampler: object
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def nuts(self) -> list[MetaAnalysisResult]:
-        """The NUTS random-effects fit of every analysed outcome."""
+        """The NUTS random-effects fit of every analysed outcome (without draws)."""
         return [a.nuts for a in self.outcomes.values()]
 
     @property
@@ -75,37 +87,18 @@ class RunResult:
         return [r.outcome.id for r in self.nuts if not r.converged]
 
 
-def engine_check(nuts: list[MetaAnalysisResult], exact: list[MetaAnalysisResult]) -> pd.DataFrame:
-    """NUTS posterior means against the exact engine, in Monte Carlo standard errors.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Per outcome and parameter (mu, tau): exact mean, NUTS mean, MCSE of the NUTS mean,
-        ``|difference| / MCSE`` and whether it is within 4 MCSE.
-    """
-    rows = []
-    exact_by = {r.outcome.id: r for r in exact}
-    for r in nuts:
-        if r.posterior is None or r.outcome.id not in exact_by:
-            continue
-        mcse = az.mcse(r.posterior, var_names=["mu", "tau"], method="mean")
-        node = mcse["posterior"] if "posterior" in mcse.children else mcse
-        for param in ("mu", "tau"):
-            se = float(node[param])
-            reference = exact_by[r.outcome.id].summaries[param]["mean"]
-            diff = r.summaries[param]["mean"] - reference
-            rows.append({"outcome": r.outcome.id, "parameter": param, "exact_mean": reference,
-                         "nuts_mean": r.summaries[param]["mean"], "mcse": se,
-                         "z_mcse": abs(diff) / se, "within_4_mcse": abs(diff) <= 4 * se})
-    return pd.DataFrame(rows)
-
-
 def analyse_outcome(
-    dataset: Dataset, table: EffectTable, outcome: str, *, priors: PriorSet, sampler: SamplerSettings,
-    seed: int, progressbar: bool = False,
+    dataset: Dataset, table: EffectTable, outcome: str, *, priors: object, sampler: object, seed: int,
+    progressbar: bool = False,
 ) -> OutcomeAnalysis:
     """Fit, check and compare one outcome (see the module docstring)."""
+    from analysis.checks import posterior_predictive_check
+    from analysis.compare import compare_table
+    from analysis.diagnostics import engine_check
+    from analysis.fit import fit_random_effects
+    from analysis.meta_regression import fit_subgroups_one_at_a_time
+    from analysis.sensitivity import power_scaling, prior_grid
+
     exact = fit_random_effects(dataset, outcome, engine="exact", priors=priors, table=table)
     nuts = fit_random_effects(dataset, outcome, engine="nuts", priors=priors, seed=seed, sampler=sampler,
                               table=table, progressbar=progressbar)
@@ -117,49 +110,118 @@ def analyse_outcome(
     return OutcomeAnalysis(
         nuts=nuts, exact=exact, ppc=posterior_predictive_check(nuts, seed=seed), psense=power_scaling(nuts),
         prior_grid=prior_grid(dataset, outcome, table=table), comparison=comparison, subgroups=subgroups,
+        engine_check=engine_check([nuts], [exact]),
     )
+
+
+def run_outcome_job(job: OutcomeJob) -> OutcomeArtifacts:
+    """Worker entry point: load the dataset, analyse one outcome and render its artifacts."""
+    from analysis.artifacts import build_artifacts
+    from analysis.fit import PriorSet, SamplerSettings
+    from models.priors import PriorSpec
+
+    started = time.perf_counter()
+    dataset = load_dataset(job.dataset_path)
+    priors = PriorSet(mu=PriorSpec.parse(job.priors["mu"]), tau=PriorSpec.parse(job.priors["tau"]))
+    analysis = analyse_outcome(dataset, compute_effects(dataset), job.outcome, priors=priors,
+                               sampler=SamplerSettings(**job.sampler), seed=job.seed)
+    fitted = time.perf_counter()
+    artifacts = build_artifacts(analysis, dataset)
+    artifacts.timings = {"analysis": fitted - started, "figures": time.perf_counter() - fitted}
+    return artifacts
+
+
+def _jobs(dataset: Dataset, table: EffectTable, *, seed: int, priors: object, sampler: object) -> tuple[list[OutcomeJob], dict[str, str]]:
+    """One job per outcome with data (seed ``seed + j`` for the j-th declared outcome), and the skipped ones."""
+    files = {p.name: p.read_bytes() for p in sorted(dataset.path.iterdir()) if p.suffix in (".toml", ".csv")
+             and p.name not in ("arms.csv", "effects.csv")}
+    source = cache.source_digest()
+    jobs, skipped = [], {}
+    for j, outcome in enumerate(dataset.outcomes):
+        rows = table.data[table.data["outcome"] == outcome]
+        raw = dataset.arms if dataset.arms is not None else dataset.effects
+        if rows.empty:
+            skipped[outcome] = "no study reports this outcome"
+            continue
+        settings = {"priors": priors.to_dict(), "sampler": asdict(sampler), "seed": seed + j}
+        key = cache.outcome_key(source=source, dataset_files=files, outcome=outcome, settings=settings,
+                                outcome_rows=raw[raw["outcome"] == outcome].to_csv(index=False))
+        jobs.append(OutcomeJob(str(dataset.path), outcome, priors.to_dict(), asdict(sampler), seed + j, key))
+    return jobs, skipped
+
+
+def _execute(jobs: list[OutcomeJob], *, workers: int, progress: Progress) -> dict[str, OutcomeArtifacts]:
+    """Run the jobs, in worker processes when there are several; progress as each finishes."""
+    done: dict[str, OutcomeArtifacts] = {}
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            progress(f"{job.outcome}: NUTS + exact fits, checks, sensitivity, subgroups, figures")
+            done[job.outcome] = run_outcome_job(job)
+        return done
+    progress(f"{len(jobs)} outcome(s) to compute on {workers} worker processes")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_outcome_job, job): job for job in jobs}
+        try:
+            for n, future in enumerate(as_completed(futures), start=1):
+                job = futures[future]
+                done[job.outcome] = future.result()
+                progress(f"[{n}/{len(jobs)}] {job.outcome} done ({done[job.outcome].timings['analysis']:.1f} s fits, "
+                         f"{done[job.outcome].timings['figures']:.1f} s figures)")
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return done
 
 
 def run_analysis(
     dataset_path: Path,
     *,
     seed: int = 1,
-    priors: PriorSet | None = None,
-    sampler: SamplerSettings | None = None,
+    priors: object | None = None,
+    sampler: object | None = None,
     progress: Progress = _silent,
-    progressbar: bool = False,
+    workers: int = 2,
+    use_cache: bool = True,
 ) -> RunResult:
-    """Run every analysis step on a dataset (no files are written here).
+    """Run every analysis step on a dataset (no report files are written here).
 
     Parameters
     ----------
     dataset_path : pathlib.Path
         Dataset folder.
     seed : int
-        Base seed; outcome ``j`` (0-based, declaration order) is sampled with seed ``seed + j``.
+        Base seed; outcome ``j`` (0-based, declaration order) is sampled with seed ``seed + j``,
+        so results do not depend on the number of workers or the cache.
     priors, sampler : optional
-        Priors and NUTS settings (defaults of :mod:`analysis.fit`).
+        :class:`analysis.fit.PriorSet` and :class:`analysis.fit.SamplerSettings` (defaults if omitted).
     progress : callable
-        Called with a short message before each step.
-    progressbar : bool
-        Show PyMC's progress display while sampling.
+        Called with a short message at each step.
+    workers : int
+        Worker processes for outcomes that are not cached (1 = in this process).
+    use_cache : bool
+        Load and store per-outcome artifacts in the content-addressed cache.
     """
+    from analysis.fit import PriorSet, SamplerSettings
+
     priors, sampler = priors or PriorSet(), sampler or SamplerSettings()
     clock = time.perf_counter()
     progress(f"loading and validating {dataset_path}")
     dataset = load_dataset(dataset_path)
     table = compute_effects(dataset)
-    run = RunResult(dataset=dataset, table=table, outcomes={}, skipped={}, seed=seed, priors=priors, sampler=sampler)
-    run.timings["data"] = time.perf_counter() - clock
-    outcomes = list(dataset.outcomes)
-    for j, outcome in enumerate(outcomes):
-        if (table.data["outcome"] == outcome).sum() == 0:
-            run.skipped[outcome] = "no study reports this outcome"
-            continue
-        started = time.perf_counter()
-        progress(f"[{j + 1}/{len(outcomes)}] {outcome}: NUTS + exact fits, predictive checks, prior sensitivity")
-        run.outcomes[outcome] = analyse_outcome(dataset, table, outcome, priors=priors, sampler=sampler,
-                                                seed=seed + j, progressbar=progressbar)
-        run.timings[f"outcome_{outcome}"] = time.perf_counter() - started
-    run.timings["analysis"] = time.perf_counter() - clock
+    jobs, skipped = _jobs(dataset, table, seed=seed, priors=priors, sampler=sampler)
+    cached = {job.outcome: cache.load(job.key) for job in jobs} if use_cache else {}
+    hits = {k: v for k, v in cached.items() if isinstance(v, OutcomeArtifacts)}
+    for artifact in hits.values():
+        artifact.cache_hit = True
+    if hits:
+        progress(f"{len(hits)} outcome(s) unchanged, loaded from the cache: {', '.join(hits)}")
+    fresh = _execute([j for j in jobs if j.outcome not in hits], workers=workers, progress=progress)
+    if use_cache:
+        for job in jobs:
+            if job.outcome in fresh:
+                cache.store(job.key, fresh[job.outcome])
+    outcomes = {job.outcome: hits.get(job.outcome) or fresh[job.outcome] for job in jobs}
+    run = RunResult(dataset=dataset, table=table, outcomes=outcomes, skipped=skipped, seed=seed,
+                    priors=priors, sampler=sampler)
+    run.timings = {"analysis": time.perf_counter() - clock, "cached_outcomes": float(len(hits))}
     return run

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from analysis.atomic import staged_directory, write_text_atomic
+from analysis.atomic import staged_directory, write_bytes_atomic, write_text_atomic
 from analysis.config import INTERVAL_KIND
 from analysis.outputs import pooled_table, save_posterior, write_csv, write_figure, write_json
 from analysis.results import MetaAnalysisResult
@@ -98,66 +98,61 @@ def manifest(run: RunResult, elapsed: float) -> dict:
         "seeds": {r.outcome.id: r.settings.get("seed") for r in run.nuts},
         "priors": run.priors.to_dict(), "sampler": asdict(run.sampler), "interval": INTERVAL_KIND,
         "run_time_seconds": round(elapsed, 3), "timings_seconds": {k: round(v, 3) for k, v in run.timings.items()},
-        "fits": {r.outcome.id: {"engine": r.engine, "converged": r.converged, "retried": r.retried,
-                                "diagnostics": None if r.diagnostics is None else r.diagnostics.to_dict()} for r in run.nuts},
+        "fits": {oid: {"engine": a.nuts.engine, "converged": a.nuts.converged, "retried": a.nuts.retried,
+                       "diagnostics": None if a.nuts.diagnostics is None else a.nuts.diagnostics.to_dict(),
+                       "from_cache": a.cache_hit, "timings_seconds": {k: round(v, 3) for k, v in a.timings.items()}}
+                 for oid, a in run.outcomes.items()},
         "failed_fits": run.failed,
     }
 
 
-def _save(fig: object, stem: Path) -> list[Path]:
-    """Save a figure (PNG + SVG) and release it (ArviZ figures live in pyplot's registry)."""
-    import matplotlib.pyplot as plt
-
-    try:
-        return write_figure(fig, stem)
-    finally:
-        plt.close(fig)
-
-
-def write_check_figures(run: RunResult, folder: Path) -> None:
-    """Per outcome: PPC density and statistics, power-scaling, prior grid, comparison forest; and the RoB figure."""
-    from analysis.compare import compare_forest
-    from analysis.plots_checks import ppc_density_plot, ppc_statistics_plot, prior_grid_plot, psense_plot
-    from analysis.plots_rob import rob_columns, rob_summary_plot
-    from analysis.plots_subgroups import subgroup_plot
-
-    for oid, a in run.outcomes.items():
-        _save(ppc_density_plot(a.nuts), folder / f"ppc_{oid}")
-        _save(ppc_statistics_plot(a.nuts, a.ppc), folder / f"ppc_stats_{oid}")
-        _save(psense_plot(a.nuts), folder / f"psense_{oid}")
-        _save(prior_grid_plot(a.prior_grid), folder / f"prior_grid_{oid}")
-        _save(compare_forest({"NUTS": a.nuts, "exact engine": a.exact}), folder / f"compare_{oid}")
-        if a.subgroups:
-            _save(subgroup_plot(dict(a.subgroups)), folder / f"subgroups_{oid}")
-    if rob_columns(run.dataset.studies):
-        _save(rob_summary_plot(run.dataset.studies, simulated=run.dataset.is_simulated), folder / "risk_of_bias")
-
-
-def write_check_tables(run: RunResult, folder: Path) -> None:
-    """PPC statistics, power-scaling, prior grids and comparison tables (all outcomes stacked)."""
+def write_artifacts(run: RunResult, stage: Path) -> None:
+    """Figures, stacked tables, per-outcome JSON and posteriors of every outcome."""
     import pandas as pd
 
-    ppc = [{"outcome": oid, "statistic": k, **v} for oid, a in run.outcomes.items() for k, v in a.ppc.statistics.items()]
-    write_csv(folder / "ppc_statistics.csv", pd.DataFrame(ppc))
-    psense = [a.psense.reset_index(names="parameter").assign(outcome=oid) for oid, a in run.outcomes.items()]
-    write_csv(folder / "power_scaling.csv", pd.concat(psense, ignore_index=True))
-    write_csv(folder / "prior_grid.csv", pd.concat([a.prior_grid for a in run.outcomes.values()], ignore_index=True))
-    write_csv(folder / "comparison.csv", pd.concat([a.comparison for a in run.outcomes.values()], ignore_index=True))
-    subgroups = [{"outcome": oid, "moderator": m, **{k: v for k, v in g.items() if k != "moderator"}}
-                 for oid, a in run.outcomes.items() if a.subgroups for m, fit in a.subgroups.items() for g in fit.subgroups]
-    if subgroups:
-        write_csv(folder / "subgroups.csv", pd.DataFrame(subgroups))
-    if any(a.subgroups for a in run.outcomes.values()):
-        write_json(folder.parent / "fits" / "subgroups.json", {oid: a.subgroups.to_dict() for oid, a in run.outcomes.items() if a.subgroups})
+    stacked: dict[str, list[pd.DataFrame]] = {}
+    for oid, art in run.outcomes.items():
+        for stem, formats in art.figures.items():
+            for fmt, data in formats.items():
+                write_bytes_atomic(stage / "figures" / f"{stem}.{fmt}", data)
+        for name, frame in art.tables.items():
+            if name.startswith("studies_"):
+                write_csv(stage / "tables" / f"{name}.csv", frame)
+            else:
+                stacked.setdefault(name, []).append(frame)
+        if art.posterior_nc is not None:
+            write_bytes_atomic(stage / "posteriors" / f"{oid}.nc", art.posterior_nc)
+    for name, frames in stacked.items():
+        write_csv(stage / "tables" / f"{name}.csv", pd.concat(frames, ignore_index=True))
+    for kind in ("nuts", "exact", "ppc", "subgroups"):
+        parts = {oid: art.jsons[kind] for oid, art in run.outcomes.items() if kind in art.jsons}
+        if parts:
+            write_json(stage / "fits" / f"{kind}.json", {"dataset": run.dataset.name, "provenance": run.dataset.provenance,
+                                                         "fits": parts})
+
+
+def write_summary_figures(run: RunResult, folder: Path) -> None:
+    """Figures across outcomes: the pooled summary and the SYRCLE risk-of-bias figure."""
+    from analysis.artifacts import figure_bytes
+    from analysis.plots_forest import pooled_summary_plot
+    from analysis.plots_rob import rob_columns, rob_summary_plot
+
+    figures = {}
+    if run.nuts:
+        figures["pooled_summary"] = figure_bytes(pooled_summary_plot(run.nuts, measure=run.nuts[0].measure))
+    if rob_columns(run.dataset.studies):
+        figures["risk_of_bias"] = figure_bytes(rob_summary_plot(run.dataset.studies, simulated=run.dataset.is_simulated))
+    for stem, formats in figures.items():
+        for fmt, data in formats.items():
+            write_bytes_atomic(folder / f"{stem}.{fmt}", data)
 
 
 def write_run_report(run: RunResult, out_dir: Path, *, elapsed: float) -> Path:
     """Write the whole report of a run to ``out_dir`` (replaced only once complete).
 
-    Layout: ``report.md``, ``report.html`` (self-contained), ``manifest.json``, ``figures/`` (PNG + SVG), ``tables/`` (CSV),
-    ``fits/`` (JSON per outcome, NUTS and exact), ``posteriors/`` (NetCDF DataTrees).
+    Layout: ``report.md``, ``report.html`` (self-contained), ``manifest.json``, ``figures/`` (PNG + SVG),
+    ``tables/`` (CSV), ``fits/`` (JSON: NUTS, exact, PPC, subgroups), ``posteriors/`` (NetCDF DataTrees).
     """
-    from analysis.pipeline import engine_check
     from analysis.report_html import markdown_to_html
     from analysis.report_md import build_report_markdown
 
@@ -165,12 +160,10 @@ def write_run_report(run: RunResult, out_dir: Path, *, elapsed: float) -> Path:
         write_csv(stage / "tables" / "effects.csv", run.table.data)
         if run.table.covariance:
             write_csv(stage / "tables" / "effects.covariance.csv", run.table.covariance_long())
-        write_fit_outputs(run.nuts, json_path=stage / "fits" / "nuts.json", out_dir=stage, all_outcomes=True)
-        write_json(stage / "fits" / "exact.json", fits_json(run.exact, all_outcomes=True))
+        write_artifacts(run, stage)
+        write_summary_figures(run, stage / "figures")
+        write_csv(stage / "tables" / "pooled_summary.csv", pooled_table(run.nuts))
         write_csv(stage / "tables" / "pooled_summary_exact.csv", pooled_table(run.exact))
-        write_csv(stage / "tables" / "engine_check.csv", engine_check(run.nuts, run.exact))
-        write_check_figures(run, stage / "figures")
-        write_check_tables(run, stage / "tables")
         markdown = build_report_markdown(run)
         write_text_atomic(stage / "report.md", markdown)
         write_text_atomic(stage / "report.html", markdown_to_html(markdown, folder=stage, title=f"evmeta report: {run.dataset.name}"))

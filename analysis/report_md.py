@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analysis.pipeline import OutcomeAnalysis, RunResult, engine_check
+from analysis.pipeline import OutcomeAnalysis, RunResult
 from analysis.results import MetaAnalysisResult
 
 SIMULATED_BANNER = (
@@ -155,10 +155,10 @@ def outcome_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
 
 
 def outcome_sections(run: RunResult) -> list[str]:
-    """All per-outcome sections."""
+    """All per-outcome sections (rendered per outcome by :mod:`analysis.artifacts`)."""
     lines = ["## Outcomes", ""]
-    for oid, analysis in run.outcomes.items():
-        lines += outcome_section(oid, analysis)
+    for artifacts in run.outcomes.values():
+        lines += artifacts.markdown
     return lines
 
 
@@ -180,9 +180,10 @@ def rob_section(run: RunResult) -> list[str]:
 
 def engine_section(run: RunResult) -> list[str]:
     """NUTS against the exact engine, per outcome and parameter, in Monte Carlo standard errors."""
-    check = engine_check(run.nuts, run.exact)
-    if check.empty:
+    frames = [a.tables["engine_check"] for a in run.outcomes.values() if "engine_check" in a.tables]
+    if not frames:
         return []
+    check = pd.concat(frames, ignore_index=True)
     shown = check.assign(exact_mean=check["exact_mean"].map("{:.4f}".format), nuts_mean=check["nuts_mean"].map("{:.4f}".format),
                          mcse=check["mcse"].map("{:.4f}".format), z_mcse=check["z_mcse"].map("{:.2f}".format),
                          within_4_mcse=check["within_4_mcse"].map({True: "yes", False: "**no**"}))

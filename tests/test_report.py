@@ -25,7 +25,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def run_and_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    run = run_analysis(write_dataset(root), seed=3, sampler=SAMPLER)
+    run = run_analysis(write_dataset(root), seed=3, sampler=SAMPLER, workers=1, use_cache=False)
     out = write_run_report(run, root / "reports", elapsed=1.0)
     return run, out
 
@@ -60,9 +60,9 @@ def test_report_markdown_states_provenance_priors_intervals(run_and_report):
 
 def test_failed_fit_is_flagged_at_the_top(run_and_report):
     run, _ = run_and_report
-    oid, analysis = next(iter(run.outcomes.items()))
-    bad = dataclasses.replace(analysis.nuts, diagnostics=Diagnostics(r_hat_max=1.2, ess_bulk_min=50, ess_tail_min=40, divergences=7))
-    broken = dataclasses.replace(run, outcomes={**run.outcomes, oid: dataclasses.replace(analysis, nuts=bad)})
+    oid, artifacts = next(iter(run.outcomes.items()))
+    bad = dataclasses.replace(artifacts.nuts, diagnostics=Diagnostics(r_hat_max=1.2, ess_bulk_min=50, ess_tail_min=40, divergences=7))
+    broken = dataclasses.replace(run, outcomes={**run.outcomes, oid: dataclasses.replace(artifacts, nuts=bad)})
     text = build_report_markdown(broken)
     assert broken.failed == [oid]
     assert text.index("CONVERGENCE FAILURE") < text.index("SIMULATED DATA") < text.index("## Methods")
