@@ -209,6 +209,13 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """``evmeta benchmark``: time the run cold and warm, a NUTS fit and the exact engine (see analysis.benchmark)."""
+    from analysis.benchmark import main as benchmark_main
+
+    return benchmark_main()
+
+
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the whole analysis of a dataset and its report")
     p.add_argument("dataset", type=Path, nargs="?", default=DEFAULT_DATASET, help=f"default {DEFAULT_DATASET}")
@@ -267,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_parser(sub)
     _add_run_parser(sub)
     _add_compare_parser(sub)
+    p = sub.add_parser("benchmark", help="measure run time (cold/warm), compile vs sampling, exact engine; writes reports/benchmark.json")
+    p.set_defaults(func=cmd_benchmark)
     return parser
 
 
