@@ -158,6 +158,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     sampler = SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains)
+    if not args.no_cache and _report_up_to_date(args, sampler):
+        _progress(f"{args.out} is up to date (same data, settings and code): nothing to do "
+                  f"({time.perf_counter() - started:.1f} s); use --no-cache to recompute")
+        return EXIT_OK
     run = run_analysis(args.dataset, seed=args.seed, sampler=sampler, progress=_progress, workers=args.workers,
                        use_cache=not args.no_cache)
     _print_problems(run.dataset.warnings)
@@ -214,6 +218,23 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from analysis.benchmark import main as benchmark_main
 
     return benchmark_main()
+
+
+def _report_up_to_date(args: argparse.Namespace, sampler: object) -> bool:
+    """True if ``args.out`` holds a complete report of exactly this run (same run key)."""
+    import json
+
+    from analysis.pipeline import plan_run
+
+    manifest = args.out / "manifest.json"
+    if not (manifest.is_file() and (args.out / "report.html").is_file()):
+        return False
+    try:
+        recorded = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    plan = plan_run(args.dataset, seed=args.seed, sampler=sampler)
+    return bool(recorded.get("run_key")) and recorded["run_key"] == plan["key"] and not recorded.get("failed_fits")
 
 
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from analysis import cache
 from analysis.artifacts import OutcomeArtifacts
+from analysis.outputs import json_text
 from analysis.dataset import Dataset, load_dataset
 from analysis.effects import EffectTable, compute_effects
 from analysis.results import MetaAnalysisResult
@@ -70,6 +71,7 @@ class RunResult:
     priors: object
     sampler: object
     timings: dict[str, float] = field(default_factory=dict)
+    key: str = ""
 
     @property
     def nuts(self) -> list[MetaAnalysisResult]:
@@ -173,6 +175,29 @@ def _execute(jobs: list[OutcomeJob], *, workers: int, progress: Progress) -> dic
     return done
 
 
+def run_key(jobs: list[OutcomeJob], skipped: dict[str, str]) -> str:
+    """Key of a whole run: the outcome keys and skipped outcomes (what the report is made of)."""
+    import hashlib
+
+    digest = hashlib.sha256(cache.source_digest().encode())
+    for job in jobs:
+        digest.update(job.key.encode())
+    digest.update(json_text(skipped).encode())
+    return digest.hexdigest()
+
+
+def plan_run(dataset_path: Path, *, seed: int = 1, priors: object | None = None, sampler: object | None = None) -> dict:
+    """Load the dataset and plan its jobs without running them: ``dataset, table, jobs, skipped, key``."""
+    from analysis.fit import PriorSet, SamplerSettings
+
+    priors, sampler = priors or PriorSet(), sampler or SamplerSettings()
+    dataset = load_dataset(dataset_path)
+    table = compute_effects(dataset)
+    jobs, skipped = _jobs(dataset, table, seed=seed, priors=priors, sampler=sampler)
+    return {"dataset": dataset, "table": table, "jobs": jobs, "skipped": skipped, "key": run_key(jobs, skipped),
+            "priors": priors, "sampler": sampler}
+
+
 def run_analysis(
     dataset_path: Path,
     *,
@@ -201,14 +226,11 @@ def run_analysis(
     use_cache : bool
         Load and store per-outcome artifacts in the content-addressed cache.
     """
-    from analysis.fit import PriorSet, SamplerSettings
-
-    priors, sampler = priors or PriorSet(), sampler or SamplerSettings()
     clock = time.perf_counter()
     progress(f"loading and validating {dataset_path}")
-    dataset = load_dataset(dataset_path)
-    table = compute_effects(dataset)
-    jobs, skipped = _jobs(dataset, table, seed=seed, priors=priors, sampler=sampler)
+    plan = plan_run(dataset_path, seed=seed, priors=priors, sampler=sampler)
+    dataset, table, jobs, skipped = plan["dataset"], plan["table"], plan["jobs"], plan["skipped"]
+    priors, sampler = plan["priors"], plan["sampler"]
     cached = {job.outcome: cache.load(job.key) for job in jobs} if use_cache else {}
     hits = {k: v for k, v in cached.items() if isinstance(v, OutcomeArtifacts)}
     for artifact in hits.values():
@@ -222,6 +244,6 @@ def run_analysis(
                 cache.store(job.key, fresh[job.outcome])
     outcomes = {job.outcome: hits.get(job.outcome) or fresh[job.outcome] for job in jobs}
     run = RunResult(dataset=dataset, table=table, outcomes=outcomes, skipped=skipped, seed=seed,
-                    priors=priors, sampler=sampler)
+                    priors=priors, sampler=sampler, key=plan["key"])
     run.timings = {"analysis": time.perf_counter() - clock, "cached_outcomes": float(len(hits))}
     return run

@@ -103,6 +103,7 @@ def manifest(run: RunResult, elapsed: float) -> dict:
                        "from_cache": a.cache_hit, "timings_seconds": {k: round(v, 3) for k, v in a.timings.items()}}
                  for oid, a in run.outcomes.items()},
         "failed_fits": run.failed,
+        "run_key": run.key,
     }
 
 
