@@ -62,6 +62,11 @@ def load(key: str, *, folder: Path = CACHE_DIR) -> object | None:
         return None
 
 
+def contains(key: str, *, folder: Path = CACHE_DIR) -> bool:
+    """True if an entry for ``key`` exists (without reading it)."""
+    return (folder / f"{key}.pkl").is_file()
+
+
 def store(key: str, value: object, *, folder: Path = CACHE_DIR) -> Path:
     """Store ``value`` under ``key`` atomically and return the entry's path."""
     return write_bytes_atomic(folder / f"{key}.pkl", pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))

@@ -224,6 +224,7 @@ def _report_up_to_date(args: argparse.Namespace, sampler: object) -> bool:
     """True if ``args.out`` holds a complete report of exactly this run (same run key)."""
     import json
 
+    from analysis import cache
     from analysis.pipeline import plan_run
 
     manifest = args.out / "manifest.json"
@@ -234,7 +235,9 @@ def _report_up_to_date(args: argparse.Namespace, sampler: object) -> bool:
     except (OSError, ValueError):
         return False
     plan = plan_run(args.dataset, seed=args.seed, sampler=sampler)
-    return bool(recorded.get("run_key")) and recorded["run_key"] == plan["key"] and not recorded.get("failed_fits")
+    same = bool(recorded.get("run_key")) and recorded["run_key"] == plan["key"] and not recorded.get("failed_fits")
+    # only a machine that computed this run itself (its cache holds every outcome) skips it
+    return same and all(cache.contains(job.key) for job in plan["jobs"])
 
 
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:
