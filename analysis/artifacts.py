@@ -90,6 +90,14 @@ def render_figures(analysis: object, dataset: object) -> dict[str, dict[str, byt
         from analysis.plots_subgroups import subgroup_plot
 
         figures[f"subgroups_{oid}"] = figure_bytes(subgroup_plot(dict(analysis.subgroups)))
+    if analysis.small_study is not None:
+        from analysis.plots_funnel import funnel_plot
+
+        figures[f"funnel_{oid}"] = figure_bytes(funnel_plot(analysis.small_study))
+    if analysis.influence is not None:
+        from analysis.plots_influence import influence_plot
+
+        figures[f"influence_{oid}"] = figure_bytes(influence_plot(analysis.influence))
     return figures
 
 
@@ -119,6 +127,10 @@ def build_artifacts(analysis: object, dataset: object) -> OutcomeArtifacts:
     jsons = {"nuts": analysis.nuts.to_dict(), "exact": analysis.exact.to_dict(), "ppc": analysis.ppc.to_dict()}
     if analysis.subgroups:
         jsons["subgroups"] = analysis.subgroups.to_dict()
+    if analysis.small_study is not None:
+        jsons["small_study"] = analysis.small_study.to_dict()
+    if analysis.influence is not None:
+        jsons["influence"] = analysis.influence.to_dict()
     return OutcomeArtifacts(
         outcome=oid, nuts=stripped(analysis.nuts), exact=stripped(analysis.exact),
         markdown=outcome_section(oid, analysis), figures=render_figures(analysis, dataset),

@@ -240,6 +240,45 @@ def _report_up_to_date(args: argparse.Namespace, sampler: object) -> bool:
     return same and all(cache.contains(job.key) for job in plan["jobs"])
 
 
+def cmd_influence(args: argparse.Namespace) -> int:
+    """``evmeta influence DATASET --outcome ID``: exact leave-one-study-out refits and PSIS-LOO Pareto k."""
+    from analysis.dataset import load_dataset
+    from analysis.fit import PriorSet, SamplerSettings
+    from analysis.influence import influence_analysis
+    from analysis.outputs import write_json
+
+    dataset = load_dataset(args.dataset)
+    _print_problems(dataset.warnings)
+    outcomes = list(dataset.outcomes) if args.all else [args.outcome]
+    results = {}
+    for outcome in outcomes:
+        _progress(f"{outcome}: influence ({args.engine} posterior for PSIS-LOO, exact refits)")
+        results[outcome] = influence_analysis(dataset, outcome, priors=PriorSet(mu=args.mu_prior, tau=args.tau_prior),
+                                              engine=args.engine, seed=args.seed, sampler=SamplerSettings(),
+                                              progressbar=sys.stderr.isatty())
+        print(results[outcome], end="\n\n")
+    if args.json is not None:
+        payload = results[outcomes[0]].to_dict() if not args.all else {o: r.to_dict() for o, r in results.items()}
+        print(f"wrote {write_json(args.json, payload)}")
+    return EXIT_OK
+
+
+def _add_influence_parser(sub: argparse._SubParsersAction) -> None:
+    from models.priors import DEFAULT_MU_PRIOR, DEFAULT_TAU_PRIOR
+
+    p = sub.add_parser("influence", help="study influence: exact leave-one-study-out refits and PSIS-LOO Pareto k")
+    p.add_argument("dataset", type=Path)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--outcome")
+    which.add_argument("--all", action="store_true")
+    p.add_argument("--engine", choices=["nuts", "exact"], default="nuts")
+    p.add_argument("--tau-prior", type=_prior, default=DEFAULT_TAU_PRIOR)
+    p.add_argument("--mu-prior", type=_prior, default=DEFAULT_MU_PRIOR)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", type=Path, default=None)
+    p.set_defaults(func=cmd_influence)
+
+
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the whole analysis of a dataset and its report")
     p.add_argument("dataset", type=Path, nargs="?", default=DEFAULT_DATASET, help=f"default {DEFAULT_DATASET}")
@@ -298,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_parser(sub)
     _add_run_parser(sub)
     _add_compare_parser(sub)
+    _add_influence_parser(sub)
     p = sub.add_parser("benchmark", help="measure run time (cold/warm), compile vs sampling, exact engine; writes reports/benchmark.json")
     p.set_defaults(func=cmd_benchmark)
     return parser

@@ -176,18 +176,21 @@ def _reml_score(y: np.ndarray, v: np.ndarray, X: np.ndarray, tau2: float) -> tup
 
 
 def _tau2_reml(y: np.ndarray, v: np.ndarray, X: np.ndarray) -> tuple[float, int]:
-    """REML tau^2 by Fisher scoring with step halving at the boundary (metafor's algorithm)."""
-    if _reml_score(y, v, X, 0.0)[0] <= 0.0:
-        return 0.0, 0  # the restricted likelihood decreases from tau^2 = 0: boundary estimate
+    """REML tau^2 by Fisher scoring from the HE start, step halving at the boundary (metafor's algorithm).
+
+    Step halving approaches a boundary maximum geometrically; the limit is snapped to exactly 0
+    when the restricted likelihood decreases from 0 (non-positive score there).
+    """
     tau2 = _tau2_he(y, v, X)
     for iteration in range(1, REML_MAXITER + 1):
         num, info = _reml_score(y, v, X, tau2)
         adj = num / info
-        while tau2 + adj < 0.0:
-            adj /= 2.0
+        while tau2 + adj < 0.0:  # halve the step; once it is negligible, step onto the boundary
+            adj = adj / 2.0 if abs(adj) > REML_THRESHOLD else -tau2
         tau2 += adj
         if abs(adj) < REML_THRESHOLD:
-            return tau2, iteration
+            at_boundary = tau2 < 1e3 * REML_THRESHOLD and _reml_score(y, v, X, 0.0)[0] <= 0.0
+            return (0.0 if at_boundary else tau2), iteration
     raise RuntimeError(f"REML Fisher scoring did not converge in {REML_MAXITER} iterations (tau2 = {tau2:.6g})")
 
 

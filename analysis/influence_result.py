@@ -129,10 +129,10 @@ def format_influence(result: InfluenceResult) -> str:
         f"Study influence: leave-one-study-out (exact refits) and PSIS-LOO{banner}",
         f"dataset: {result.dataset}   outcome: {o.id} ({o.label})   k = {result.k}",
         f"priors: mu ~ {result.priors['mu']}, tau ~ {result.priors['tau']}; intervals: 95% equal-tailed ({INTERVAL_KIND})",
-        f"full data: mu mean {mu['mean']:.4f} (eti95 {mu['q025']:.4f} to {mu['q975']:.4f}), "
-        f"tau median {tau['median']:.4f}; REML mu {result.frequentist.mu:.4f}, tau2 {result.frequentist.tau2:.4f}",
-        f"PSIS-LOO from {draws}: elpd_loo = {result.elpd_loo:.3f} (se {result.elpd_loo_se:.3f}), "
-        f"p_loo = {result.p_loo:.2f}; exact elpd = {result.elpd_exact:.3f}",
+        (f"full data: mu mean {mu['mean']:.4f} (eti95 {mu['q025']:.4f} to {mu['q975']:.4f}), "
+         f"tau median {tau['median']:.4f}; REML mu {result.frequentist.mu:.4f}, tau2 {result.frequentist.tau2:.4f}"),
+        (f"PSIS-LOO from {draws}: elpd_loo = {result.elpd_loo:.3f} (se {result.elpd_loo_se:.3f}), "
+         f"p_loo = {result.p_loo:.2f}; exact elpd = {result.elpd_exact:.3f}"),
         f"Pareto k > {PARETO_K_THRESHOLD}: {high} (the exact refit is the answer for those studies)",
         f"largest shift of mu: dropping {result.most_influential('mu')}; of tau: dropping {result.most_influential('tau')}",
         "rows: the study left out",

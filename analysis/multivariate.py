@@ -20,12 +20,27 @@ import xarray as xr
 from analysis.dataset import Dataset
 from analysis.diagnostics import diagnose
 from analysis.effects import EffectTable, compute_effects
-from analysis.fit import PriorSet, SamplerSettings, fit_random_effects, sample_with_retry
-from analysis.multivariate_data import DEFAULT_RHO_WITHIN, MultivariateData, multivariate_data_from_dataset
+from analysis.fit import (
+    PriorSet,
+    SamplerSettings,
+    fit_random_effects,
+    sample_with_retry,
+)
+from analysis.multivariate_data import (
+    DEFAULT_RHO_WITHIN,
+    MultivariateData,
+    multivariate_data_from_dataset,
+)
 from analysis.multivariate_result import SUMMARY_COLUMNS, MultivariateResult
 from analysis.summaries import summarize_draws
 from models.exact import exact_posterior
-from models.multivariate import MultivariatePriors, build_multivariate_model, draw_theta, draw_theta_new, outcome_pairs
+from models.multivariate import (
+    MultivariatePriors,
+    build_multivariate_model,
+    draw_theta,
+    draw_theta_new,
+    outcome_pairs,
+)
 from models.priors import PriorSpec
 
 __all__ = ["DEFAULT_RHO_WITHIN", "RHO_WITHIN_GRID", "fit_multivariate", "fit_multivariate_data", "rho_within_sensitivity"]

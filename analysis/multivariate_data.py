@@ -24,7 +24,11 @@ import pandas as pd
 
 from analysis.dataset import Dataset, Outcome
 from analysis.effects import EffectTable, compute_effects, study_effects
-from models.multivariate import correlation_matrix, missingness_groups, within_covariance
+from models.multivariate import (
+    correlation_matrix,
+    missingness_groups,
+    within_covariance,
+)
 
 DEFAULT_OUTCOMES: tuple[str, ...] = ("BV_TV", "Tb_N", "Tb_Sp", "Tb_Th")
 

@@ -154,8 +154,8 @@ def format_multivariate(result: MultivariateResult) -> str:
         f"Bayesian multivariate random-effects meta-analysis{banner}",
         f"dataset: {result.dataset}   outcomes: {', '.join(o.id for o in result.outcomes)}   k = {result.k} studies",
         f"scale: benefit-oriented {result.measure} (positive = benefit" + (f"; sign flipped for {', '.join(flipped)})" if flipped else ")"),
-        f"model: theta_i ~ MVN(mu, diag(tau) R diag(tau)); {s.get('parameterisation', 'marginal')} parameterisation; "
-        "each study contributes only the outcomes it reports",
+        (f"model: theta_i ~ MVN(mu, diag(tau) R diag(tau)); {s.get('parameterisation', 'marginal')} parameterisation; "
+         "each study contributes only the outcomes it reports"),
         f"within-study: {result.within}",
         f"priors: mu_k ~ {result.priors['mu']}, tau_k ~ {result.priors['tau']}, R ~ {result.priors['R']}",
         f"engine: NUTS ({s.get('chains')} chains x {s.get('draws')} draws, tune {s.get('tune')}, seed {s.get('seed')})",

@@ -3,7 +3,9 @@
 Per outcome: the random-effects model with NUTS (convergence-gated, retried once) and with
 the exact engine (the cross-check); posterior predictive checks; power-scaling and a prior
 grid; the comparison with the frequentist DL/REML estimates; subgroups as covariates, one
-moderator at a time as the paper did (exact engine). Each outcome is one job whose rendered
+moderator at a time as the paper did (exact engine); small-study effects (PET/PEESE on SE and on
+sqrt(1/n~), exact; step-function selection model, NUTS) replacing Egger's test; and study
+influence (exact leave-one-study-out refits and PSIS-LOO) replacing leave-one-out. Each outcome is one job whose rendered
 artifacts are cached by content hash (:mod:`analysis.cache`); jobs that miss the cache run in
 parallel worker processes. The report module writes the result.
 """
@@ -27,6 +29,8 @@ from analysis.effects import EffectTable, compute_effects
 from analysis.results import MetaAnalysisResult
 
 Progress = Callable[[str], None]
+#: PET/PEESE regressions and the selection model need at least this many studies.
+MIN_STUDIES_SMALL_STUDY = 3
 
 
 def _silent(message: str) -> None:
@@ -45,6 +49,9 @@ class OutcomeAnalysis:
     comparison: pd.DataFrame
     subgroups: object | None = None
     engine_check: pd.DataFrame | None = None
+    small_study: object | None = None
+    influence: object | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -98,8 +105,10 @@ def analyse_outcome(
     from analysis.compare import compare_table
     from analysis.diagnostics import engine_check
     from analysis.fit import fit_random_effects
+    from analysis.influence import influence_analysis
     from analysis.meta_regression import fit_subgroups_one_at_a_time
     from analysis.sensitivity import power_scaling, prior_grid
+    from analysis.small_study import fit_small_study
 
     exact = fit_random_effects(dataset, outcome, engine="exact", priors=priors, table=table)
     nuts = fit_random_effects(dataset, outcome, engine="nuts", priors=priors, seed=seed, sampler=sampler,
@@ -109,11 +118,22 @@ def analyse_outcome(
     subgroups = None
     if dataset.moderators:
         subgroups = fit_subgroups_one_at_a_time(dataset, outcome, engine="exact", priors=priors, table=table)
-    return OutcomeAnalysis(
+    analysis = OutcomeAnalysis(
         nuts=nuts, exact=exact, ppc=posterior_predictive_check(nuts, seed=seed), psense=power_scaling(nuts),
         prior_grid=prior_grid(dataset, outcome, table=table), comparison=comparison, subgroups=subgroups,
         engine_check=engine_check([nuts], [exact]),
     )
+    if nuts.k >= MIN_STUDIES_SMALL_STUDY:
+        analysis.small_study = fit_small_study(dataset, outcome, priors=priors, engine="exact", seed=seed,
+                                               sampler=sampler, table=table)
+    else:
+        analysis.notes.append(f"small-study models skipped: they need at least {MIN_STUDIES_SMALL_STUDY} studies (k = {nuts.k})")
+    if nuts.k >= 2:
+        analysis.influence = influence_analysis(dataset, outcome, priors=priors, engine="nuts", seed=seed, table=table,
+                                                posterior=nuts.posterior)
+    else:
+        analysis.notes.append("influence analysis skipped: leaving out the only study leaves no data")
+    return analysis
 
 
 def run_outcome_job(job: OutcomeJob) -> OutcomeArtifacts:

@@ -2,10 +2,21 @@
 
 Cells are kept as stripped strings so that the validator can say exactly which cell is
 wrong; typed conversion happens only after validation (:mod:`analysis.dataset`).
+
+CSV files are read with the standard :mod:`csv` module (comma-separated, ``"`` quoting, UTF-8
+with or without a byte-order mark). The index of a raw table is ``line - 2``, where ``line``
+is the editor line on which the row starts, so :func:`csv_line` locates a row exactly even
+after blank lines or quoted cells that span several lines. Blank lines are skipped; every
+other line is a row, and a row whose number of fields differs from the header's is an error
+(it is never padded, truncated or dropped silently).
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -21,8 +32,14 @@ STUDIES_NAME = "studies.csv"
 ARMS_NAME = "arms.csv"
 EFFECTS_NAME = "effects.csv"
 
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
-_INTEGER = re.compile(r"^\+?\d+(\.0*)?$")
+#: A decimal number in ASCII digits (no thousands separators, no NaN/inf spelled out).
+_NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+_INTEGER = re.compile(r"^\+?([0-9]+)(\.0*)?$")
+#: Whole numbers with more digits than this are returned as ``10**_MAX_INT_DIGITS`` (far above any
+#: plausible count, so callers reject them) instead of being converted digit by digit.
+_MAX_INT_DIGITS = 20
+_UTF16_32_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_TOML_WHERE = re.compile(r"at line (\d+), column (\d+)")
 
 
 @dataclass
@@ -38,17 +55,23 @@ class RawDataset:
 
 
 def parse_number(text: str) -> float | None:
-    """Parse a finite decimal number; return None for anything else (text, NaN, inf, '')."""
+    """Parse a finite decimal number; return None for anything else (text, NaN, inf, '', 1e999)."""
     if not _NUMBER.match(text):
         return None
-    return float(text)
+    value = float(text)
+    return value if math.isfinite(value) else None
 
 
 def parse_integer(text: str) -> int | None:
-    """Parse a non-negative whole number such as ``"8"`` or ``"8.0"``; None otherwise."""
-    if not _INTEGER.match(text):
+    """Parse a non-negative whole number such as ``"8"`` or ``"8.0"``; None otherwise.
+
+    Numbers with more than 20 digits are returned as ``10**20`` (callers reject them as too large).
+    """
+    match = _INTEGER.match(text)
+    if not match:
         return None
-    return int(float(text))
+    digits = match.group(1).lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_INT_DIGITS else 10**_MAX_INT_DIGITS
 
 
 def numeric_cells(frame: pd.DataFrame, column: str) -> np.ndarray:
@@ -59,47 +82,118 @@ def numeric_cells(frame: pd.DataFrame, column: str) -> np.ndarray:
 
 
 def csv_line(index: int) -> int:
-    """Editor line of a data row: the header is line 1, the first data row line 2."""
+    """Editor line of a raw data row (its index + 2: the header is line 1, the first data row line 2)."""
     return int(index) + 2
 
 
-def read_csv_text(path: Path, problems: list[Problem]) -> pd.DataFrame | None:
-    """Read a CSV file as stripped strings; record a located problem and return None on failure."""
-    name = path.name
+def header_line(frame: pd.DataFrame) -> int:
+    """Editor line of the header of a raw table (1 unless blank lines precede it)."""
+    return int(frame.attrs.get("header_line", 1))
+
+
+def _read_bytes(path: Path, problems: list[Problem]) -> bytes | None:
     try:
-        frame = pd.read_csv(
-            path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skip_blank_lines=True
-        )
-    except UnicodeDecodeError as exc:
-        problems.append(Problem("error", name, None, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"))
+        return path.read_bytes()
+    except OSError as exc:
+        problems.append(Problem("error", path.name, None, None, f"cannot be read ({exc.strerror or exc})"))
         return None
-    except pd.errors.EmptyDataError:
+
+
+def decode_text(data: bytes, name: str, problems: list[Problem]) -> str | None:
+    """Decode UTF-8 (a leading byte-order mark is allowed); record a located problem otherwise."""
+    if data.startswith(_UTF16_32_BOMS):
+        problems.append(Problem("error", name, None, None,
+                                "file is UTF-16/UTF-32 encoded; save it as UTF-8 (e.g. Excel's 'CSV UTF-8')"))
+        return None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        problems.append(Problem("error", name, line, None,
+                                f"not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8"))
+        return None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        problems.append(Problem("error", name, line, None,
+                                "contains NUL bytes: not a text file (or UTF-16 without a byte-order mark); save it as UTF-8"))
+        return None
+    return text
+
+
+def _records(text: str, name: str, problems: list[Problem]) -> list[tuple[int, list[str]]] | None:
+    """Non-blank CSV records as ``(first line, stripped cells)``; None (and a problem) if malformed."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records, last = [], 0
+    try:
+        for cells in reader:
+            start, last = last + 1, reader.line_num
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
+                continue
+            records.append((start, [c.strip() for c in cells]))
+    except csv.Error as exc:
+        problems.append(Problem("error", name, reader.line_num, None,
+                                f"malformed CSV ({exc}); check the quotes on this line"))
+        return None
+    return records
+
+
+def _header_problems(header: list[str], line: int, name: str) -> list[Problem]:
+    if len(header) == 1 and any(sep in header[0] for sep in (";", "\t", "|")):
+        return [Problem("error", name, line, None,
+                        f"the header is a single column {header[0]!r}: evmeta reads comma-separated values "
+                        "(not ';' or tab); save the file as CSV with commas")]
+    problems = []
+    if any(c == "" for c in header):
+        problems.append(Problem("error", name, line, None, "header has empty column names"))
+    for col in sorted({c for c in header if c and header.count(c) > 1}):
+        problems.append(Problem("error", name, line, col, "column appears more than once in the header"))
+    return problems
+
+
+def read_csv_text(path: Path, problems: list[Problem]) -> pd.DataFrame | None:
+    """Read a CSV file as stripped strings; record located problems and return None if unreadable.
+
+    Rows whose number of fields differs from the header's are reported (with their line) and
+    left out of the returned table, so that the other rows can still be checked; the dataset
+    is invalid in that case, so nothing is ever computed without them.
+    """
+    name = path.name
+    data = _read_bytes(path, problems)
+    text = None if data is None else decode_text(data, name, problems)
+    records = None if text is None else _records(text, name, problems)
+    if records is None:
+        return None
+    if not records:
         problems.append(Problem("error", name, None, None, "file is empty (a header row is required)"))
         return None
-    except pd.errors.ParserError as exc:
-        problems.append(Problem("error", name, None, None, f"malformed CSV: {exc}"))
+    (first, header), rows = records[0], records[1:]
+    bad_header = _header_problems(header, first, name)
+    problems += bad_header
+    if bad_header:
         return None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    unnamed = [c for c in frame.columns if c.startswith("Unnamed:") or c == ""]
-    if unnamed:
-        problems.append(Problem("error", name, 1, None, "header has empty column names"))
-    duplicated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
-    for col in duplicated:
-        problems.append(Problem("error", name, 1, col, "column appears more than once in the header"))
-    if unnamed or duplicated:
-        return None
-    return frame.apply(lambda col: col.str.strip())
+    kept = []
+    for line, cells in rows:
+        if len(cells) != len(header):
+            problems.append(Problem("error", name, line, None, f"row has {len(cells)} field(s) but the header has "
+                                    f"{len(header)}: check for missing or extra commas, or unbalanced quotes"))
+        else:
+            kept.append((line, cells))
+    frame = pd.DataFrame([cells for _, cells in kept], columns=header, index=[line - 2 for line, _ in kept], dtype=str)
+    frame.attrs["header_line"] = first
+    return frame
 
 
 def read_toml(path: Path, problems: list[Problem]) -> dict | None:
-    """Read ``dataset.toml``; record a problem and return None if it cannot be parsed."""
+    """Read ``dataset.toml`` (UTF-8); record a located problem and return None if it cannot be parsed."""
+    data = _read_bytes(path, problems)
+    text = None if data is None else decode_text(data, path.name, problems)
+    if text is None:
+        return None
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except UnicodeDecodeError as exc:
-        problems.append(Problem("error", path.name, None, None, f"not UTF-8 text ({exc.reason})"))
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None)
+        where = _TOML_WHERE.search(str(exc))
+        line = int(where.group(1)) if where else getattr(exc, "lineno", None)
         problems.append(Problem("error", path.name, line, None, f"invalid TOML: {exc}"))
     return None
 

@@ -125,7 +125,7 @@ def write_artifacts(run: RunResult, stage: Path) -> None:
             write_bytes_atomic(stage / "posteriors" / f"{oid}.nc", art.posterior_nc)
     for name, frames in stacked.items():
         write_csv(stage / "tables" / f"{name}.csv", pd.concat(frames, ignore_index=True))
-    for kind in ("nuts", "exact", "ppc", "subgroups"):
+    for kind in ("nuts", "exact", "ppc", "subgroups", "small_study", "influence"):
         parts = {oid: art.jsons[kind] for oid, art in run.outcomes.items() if kind in art.jsons}
         if parts:
             write_json(stage / "fits" / f"{kind}.json", {"dataset": run.dataset.name, "provenance": run.dataset.provenance,

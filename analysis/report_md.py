@@ -124,6 +124,24 @@ def subgroup_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     return lines + ([f"Not estimable for this outcome: {'; '.join(skipped)}", ""] if skipped else [])
 
 
+def small_study_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
+    """Small-study effects (replacing Egger's test): PET/PEESE, selection model, funnel plot."""
+    if analysis.small_study is None:
+        return []
+    return ["#### Small-study effects (replacing Egger's test)", "",
+            "PET/PEESE meta-regressions on SE and on √(1/ñ) (SMD and SE are correlated in small animal studies, "
+            "which fakes asymmetry; Zwetsloot et al. 2017) and a one-sided step-function selection model.", "",
+            "```", str(analysis.small_study), "```", "", f"![Funnel plot of {oid}](figures/funnel_{oid}.png)", ""]
+
+
+def influence_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
+    """Study influence (replacing leave-one-out): exact leave-one-study-out refits and PSIS-LOO Pareto k."""
+    if analysis.influence is None:
+        return []
+    return ["#### Study influence (replacing leave-one-out)", "",
+            "```", str(analysis.influence), "```", "", f"![Study influence for {oid}](figures/influence_{oid}.png)", ""]
+
+
 def outcome_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     """One outcome: forest plot, fit report, predictive checks, prior sensitivity, comparison."""
     r = analysis.nuts
@@ -136,6 +154,9 @@ def outcome_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         f"**Pooled effect:** μ = {interval(r.summaries['mu'])} (eti95); prediction interval for a new study "
         f"[{r.summaries['theta_new']['q025']:.2f}, {r.summaries['theta_new']['q975']:.2f}]; P(benefit) = {r.prob_benefit:.3f}.", "",
         *subgroup_section(oid, analysis),
+        *small_study_section(oid, analysis),
+        *influence_section(oid, analysis),
+        *[f"Note: {note}." for note in analysis.notes], *([""] if analysis.notes else []),
         "#### Posterior predictive checks", "",
         "Replicated study effects from the mixed predictive distribution; ppp = P(T(y_rep) ≥ T(y)).", "",
         _ppc_table(analysis), "",

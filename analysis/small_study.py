@@ -27,7 +27,7 @@ from scipy import stats
 from analysis.dataset import Dataset, Outcome
 from analysis.diagnostics import diagnose
 from analysis.effects import EffectTable, compute_effects
-from analysis.fit import SamplerSettings, outcome_effects, sample_with_retry
+from analysis.fit import PriorSet, SamplerSettings, outcome_effects, sample_with_retry
 from analysis.frequentist import regtest
 from analysis.small_study_result import RegressionFit, SelectionFit, SmallStudyResult
 from analysis.summaries import summarize_draws
@@ -35,11 +35,17 @@ from models.exact import exact_posterior
 from models.priors import DEFAULT_MU_PRIOR, DEFAULT_TAU_PRIOR, PriorSpec
 from models.random_effects import build_random_effects_model
 from models.small_study import (
-    DEFAULT_CUTPOINTS, DEFAULT_OMEGA_SIGMA, PREDICTORS, build_selection_model, interval_labels, p_interval,
-    predictor_values, small_study_design,
+    DEFAULT_CUTPOINTS,
+    DEFAULT_OMEGA_SIGMA,
+    PREDICTORS,
+    build_selection_model,
+    interval_labels,
+    p_interval,
+    predictor_values,
+    small_study_design,
 )
 
-__all__ = ["SmallStudyPriors", "fit_small_study", "small_study_analysis"]
+__all__ = ["SmallStudyPriors", "fit_small_study", "fit_small_study_effects"]
 
 ENGINES = ("exact", "nuts")
 #: Number of exact posterior draws kept for plots (funnel lines and predictive region).
@@ -52,6 +58,10 @@ SPREAD_RATIO_MIN = 1.5
 #: NUTS settings of the selection model: its posterior curves sharply where omega and mu trade
 #: off, so target_accept starts at 0.95 and the retry (0.99, doubled tuning) is automatic.
 SELECTION_SAMPLER = SamplerSettings(target_accept=0.95)
+
+
+#: Default prior of the bias parameter beta1 (see :class:`SmallStudyPriors`).
+DEFAULT_SLOPE_PRIOR = PriorSpec.parse("normal:0:5")
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,7 @@ class SmallStudyPriors:
     """
 
     intercept: PriorSpec = DEFAULT_MU_PRIOR
-    slope: PriorSpec = PriorSpec.parse("normal:0:5")
+    slope: PriorSpec = DEFAULT_SLOPE_PRIOR
     tau: PriorSpec = DEFAULT_TAU_PRIOR
     omega_sigma: float = DEFAULT_OMEGA_SIGMA
 
@@ -77,6 +87,15 @@ class SmallStudyPriors:
         self.tau.require_positive("tau")
         if not self.omega_sigma > 0:
             raise ValueError(f"omega_sigma must be > 0, got {self.omega_sigma}")
+
+    @classmethod
+    def coerce(cls, priors: SmallStudyPriors | PriorSet | None) -> SmallStudyPriors:
+        """Small-study priors from ``None`` (defaults), a :class:`SmallStudyPriors` or a random-effects :class:`PriorSet`."""
+        if priors is None or isinstance(priors, SmallStudyPriors):
+            return priors or cls()
+        if isinstance(priors, PriorSet):
+            return cls(intercept=priors.mu, tau=priors.tau)
+        raise TypeError(f"priors must be SmallStudyPriors or PriorSet, got {type(priors).__name__}")
 
     def to_dict(self) -> dict[str, str]:
         """Prior strings by parameter name."""
@@ -203,14 +222,14 @@ def _check_config(effects: pd.DataFrame, engine: str, cutpoints: Sequence[float]
     interval_labels(cutpoints)  # validates the cut-points
 
 
-def fit_small_study(
+def fit_small_study_effects(
     effects: pd.DataFrame,
     *,
     outcome: Outcome,
     dataset: str = "",
     provenance: str = "",
     measure: str = "SMD",
-    priors: SmallStudyPriors | None = None,
+    priors: SmallStudyPriors | PriorSet | None = None,
     engine: str = "exact",
     selection: bool = True,
     cutpoints: Sequence[float] = DEFAULT_CUTPOINTS,
@@ -229,8 +248,8 @@ def fit_small_study(
         The outcome; ``direction`` orients benefit, the one-sided p-values and the bias direction.
     dataset, provenance, measure : str
         Labels for the report.
-    priors : SmallStudyPriors, optional
-        Priors (defaults documented in :class:`SmallStudyPriors`).
+    priors : SmallStudyPriors or PriorSet, optional
+        Priors (defaults documented in :class:`SmallStudyPriors`; a PriorSet sets beta0/mu and tau).
     engine : {"exact", "nuts"}
         Engine of the PET/PEESE regressions (the selection model always uses NUTS).
     selection : bool
@@ -249,7 +268,7 @@ def fit_small_study(
     SmallStudyResult
     """
     _check_config(effects, engine, cutpoints, outcome.direction)
-    priors, sampler = priors or SmallStudyPriors(), sampler or SELECTION_SAMPLER
+    priors, sampler = SmallStudyPriors.coerce(priors), sampler or SELECTION_SAMPLER
     direction, notes = outcome.direction, []
     studies = _study_table(effects, direction, cutpoints)
     if len(studies) < MIN_K_ADVISED:
@@ -288,11 +307,11 @@ def _selection_notes(sel: SelectionFit) -> list[str]:
     return notes
 
 
-def small_study_analysis(
+def fit_small_study(
     dataset: Dataset,
     outcome: str,
     *,
-    priors: SmallStudyPriors | None = None,
+    priors: SmallStudyPriors | PriorSet | None = None,
     engine: str = "exact",
     selection: bool = True,
     cutpoints: Sequence[float] = DEFAULT_CUTPOINTS,
@@ -303,15 +322,18 @@ def small_study_analysis(
 ) -> SmallStudyResult:
     """Small-study-effect analysis of one outcome of a dataset (``evmeta fit --model small-study``).
 
-    Parameters are those of :func:`fit_small_study`, with the dataset and outcome id in place
-    of the effects table (``table``: a precomputed :class:`~analysis.effects.EffectTable`).
+    Parameters are those of :func:`fit_small_study_effects`, with the dataset and outcome id in
+    place of the effects table (``table``: a precomputed :class:`~analysis.effects.EffectTable`).
+    ``priors`` may be a :class:`~analysis.fit.PriorSet` (the CLI's ``--mu-prior``/``--tau-prior``):
+    its mu prior becomes the prior of beta0 and of the selection model's mu, its tau prior that of
+    tau; beta1 and omega keep their defaults.
 
     Returns
     -------
     SmallStudyResult
     """
     effects = outcome_effects(dataset, table or compute_effects(dataset), outcome)
-    return fit_small_study(effects, outcome=dataset.outcomes[outcome], dataset=dataset.name,
-                           provenance=dataset.provenance, measure=dataset.effect_measure, priors=priors,
-                           engine=engine, selection=selection, cutpoints=cutpoints, seed=seed,
-                           sampler=sampler, progressbar=progressbar)
+    return fit_small_study_effects(effects, outcome=dataset.outcomes[outcome], dataset=dataset.name,
+                                   provenance=dataset.provenance, measure=dataset.effect_measure,
+                                   priors=SmallStudyPriors.coerce(priors), engine=engine, selection=selection,
+                                   cutpoints=cutpoints, seed=seed, sampler=sampler, progressbar=progressbar)

@@ -192,17 +192,23 @@ class SmallStudyResult:
         return len(self.studies)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict in the style of DESIGN.md §3 (``model = "small-study"``)."""
+        """JSON-ready dict in the style of DESIGN.md §3 (``model = "small-study"``).
+
+        ``mu``, ``tau`` and ``prob_benefit`` are those of the headline (bias-adjusted) regression;
+        ``engine`` is the engine of the regressions (the selection model is always NUTS).
+        """
         cols = ["study", "yi", "vi", "sei", "n_tilde", "p_one_sided", "p_interval"]
         studies = [{c: (row[c] if c in ("study", "p_interval") else _num(row[c])) for c in cols}
                    for _, row in self.studies.iterrows()]
+        head = self.regressions[self.headline]
         return {
             "dataset": self.dataset, "provenance": self.provenance, "outcome": self.outcome.id,
             "outcome_label": self.outcome.label, "direction": self.outcome.direction, "model": "small-study",
             "measure": self.measure, "k": self.k, "interval": INTERVAL_KIND, "priors": dict(self.priors),
             "random_effects": {p: dict(s) for p, s in self.random_effects.items()},
             "regressions": {name: fit.to_dict() for name, fit in self.regressions.items()},
-            "headline": self.headline, "adjusted_mu": dict(self.regressions[self.headline].intercept),
+            "engine": self.settings.get("engine", "exact"), "headline": self.headline,
+            "mu": dict(head.intercept), "tau": dict(head.tau), "prob_benefit": head.prob_benefit,
             "selection": None if self.selection is None else self.selection.to_dict(),
             "egger": self.egger.to_dict(), "notes": list(self.notes), "studies": studies,
             "settings": dict(self.settings),
@@ -228,8 +234,9 @@ def _regression_table(result: SmallStudyResult) -> str:
 
 
 def _selection_lines(sel: SelectionFit) -> list[str]:
-    lines = [f"Step-function selection model (one-sided p cut-points {', '.join(f'{c:g}' for c in sel.cutpoints)} "
-             f"in the direction of benefit; omega_j ~ {sel.omega_prior}, omega_1 = 1)",
+    cuts = ", ".join(f"{c:g}" for c in sel.cutpoints)
+    lines = [(f"Step-function selection model (one-sided p cut-points {cuts} in the direction of benefit; "
+              f"omega_j ~ {sel.omega_prior}, omega_1 = 1)"),
              "  studies per interval: " + ", ".join(f"{lab}: {n}" for lab, n in zip(sel.intervals, sel.counts, strict=True)),
              f"  adjusted mu  = {_fmt_summary(sel.mu)}", f"  tau          = {_fmt_summary(sel.tau)}"]
     lines += [f"  omega[{lab}] = {_fmt_summary(s)}" for lab, s in list(sel.omega.items())[1:]]

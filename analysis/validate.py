@@ -10,7 +10,7 @@ from pathlib import Path
 from analysis.problems import Problem, errors
 from analysis.rawdata import TOML_NAME, RawDataset, read_raw
 from analysis.validate_meta import check_meta, check_studies
-from analysis.validate_rows import check_arms, check_effects, suspicious_arms
+from analysis.validate_rows import check_arms, check_effects, suspicious_arms, unused_data_warnings
 
 
 def validate_raw(raw: RawDataset) -> list[Problem]:
@@ -24,7 +24,10 @@ def validate_raw(raw: RawDataset) -> list[Problem]:
     Returns
     -------
     list of Problem
-        Read problems first, then errors and warnings of each file in contract order.
+        Read problems first, then errors and warnings of each file in contract order; on a
+        dataset without errors, last, warnings for data that contribute nothing (a study
+        without data rows or without a treatment arm for an outcome, a declared outcome that
+        no comparison reports).
     """
     problems = list(raw.problems)
     meta = raw.meta
@@ -44,6 +47,8 @@ def validate_raw(raw: RawDataset) -> list[Problem]:
             problems += suspicious_arms(raw.arms)
     if raw.effects is not None:
         problems += check_effects(raw.effects, study_ids, outcome_ids)
+    if not errors(problems):
+        problems += unused_data_warnings(raw)
     return problems
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from analysis.problems import Problem
-from analysis.rawdata import STUDIES_NAME, TOML_NAME, csv_line, parse_number
+from analysis.rawdata import STUDIES_NAME, TOML_NAME, csv_line, header_line, parse_number
 
 PROVENANCES = ("extracted", "simulated", "published-example")
 MODERATOR_TYPES = ("categorical", "numeric")
 ROB_VALUES = ("low", "high", "unclear")
 REQUIRED_META = ("name", "title", "provenance", "citation")
+#: Characters an outcome id may not contain: it names output files (``forest_<ID>.png``, ``<ID>.nc``).
+_UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 def _toml_problem(key: str, message: str) -> Problem:
@@ -32,7 +36,7 @@ def check_meta(meta: dict) -> list[Problem]:
         problems.append(_toml_problem("outcomes", "at least one [outcomes.<ID>] table is required"))
     else:
         for oid, spec in outcomes.items():
-            problems += _check_outcome(oid, spec)
+            problems += _check_outcome_id(oid) + _check_outcome(oid, spec)
     moderators = meta.get("moderators", {})
     if not isinstance(moderators, dict):
         problems.append(_toml_problem("moderators", "must be a table of [moderators.<name>] tables"))
@@ -40,6 +44,14 @@ def check_meta(meta: dict) -> list[Problem]:
         for name, spec in moderators.items():
             problems += _check_moderator(name, spec)
     return problems
+
+
+def _check_outcome_id(oid: str) -> list[Problem]:
+    """Outcome ids name output files and must match CSV cells (which are stripped)."""
+    if oid and oid == oid.strip() and oid not in (".", "..") and not _UNSAFE_ID.search(oid):
+        return []
+    return [_toml_problem(f"outcomes.{oid}", f"outcome id {oid!r} is not usable: it must be non-empty, without "
+                          "surrounding spaces, '/', '\\' or control characters (it names output files)")]
 
 
 def _check_outcome(oid: str, spec: object) -> list[Problem]:
@@ -81,7 +93,9 @@ def _check_moderator(name: str, spec: object) -> list[Problem]:
 def check_studies(studies: pd.DataFrame, meta: dict | None) -> list[Problem]:
     """Check ``studies.csv``: ids, declared moderators (type and levels) and risk-of-bias cells."""
     if "study" not in studies.columns:
-        return [Problem("error", STUDIES_NAME, 1, "study", "required column missing")]
+        return [Problem("error", STUDIES_NAME, header_line(studies), "study", "required column missing")]
+    if studies.empty:
+        return [Problem("error", STUDIES_NAME, None, None, "no data rows (one row per study is required)")]
     problems = []
     for idx, sid in studies["study"].items():
         if sid == "":
@@ -107,7 +121,7 @@ def check_studies(studies: pd.DataFrame, meta: dict | None) -> list[Problem]:
 
 def _check_moderator_column(studies: pd.DataFrame, name: str, spec: dict) -> list[Problem]:
     if name not in studies.columns:
-        return [Problem("error", STUDIES_NAME, 1, name, f"declared moderator {name!r} has no column")]
+        return [Problem("error", STUDIES_NAME, header_line(studies), name, f"declared moderator {name!r} has no column")]
     problems = []
     levels = spec.get("levels") if isinstance(spec.get("levels"), list) else None
     for idx, value in studies[name].items():

@@ -5,9 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.problems import Problem
-from analysis.rawdata import ARMS_NAME, EFFECTS_NAME, csv_line, numeric_cells, parse_integer, parse_number
-from analysis.smd import hedges_g, sd_from_sem
+from analysis.problems import Problem, errors
+from analysis.rawdata import (
+    ARMS_NAME,
+    EFFECTS_NAME,
+    STUDIES_NAME,
+    TOML_NAME,
+    RawDataset,
+    csv_line,
+    header_line,
+    numeric_cells,
+    parse_integer,
+    parse_number,
+)
+from analysis.smd import hedges_g, pooled_sd, sd_from_sem
 
 ROLES = ("treatment", "control", "sham")
 ARMS_REQUIRED = ("study", "arm", "role", "outcome", "mean", "n")
@@ -18,17 +29,35 @@ LARGE_G = 2.0
 #: SEM/SD = 1/sqrt(n) <= 0.41 for n >= 6 animals, while genuine SDs of one outcome rarely differ
 #: that much between studies (a ratio of 0.5 flagged a genuine SD in normand1999).
 SEM_SIZED_CV_RATIO = 0.4
+#: Largest group size accepted: a larger ``n`` in an animal study is a typo (e.g. a mean pasted into n).
+MAX_N = 1_000_000
 
 
 def _missing_columns(frame: pd.DataFrame, file: str, required: tuple[str, ...]) -> list[Problem]:
-    return [Problem("error", file, 1, c, "required column missing") for c in required if c not in frame.columns]
+    line = header_line(frame)
+    problems = [Problem("error", file, line, c, "required column missing") for c in required if c not in frame.columns]
+    if not problems and frame.empty:
+        problems.append(Problem("error", file, None, None, "no data rows (only a header)"))
+    return problems
+
+
+def _check_count(value: str, file: str, idx: int, col: str) -> Problem | None:
+    """A group size: a whole number from 2 to :data:`MAX_N`."""
+    n = parse_integer(value)
+    if n is None:
+        return Problem("error", file, csv_line(idx), col, f"not a whole number: {value!r}")
+    if n < 2:
+        return Problem("error", file, csv_line(idx), col, f"{col} must be at least 2, got {n}")
+    if n > MAX_N:
+        return Problem("error", file, csv_line(idx), col, f"{col} = {value} is implausibly large (more than {MAX_N:,})")
+    return None
 
 
 def _check_id_cells(
     frame: pd.DataFrame, file: str, study_ids: set[str] | None, outcome_ids: set[str] | None
 ) -> list[Problem]:
     problems = []
-    for idx, row in frame.iterrows():
+    for idx, row in _records(frame):
         line = csv_line(idx)
         if row["study"] == "":
             problems.append(Problem("error", file, line, "study", "missing study id"))
@@ -43,8 +72,7 @@ def _check_id_cells(
     return problems
 
 
-def _check_positive(frame: pd.DataFrame, file: str, col: str, idx: int) -> Problem | None:
-    value = frame.at[idx, col]
+def _check_positive(value: str, file: str, col: str, idx: int) -> Problem | None:
     number = parse_number(value)
     if number is None:
         return Problem("error", file, csv_line(idx), col, f"not a finite number: {value!r}")
@@ -57,15 +85,15 @@ def _check_exactly_one(frame: pd.DataFrame, file: str, cols: tuple[str, str]) ->
     """Exactly one of two dispersion columns per row, and it must be a positive number."""
     present = [c for c in cols if c in frame.columns]
     if not present:
-        return [Problem("error", file, 1, "/".join(cols), f"one of the columns {' or '.join(cols)} is required")]
+        return [Problem("error", file, header_line(frame), "/".join(cols), f"one of the columns {' or '.join(cols)} is required")]
     problems = []
-    for idx in frame.index:
-        given = [c for c in present if frame.at[idx, c] != ""]
+    for idx, row in _records(frame[present]):
+        given = [c for c in present if row[c] != ""]
         if len(given) != 1:
             what = "both" if given else "neither"
             problems.append(Problem("error", file, csv_line(idx), "/".join(cols), f"give exactly one of {cols[0]}/{cols[1]} ({what} given)"))
         else:
-            bad = _check_positive(frame, file, given[0], idx)
+            bad = _check_positive(row[given[0]], file, given[0], idx)
             problems += [bad] if bad else []
     return problems
 
@@ -84,7 +112,7 @@ def check_arms(arms: pd.DataFrame, study_ids: set[str] | None, outcome_ids: set[
     if problems:
         return problems
     problems += _check_id_cells(arms, ARMS_NAME, study_ids, outcome_ids)
-    for idx, row in arms.iterrows():
+    for idx, row in _records(arms):
         line = csv_line(idx)
         if row["arm"] == "":
             problems.append(Problem("error", ARMS_NAME, line, "arm", "missing arm id"))
@@ -92,25 +120,47 @@ def check_arms(arms: pd.DataFrame, study_ids: set[str] | None, outcome_ids: set[
             problems.append(Problem("error", ARMS_NAME, line, "role", f"role must be one of {', '.join(ROLES)}, got {row['role']!r}"))
         if parse_number(row["mean"]) is None:
             problems.append(Problem("error", ARMS_NAME, line, "mean", f"not a finite number: {row['mean']!r}"))
-        n = parse_integer(row["n"])
-        if n is None:
-            problems.append(Problem("error", ARMS_NAME, line, "n", f"not a whole number: {row['n']!r}"))
-        elif n < 2:
-            problems.append(Problem("error", ARMS_NAME, line, "n", f"n must be at least 2, got {n}"))
+        bad_n = _check_count(row["n"], ARMS_NAME, idx, "n")
+        problems += [bad_n] if bad_n else []
     problems += _check_exactly_one(arms, ARMS_NAME, ("sd", "sem"))
     problems += _check_duplicates(arms, ARMS_NAME, ["study", "arm", "outcome"])
     problems += _check_controls(arms)
+    if not errors(problems):
+        problems += _check_comparisons(arms)
+    return problems
+
+
+def _check_comparisons(arms: pd.DataFrame) -> list[Problem]:
+    """Errors for valid-looking cells whose SD or effect size over/underflows double precision.
+
+    E.g. ``sem = 1e300`` (SD = SEM·sqrt(n) is infinite), ``sd = 1e-200`` (the pooled variance
+    underflows to 0) or means of opposite sign near 1e308 (their difference overflows). Run
+    only when every cell passed the row checks.
+    """
+    sd, mean, n = _sd_column(arms), _by_index(arms, "mean"), _by_index(arms, "n")
+    problems = [Problem("error", ARMS_NAME, csv_line(idx), _dispersion_col(arms, idx),
+                        "the standard deviation (SEM·sqrt(n) if an SEM was given) is not a finite positive double")
+                for idx in arms.index if not (np.isfinite(sd[idx]) and sd[idx] > 0)]
+    if problems:
+        return problems
+    for idx, ctrl in _comparisons(arms).items():
+        with np.errstate(all="ignore"):
+            sp = pooled_sd(sd[idx], n[idx], sd[ctrl], n[ctrl])
+            g, v = hedges_g(mean[idx], sd[idx], n[idx], mean[ctrl], sd[ctrl], n[ctrl])
+        if not (np.isfinite(sp) and sp > 0 and np.isfinite(g) and np.isfinite(v)):
+            problems.append(Problem("error", ARMS_NAME, csv_line(idx), "mean",
+                                    f"the comparison with control arm {arms.at[ctrl, 'arm']!r} gives no finite effect size: "
+                                    "the means or SDs are too large or too small for double precision"))
     return problems
 
 
 def _check_controls(arms: pd.DataFrame) -> list[Problem]:
     """Each treatment row needs a control row of the same study and outcome to compare with."""
     problems = []
-    has_control_col = "control_arm" in arms.columns
-    for idx, row in arms[arms["role"] == "treatment"].iterrows():
-        same = arms[(arms["study"] == row["study"]) & (arms["outcome"] == row["outcome"])]
-        controls = set(same.loc[same["role"] == "control", "arm"])
-        named = row["control_arm"] if has_control_col else ""
+    by_group = _control_rows(arms)
+    for idx, row in _records(arms[arms["role"] == "treatment"]):
+        controls = set(by_group.get((row["study"], row["outcome"]), {}))
+        named = row.get("control_arm", "")
         line = csv_line(idx)
         if named and named not in controls:
             problems.append(Problem("error", ARMS_NAME, line, "control_arm", f"control arm {named!r} has no control row for outcome {row['outcome']!r}"))
@@ -131,12 +181,18 @@ def check_effects(effects: pd.DataFrame, study_ids: set[str] | None, outcome_ids
         if parse_number(value) is None:
             problems.append(Problem("error", EFFECTS_NAME, csv_line(idx), "yi", f"not a finite number: {value!r}"))
     problems += _check_exactly_one(effects, EFFECTS_NAME, ("vi", "sei"))
+    if not errors(problems) and "sei" in effects.columns:
+        sei = numeric_cells(effects, "sei")
+        with np.errstate(all="ignore"):
+            vi = sei**2
+        problems += [Problem("error", EFFECTS_NAME, csv_line(idx), "sei", f"sei = {effects.at[idx, 'sei']} gives a "
+                             "sampling variance sei² that is not a finite positive double")
+                     for i, idx in enumerate(effects.index) if not np.isnan(sei[i]) and not (np.isfinite(vi[i]) and vi[i] > 0)]
     for col in ("n_treatment", "n_control"):
         if col in effects.columns:
             for idx, value in effects[col].items():
-                n = parse_integer(value)
-                if value != "" and (n is None or n < 2):
-                    problems.append(Problem("error", EFFECTS_NAME, csv_line(idx), col, f"must be a whole number >= 2, got {value!r}"))
+                bad = None if value == "" else _check_count(value, EFFECTS_NAME, idx, col)
+                problems += [bad] if bad else []
     key = ["study", "outcome"] + (["comparison"] if "comparison" in effects.columns else [])
     problems += _check_duplicates(effects, EFFECTS_NAME, key)
     return problems
@@ -151,39 +207,102 @@ def suspicious_arms(arms: pd.DataFrame) -> list[Problem]:
       2.4-3.2 times smaller at n = 6-10). Such an SD may be an SEM, which inflates g by sqrt(n).
       Needs at least three studies reporting the outcome.
     """
-    sd = _sd_column(arms)
-    mean = numeric_cells(arms, "mean")
+    sd, mean, n = _sd_column(arms), _by_index(arms, "mean"), _by_index(arms, "n")
     problems = [
-        Problem("warning", ARMS_NAME, csv_line(idx), "sd" if arms.at[idx, "sd"] else "sem",
-                f"SD ({sd[idx]:.4g}) larger than the positive mean ({mean[i]:.4g})")
-        for i, idx in enumerate(arms.index)
-        if mean[i] > 0 and sd[idx] > mean[i]
+        Problem("warning", ARMS_NAME, csv_line(idx), _dispersion_col(arms, idx),
+                f"SD ({sd[idx]:.4g}) larger than the positive mean ({mean[idx]:.4g})")
+        for idx in arms.index
+        if mean[idx] > 0 and sd[idx] > mean[idx]
     ]
-    cv = pd.Series(np.where(mean != 0, sd.to_numpy() / np.abs(np.where(mean != 0, mean, 1.0)), np.inf), index=arms.index)
-    for idx, row in arms[arms["role"] == "treatment"].iterrows():
-        same_outcome = arms["outcome"] == row["outcome"]
-        ctrl = _control_index(arms, row)
-        if ctrl is None or arms.loc[same_outcome, "study"].nunique() < 3:
+    with np.errstate(all="ignore"):  # CV of a near-zero mean may overflow to inf, which is what we want
+        cv = pd.Series(np.where(mean != 0, sd / np.abs(mean.where(mean != 0, 1.0)), np.inf), index=arms.index)
+    n_studies = arms.groupby("outcome")["study"].nunique()
+    median_cv = cv.groupby(arms["outcome"]).median()
+    outcomes = dict(zip(arms.index, arms["outcome"], strict=True))
+    for idx, ctrl in _comparisons(arms).items():
+        outcome = outcomes[idx]
+        if ctrl is None or n_studies[outcome] < 3:
             continue
-        g, _ = hedges_g(mean[arms.index.get_loc(idx)], sd[idx], int(float(row["n"])),
-                        mean[arms.index.get_loc(ctrl)], sd[ctrl], int(float(arms.at[ctrl, "n"])))
-        threshold = SEM_SIZED_CV_RATIO * float(np.median(cv[same_outcome]))
+        g, _ = hedges_g(mean[idx], sd[idx], n[idx], mean[ctrl], sd[ctrl], n[ctrl])
+        threshold = SEM_SIZED_CV_RATIO * float(median_cv[outcome])
         if abs(g) > LARGE_G and max(cv[idx], cv[ctrl]) < threshold:
-            problems.append(Problem("warning", ARMS_NAME, csv_line(idx), "sd" if row.get("sd", "") else "sem",
+            problems.append(Problem("warning", ARMS_NAME, csv_line(idx), _dispersion_col(arms, idx),
                                     f"|g| = {abs(float(g)):.2f} > {LARGE_G:g} with SEM-sized dispersion (CV below {SEM_SIZED_CV_RATIO:g} x the "
                                     f"outcome's median CV {threshold / SEM_SIZED_CV_RATIO:.3g}): check the SD is not an SEM"))
     return problems
 
 
+def _dispersion_col(arms: pd.DataFrame, idx: int) -> str:
+    """The column (``sd`` or ``sem``) a row gave its dispersion in."""
+    return "sd" if "sd" in arms.columns and arms.at[idx, "sd"] != "" else "sem"
+
+
 def _sd_column(arms: pd.DataFrame) -> pd.Series:
-    """Standard deviation per row, converting SEM to SD (rows must already be valid)."""
+    """Standard deviation per row, converting SEM to SD (rows must already be valid; may be inf)."""
     sd, sem = numeric_cells(arms, "sd"), numeric_cells(arms, "sem")
-    return pd.Series(np.where(np.isnan(sd), sd_from_sem(sem, numeric_cells(arms, "n")), sd), index=arms.index)
+    with np.errstate(all="ignore"):
+        converted = sd_from_sem(sem, numeric_cells(arms, "n"))
+    return pd.Series(np.where(np.isnan(sd), converted, sd), index=arms.index)
 
 
-def _control_index(arms: pd.DataFrame, row: pd.Series) -> int | None:
-    same = arms[(arms["study"] == row["study"]) & (arms["outcome"] == row["outcome"]) & (arms["role"] == "control")]
-    named = row.get("control_arm", "")
-    if named:
-        same = same[same["arm"] == named]
-    return same.index[0] if len(same) == 1 else None
+def _records(frame: pd.DataFrame) -> zip:
+    """``(index, {column: cell})`` per row (much faster than ``DataFrame.iterrows``)."""
+    return zip(frame.index, frame.to_dict("records"), strict=True)
+
+
+def _by_index(arms: pd.DataFrame, column: str) -> pd.Series:
+    """Floats of a validated number column, indexed like ``arms``."""
+    return pd.Series(numeric_cells(arms, column), index=arms.index)
+
+
+def _control_rows(arms: pd.DataFrame) -> dict[tuple[str, str], dict[str, int]]:
+    """Control rows by ``(study, outcome)``: arm id -> row index (first one of a duplicated arm)."""
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    for idx, study, outcome, role, arm in zip(arms.index, arms["study"], arms["outcome"], arms["role"], arms["arm"], strict=True):
+        if role == "control":
+            out.setdefault((study, outcome), {}).setdefault(arm, idx)
+    return out
+
+
+def _comparisons(arms: pd.DataFrame) -> dict[int, int | None]:
+    """Treatment row index -> index of the control row it is compared with (None if ambiguous or absent)."""
+    controls = _control_rows(arms)
+    out = {}
+    for idx, row in _records(arms[arms["role"] == "treatment"]):
+        group = controls.get((row["study"], row["outcome"]), {})
+        named = row.get("control_arm", "")
+        out[idx] = group.get(named) if named else (next(iter(group.values())) if len(group) == 1 else None)
+    return out
+
+
+def unused_data_warnings(raw: RawDataset) -> list[Problem]:
+    """Warnings for valid data that contribute nothing to any analysis (run on error-free datasets only).
+
+    * a study of ``studies.csv`` with no row in the data file;
+    * arm-level: a study whose rows for an outcome have no treatment arm (only control and/or
+      sham arms): they give no comparison, so the study contributes nothing to that outcome;
+    * a declared outcome that no comparison reports (``evmeta run`` skips it, ``evmeta fit``
+      refuses it).
+    """
+    rows = raw.arms if raw.arms is not None else raw.effects
+    if rows is None or raw.studies is None or raw.meta is None:
+        return []
+    data_name = ARMS_NAME if raw.arms is not None else EFFECTS_NAME
+    problems = [Problem("warning", STUDIES_NAME, csv_line(idx), "study",
+                        f"study {sid!r} has no rows in {data_name}: it contributes nothing to the analysis")
+                for idx, sid in raw.studies["study"].items() if sid not in set(rows["study"])]
+    compared = rows
+    if raw.arms is not None:
+        treated = rows.groupby(["study", "outcome"], sort=False)["role"].agg(lambda roles: "treatment" in set(roles))
+        for (study, outcome), has_treatment in treated.items():
+            if not has_treatment:
+                first = rows.index[(rows["study"] == study) & (rows["outcome"] == outcome)][0]
+                problems.append(Problem("warning", ARMS_NAME, csv_line(first), "role",
+                                        f"study {study!r} has no treatment arm for outcome {outcome!r} (only control/sham "
+                                        "rows): it gives no comparison and contributes nothing to this outcome"))
+        compared = rows[rows["role"] == "treatment"]
+    reported = set(compared["outcome"])
+    problems += [Problem("warning", TOML_NAME, None, f"outcomes.{oid}",
+                         f"outcome {oid!r} is declared but no comparison reports it: evmeta run skips it")
+                 for oid in raw.meta["outcomes"] if oid not in reported]
+    return problems

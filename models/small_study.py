@@ -63,7 +63,8 @@ This module only builds graphs and evaluates densities; it does no I/O and no fi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import numpy as np
 import pymc as pm
@@ -131,7 +132,7 @@ def _check_cutpoints(cutpoints: Sequence[float]) -> np.ndarray:
 def interval_labels(cutpoints: Sequence[float]) -> list[str]:
     """Labels of the p-value intervals, e.g. ``["p<=0.025", "0.025<p<=0.5", "p>0.5"]``."""
     a = [f"{c:g}" for c in _check_cutpoints(cutpoints)]
-    middle = [f"{lo}<p<={hi}" for lo, hi in zip(a[:-1], a[1:], strict=True)]
+    middle = [f"{lo}<p<={hi}" for lo, hi in pairwise(a)]
     return [f"p<={a[0]}", *middle, f"p>{a[-1]}"]
 
 
@@ -160,7 +161,7 @@ def selection_log_likelihood(
     return stats.norm.logpdf(y, mu, sigma) + np.log(w[j]) - np.log(norm_const)
 
 
-def _selection_logp(cutpoints: np.ndarray):  # noqa: ANN202 - returns a PyTensor logp closure
+def _selection_logp(cutpoints: np.ndarray) -> Callable[..., pt.TensorVariable]:
     z = stats.norm.isf(cutpoints)
 
     def logp(value: pt.TensorVariable, mu: pt.TensorVariable, sigma: pt.TensorVariable,
@@ -169,7 +170,7 @@ def _selection_logp(cutpoints: np.ndarray):  # noqa: ANN202 - returns a PyTensor
         cdf = [pt.zeros_like(value)]
         cdf += [0.5 * pt.erfc(-(mu - sei * zj) / (sigma * np.sqrt(2.0))) for zj in z]
         cdf.append(pt.ones_like(value))
-        norm_const = sum(w * (hi - lo) for w, lo, hi in zip(weights, cdf[:-1], cdf[1:], strict=True))
+        norm_const = sum(w * (hi - lo) for w, (lo, hi) in zip(weights, pairwise(cdf), strict=True))
         log_w = pt.zeros_like(value)
         for zj, w in zip(z, omegas, strict=True):  # value below threshold j: at least interval j + 1
             log_w = pt.switch(value <= sei * zj, pt.log(w), log_w)

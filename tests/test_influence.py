@@ -19,7 +19,12 @@ from analysis.fit import PriorSet, fit_random_effects
 from analysis.influence import PARETO_K_THRESHOLD, influence_analysis, study_influence
 from analysis.plots_influence import influence_plot
 from models.exact import exact_posterior
-from tests.tolerances import GATE_DIVERGENCES_MAX, GATE_ESS_BULK_MIN, GATE_R_HAT_MAX, PSIS_ELPD_ABS
+from tests.tolerances import (
+    GATE_DIVERGENCES_MAX,
+    GATE_ESS_BULK_MIN,
+    GATE_R_HAT_MAX,
+    PSIS_ELPD_ABS,
+)
 
 
 @pytest.fixture(scope="module")

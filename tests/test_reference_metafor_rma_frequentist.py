@@ -101,7 +101,7 @@ def test_reml_is_the_restricted_likelihood_maximum(seed):
     for design in (None, X):
         fit = rma_uni(yi, vi, method="REML", X=design)
         Xd = np.ones((12, 1)) if design is None else design
-        best = optimize.minimize_scalar(lambda t: -_restricted_loglik(t, yi, vi, Xd), bounds=(0.0, 5.0),
+        best = optimize.minimize_scalar(lambda t, Xd=Xd: -_restricted_loglik(t, yi, vi, Xd), bounds=(0.0, 5.0),
                                         method="bounded", options={"xatol": 1e-10})
         assert fit.tau2 >= 0.0
         assert _restricted_loglik(fit.tau2, yi, vi, Xd) >= -best.fun - 1e-9

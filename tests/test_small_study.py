@@ -37,15 +37,30 @@ from scipy import integrate, stats
 
 from analysis.config import DATA_DIR, DEFAULT_DATASET
 from analysis.dataset import Outcome, load_dataset
-from analysis.fit import SamplerSettings
+from analysis.effects import compute_effects
+from analysis.fit import PriorSet, SamplerSettings
 from analysis.plots_funnel import funnel_plot, predictive_region
-from analysis.small_study import SmallStudyPriors, fit_small_study, small_study_analysis
+from analysis.small_study import (
+    SmallStudyPriors,
+    fit_small_study,
+    fit_small_study_effects,
+)
 from analysis.smd import hedges_g
 from models.priors import PriorSpec
 from models.small_study import (
-    DEFAULT_CUTPOINTS, build_selection_model, interval_labels, p_interval, predictor_values, selection_log_likelihood,
+    DEFAULT_CUTPOINTS,
+    build_selection_model,
+    interval_labels,
+    p_interval,
+    predictor_values,
+    selection_log_likelihood,
 )
-from tests.tolerances import GATE_DIVERGENCES_MAX, GATE_ESS_BULK_MIN, GATE_R_HAT_MAX, MCSE_MULTIPLE
+from tests.tolerances import (
+    GATE_DIVERGENCES_MAX,
+    GATE_ESS_BULK_MIN,
+    GATE_R_HAT_MAX,
+    MCSE_MULTIPLE,
+)
 
 SIM_OUTCOME = Outcome(id="sim", label="simulated outcome", unit="", direction=1)
 N_SEEDS_FAST, N_SEEDS_SLOW = 20, 8
@@ -77,8 +92,10 @@ def test_selection_density_integrates_to_one_and_matches_pymc(seed):
     rng = np.random.default_rng(seed)
     mu, tau, omega = rng.normal(0.5, 0.5), rng.uniform(0.05, 0.8), [1.0, *rng.uniform(0.1, 3.0, 2)]
     for v in (0.05, 0.3):
-        dens = lambda y: np.exp(selection_log_likelihood(np.array([y]), np.array([v]), mu=mu, tau=tau,  # noqa: E731
-                                                         omega=omega, cutpoints=DEFAULT_CUTPOINTS))[0]
+        def dens(y: float, v: float = v) -> float:
+            return np.exp(selection_log_likelihood(np.array([y]), np.array([v]), mu=mu, tau=tau, omega=omega,
+                                                   cutpoints=DEFAULT_CUTPOINTS))[0]
+
         total, _ = integrate.quad(dens, -15, 15, points=[0.0, 1.959964 * np.sqrt(v)], limit=200)
         assert total == pytest.approx(1.0, abs=1e-7)
     yi, vi = rng.normal(0.6, 0.7, 7), rng.uniform(0.05, 0.5, 7)
@@ -121,12 +138,12 @@ def test_intervals_and_predictors():
 
 @pytest.fixture(scope="module")
 def tbn():
-    return small_study_analysis(load_dataset(DEFAULT_DATASET), "Tb_N", selection=False, seed=1)
+    return fit_small_study(load_dataset(DEFAULT_DATASET), "Tb_N", selection=False, seed=1)
 
 
 @pytest.fixture(scope="module")
 def bcg():
-    return small_study_analysis(load_dataset(DATA_DIR / "bcg"), "tb_log_rr", selection=False, seed=1)
+    return fit_small_study(load_dataset(DATA_DIR / "bcg"), "tb_log_rr", selection=False, seed=1)
 
 
 def test_effect_level_data_without_n_skip_the_n_models(bcg):
@@ -142,16 +159,29 @@ def test_pet_intercept_is_the_egger_limit_estimate_under_flat_priors():
     dataset = load_dataset(DATA_DIR / "bcg")
     flat = SmallStudyPriors(intercept=PriorSpec.parse("normal:0:100"), slope=PriorSpec.parse("normal:0:100"),
                             tau=PriorSpec.parse("uniform:0:10"))
-    result = small_study_analysis(dataset, "tb_log_rr", priors=flat, selection=False)
+    result = fit_small_study(dataset, "tb_log_rr", priors=flat, selection=False)
     pet, egger = result.regressions["PET-sei"], result.egger
     se = (egger.limit_ci_ub - egger.limit_ci_lb) / (2 * 1.959964)
     assert abs(pet.intercept["median"] - egger.limit_estimate) <= 0.1 * se
 
 
+def test_accepts_the_random_effects_prior_set():
+    """The CLI passes a PriorSet (--mu-prior/--tau-prior): it sets beta0 (and selection mu) and tau."""
+    dataset = load_dataset(DATA_DIR / "bcg")
+    priors = PriorSet(mu=PriorSpec.parse("normal:0:2"), tau=PriorSpec.parse("halfcauchy:0.5"))
+    result = fit_small_study(dataset, "tb_log_rr", engine="exact", priors=priors, seed=1, sampler=SamplerSettings(),
+                             table=compute_effects(dataset), progressbar=False, selection=False)
+    assert result.priors["beta0 (and selection mu)"] == "normal:0:2" and result.priors["tau"] == "halfcauchy:0.5"
+    with pytest.raises(TypeError, match="priors"):
+        SmallStudyPriors.coerce("normal:0:2")
+    with pytest.raises(ValueError, match="engine"):
+        fit_small_study(dataset, "tb_log_rr", engine="laplace")
+
+
 def test_direction_mirrors_the_analysis(tbn):
     """Lower-is-better data are the mirror image: same P(small-study), negated intercepts."""
     mirrored = tbn.studies[["study", "n_treatment", "n_control"]].assign(yi=-tbn.studies["yi"], vi=tbn.studies["vi"])
-    flipped = fit_small_study(mirrored, outcome=Outcome("x", "x", "", -1), selection=False, seed=1)
+    flipped = fit_small_study_effects(mirrored, outcome=Outcome("x", "x", "", -1), selection=False, seed=1)
     for name, fit in tbn.regressions.items():
         assert flipped.regressions[name].prob_small_study == pytest.approx(fit.prob_small_study, abs=1e-9)
         assert flipped.regressions[name].intercept["mean"] == pytest.approx(-fit.intercept["mean"], abs=1e-9)
@@ -173,13 +203,34 @@ def test_tb_n_small_study_regressions_point_the_right_way_but_do_not_flag(tbn):
     assert "[SIMULATED DATA]" in str(tbn)
 
 
+def test_se_based_asymmetry_is_the_smd_artefact_on_the_default_data():
+    """Only Tb_N had selection simulated, yet Egger's test and the SE-based PET "flag" other outcomes.
+
+    SMD and its SE are correlated (v = 1/n~ + g^2 / 2N) and these effects are large (g ~ 1-3):
+    Egger p < 0.05 and PET-sei P(small-study) > 0.9 for outcomes without any selection (BMD, BV_TV,
+    Tb_Th, ...), whereas the sqrt(1/n~) models find nothing anywhere (P = 0.53-0.73, every eti95
+    contains 0). Zwetsloot et al. 2017 in miniature.
+    """
+    dataset = load_dataset(DEFAULT_DATASET)
+    table = compute_effects(dataset)
+    results = {o: fit_small_study(dataset, o, selection=False, seed=1, table=table) for o in dataset.outcomes}
+    flagged_by_se = [o for o, r in results.items() if o != "Tb_N" and r.regressions["PET-sei"].prob_small_study > 0.9]
+    assert len(flagged_by_se) >= 4
+    assert sum(r.egger.pval < 0.05 for o, r in results.items() if o != "Tb_N") >= 4
+    assert results["Tb_N"].egger.pval > 0.05
+    for r in results.values():
+        for name in ("PET-sqrt_inv_n", "PEESE-inv_n"):
+            fit = r.regressions[name]
+            assert fit.prob_small_study < 0.8 and fit.slope["q025"] < 0.0 < fit.slope["q975"]
+
+
 # --- simulation validation (exact engine: fast) --------------------------------------------------
 
 
 def _regression_runs(delta: float, select: bool) -> pd.DataFrame:
     rows = []
     for seed in range(N_SEEDS_FAST):
-        r = fit_small_study(simulate_meta(seed, delta=delta, select=select), outcome=SIM_OUTCOME, selection=False, seed=seed)
+        r = fit_small_study_effects(simulate_meta(seed, delta=delta, select=select), outcome=SIM_OUTCOME, selection=False, seed=seed)
         head = r.regressions[r.headline].intercept
         n_models = [r.regressions[n].slope for n in ("PET-sqrt_inv_n", "PEESE-inv_n")]
         rows.append({"re": r.random_effects["mu"]["mean"], "adjusted": head["mean"],
@@ -247,8 +298,8 @@ def _assert_gates(diagnostics):
 @pytest.mark.slow
 def test_nuts_pet_peese_match_the_exact_engine():
     effects = simulate_meta(3, delta=0.5, select=True)
-    nuts = fit_small_study(effects, outcome=SIM_OUTCOME, engine="nuts", selection=False, seed=4)
-    exact = fit_small_study(effects, outcome=SIM_OUTCOME, engine="exact", selection=False, seed=4)
+    nuts = fit_small_study_effects(effects, outcome=SIM_OUTCOME, engine="nuts", selection=False, seed=4)
+    exact = fit_small_study_effects(effects, outcome=SIM_OUTCOME, engine="exact", selection=False, seed=4)
     for name, fit in nuts.regressions.items():
         _assert_gates(fit.diagnostics)
         mcse = az.mcse(fit.posterior, var_names=["beta"], method="mean")
@@ -261,7 +312,7 @@ def test_nuts_pet_peese_match_the_exact_engine():
 def _selection_runs(delta: float, select: bool) -> pd.DataFrame:
     rows = []
     for seed in range(N_SEEDS_SLOW):
-        r = fit_small_study(simulate_meta(seed, delta=delta, select=select), outcome=SIM_OUTCOME, seed=seed)
+        r = fit_small_study_effects(simulate_meta(seed, delta=delta, select=select), outcome=SIM_OUTCOME, seed=seed)
         s = r.selection
         _assert_gates(s.diagnostics)
         rows.append({"re": r.random_effects["mu"]["mean"], "adjusted": s.mu["mean"], "p_selection": s.prob_selection,
@@ -292,7 +343,7 @@ def test_tb_n_selection_model_honest_result():
     The selection model leans towards selection (P(omega_2 < 1) about 0.77 against a prior 0.5: a
     Bayes factor near 3) and pulls mu down only slightly: weak evidence, not a convincing flag.
     """
-    result = small_study_analysis(load_dataset(DEFAULT_DATASET), "Tb_N", seed=1, sampler=SamplerSettings())
+    result = fit_small_study(load_dataset(DEFAULT_DATASET), "Tb_N", seed=1, sampler=SamplerSettings())
     s = result.selection
     _assert_gates(s.diagnostics)
     assert s.counts == [6, 0, 0]

@@ -55,3 +55,33 @@ CLOSED_FORM_LIMIT_ABS = 1e-5
 # bcg and the default dataset), so 0.05 flags a wrong log-likelihood (e.g. theta not integrated
 # out, which shifts elpd_i by O(1)) without failing on Monte Carlo noise.
 PSIS_ELPD_ABS = 0.05
+
+# --- multivariate model (analysis/multivariate.py, models/multivariate.py) ---------------------
+# PyTensor's marginal log density of the observed effects versus scipy.stats.multivariate_normal
+# on a hand-built case: both are float64 closed forms of the same density (Cholesky vs scipy's
+# eigendecomposition), so they agree to rounding; 1e-8 absolute on a sum of ~4 terms of O(1).
+MARGINAL_LOGP_ABS = 1e-8
+# berkey1998 (k = 5 trials, 2 outcomes) versus metafor rma.mv(struct="UN", REML):
+# |posterior mean of mu_k - REML coef| <= this fraction of metafor's SE. REML's coef is a GLS mean
+# at the REML tau, the posterior mean averages GLS means over the posterior of (tau, R); with k = 5
+# they differ at second order but not by a sizeable part of the SE (seen: 0.08 and 0.10 SE).
+MV_MU_VS_REML_SE_FRACTION = 0.5
+# Posterior median of tau_k^2 versus REML tau_k^2: ratio within [1/F, F]. With k = 5 the posterior
+# of tau^2 is right-skewed, roughly log-normal with log-SD s ~ 0.8 (95% ETI spans a factor ~25);
+# REML is a mode, and for a log-normal mode = median * exp(-s^2), i.e. a factor exp(0.64) ~ 1.9 is
+# expected from skewness alone; F = 2.5 adds room for the HalfNormal(0.5) prior on tau. The test
+# also requires REML tau^2 inside the posterior's central 50% interval.
+MV_TAU2_MEDIAN_VS_REML_FACTOR = 2.5
+
+# Arm-level (exact small-sample) likelihood versus the normal likelihood on Hedges' g, on
+# normand1999 (8-183 patients per arm, most > 30): the two likelihoods differ per study by
+# O(1/n) (the normal approximation of g and its estimated "LS" variance), i.e. well under 1% of
+# vi for the large studies and a few % for Montreal-Home (8 vs 13) and Orpington-Severe (18 vs 18),
+# so the posteriors of mu and tau must nearly coincide. The arm-level fit is NUTS with 4 x 1000
+# draws: MCSE of the mean of mu ~0.013 and of tau ~0.01 (seen: ESS ~700-1000, posterior SDs 0.35
+# and 0.27). 0.05 absolute for mu (~4 MCSE, 0.15 posterior SD) and 10% relative for tau (~0.1,
+# ~4 MCSE) leave room for Monte Carlo error plus the genuine O(1/n) difference (seen: 0.015 and
+# 1.6%), while a wrong likelihood (e.g. sigma not shared, a missing sqrt(n), theta on the wrong
+# scale) moves them by far more.
+ARM_VS_NORMAL_LARGE_N_MU_ABS = 0.05
+ARM_VS_NORMAL_LARGE_N_TAU_REL = 0.10
