@@ -136,3 +136,35 @@ def build_artifacts(analysis: object, dataset: object) -> OutcomeArtifacts:
         markdown=outcome_section(oid, analysis), figures=render_figures(analysis, dataset),
         tables=render_tables(analysis), jsons=jsons, posterior_nc=netcdf_bytes(analysis.nuts),
     )
+
+
+@dataclass
+class MultivariateArtifacts:
+    """The multivariate model across outcomes, rendered (plain data: picklable, cacheable)."""
+
+    outcomes: tuple[str, ...]
+    converged: bool
+    markdown: list[str]
+    figures: dict[str, dict[str, bytes]]
+    tables: dict[str, pd.DataFrame]
+    json: dict
+    posterior_nc: bytes | None
+    timings: dict[str, float] = field(default_factory=dict)
+    cache_hit: bool = False
+
+
+def build_multivariate_artifacts(result: object, sensitivity: pd.DataFrame) -> MultivariateArtifacts:
+    """Render a :class:`analysis.multivariate_result.MultivariateResult` and its ρ_w sensitivity table."""
+    from analysis.plots_multivariate import borrowing_plot, correlation_heatmap
+    from analysis.report_md import multivariate_section
+
+    figures = {"multivariate_correlation": figure_bytes(correlation_heatmap(result)),
+               "multivariate_borrowing": figure_bytes(borrowing_plot(result))}
+    tables = {"multivariate_mu": result.borrowing, "multivariate_rho": result.rho, "multivariate_rho_within_sensitivity": sensitivity,
+              "multivariate_predictions": result.predictions}
+    return MultivariateArtifacts(
+        outcomes=tuple(o.id for o in result.outcomes), converged=result.converged,
+        markdown=multivariate_section(result, sensitivity), figures=figures, tables=tables,
+        json=result.to_dict() | {"rho_within_sensitivity": sensitivity.to_dict(orient="records")},
+        posterior_nc=netcdf_bytes(result),
+    )

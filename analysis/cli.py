@@ -142,8 +142,9 @@ def _fit_multivariate(args: argparse.Namespace, dataset: object, table: object, 
 
     outcomes = None if not args.outcomes else ("all" if args.outcomes == ["all"] else args.outcomes)
     _progress(f"multivariate model over {', '.join(outcomes) if isinstance(outcomes, list) else outcomes or 'default outcomes'}")
-    result = fit_multivariate(dataset, outcomes=outcomes, rho_within=args.rho_within, seed=args.seed,
-                              sampler=request.sampler, table=table, progressbar=request.progressbar)
+    extra = {} if args.rho_within is None else {"rho_within": args.rho_within}
+    result = fit_multivariate(dataset, outcomes=outcomes, seed=args.seed, sampler=request.sampler, table=table,
+                              progressbar=request.progressbar, **extra)
     print(result)
     if args.json is not None:
         print(f"wrote {write_json(args.json, result.to_dict())}")

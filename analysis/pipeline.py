@@ -22,13 +22,16 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import cache
-from analysis.artifacts import OutcomeArtifacts
+from analysis.artifacts import MultivariateArtifacts, OutcomeArtifacts
 from analysis.outputs import json_text
 from analysis.dataset import Dataset, load_dataset
 from analysis.effects import EffectTable, compute_effects
 from analysis.results import MetaAnalysisResult
 
 Progress = Callable[[str], None]
+#: Outcomes of the multivariate model (the correlated microarchitecture measures), run when >= 2 have data.
+MULTIVARIATE_OUTCOMES = ("BV_TV", "Tb_N", "Tb_Sp", "Tb_Th")
+MULTIVARIATE = "__multivariate__"
 #: PET/PEESE regressions and the selection model need at least this many studies.
 MIN_STUDIES_SMALL_STUDY = 3
 
@@ -64,6 +67,7 @@ class OutcomeJob:
     sampler: dict
     seed: int
     key: str
+    kind: str = "outcome"
 
 
 @dataclass
@@ -79,6 +83,7 @@ class RunResult:
     sampler: object
     timings: dict[str, float] = field(default_factory=dict)
     key: str = ""
+    multivariate: MultivariateArtifacts | None = None
 
     @property
     def nuts(self) -> list[MetaAnalysisResult]:
@@ -93,7 +98,8 @@ class RunResult:
     @property
     def failed(self) -> list[str]:
         """Outcomes whose NUTS fit failed a convergence gate (after the retry)."""
-        return [r.outcome.id for r in self.nuts if not r.converged]
+        failed = [r.outcome.id for r in self.nuts if not r.converged]
+        return failed + (["multivariate model"] if self.multivariate is not None and not self.multivariate.converged else [])
 
 
 def analyse_outcome(
@@ -136,6 +142,29 @@ def analyse_outcome(
     return analysis
 
 
+def run_multivariate_job(job: OutcomeJob) -> MultivariateArtifacts:
+    """Worker entry point of the multivariate model (default outcome set) and its ρ_w sensitivity."""
+    from analysis.artifacts import build_multivariate_artifacts
+    from analysis.fit import SamplerSettings
+    from analysis.multivariate import fit_multivariate, rho_within_sensitivity
+
+    started = time.perf_counter()
+    dataset = load_dataset(job.dataset_path)
+    table = compute_effects(dataset)
+    sampler = SamplerSettings(**job.sampler)
+    result = fit_multivariate(dataset, seed=job.seed, sampler=sampler, table=table)
+    sensitivity = rho_within_sensitivity(dataset, seed=job.seed, sampler=sampler, table=table)
+    fitted = time.perf_counter()
+    artifacts = build_multivariate_artifacts(result, sensitivity)
+    artifacts.timings = {"analysis": fitted - started, "figures": time.perf_counter() - fitted}
+    return artifacts
+
+
+def run_job(job: OutcomeJob) -> OutcomeArtifacts | MultivariateArtifacts:
+    """Worker entry point for any job."""
+    return run_multivariate_job(job) if job.kind == "multivariate" else run_outcome_job(job)
+
+
 def run_outcome_job(job: OutcomeJob) -> OutcomeArtifacts:
     """Worker entry point: load the dataset, analyse one outcome and render its artifacts."""
     from analysis.artifacts import build_artifacts
@@ -169,6 +198,12 @@ def _jobs(dataset: Dataset, table: EffectTable, *, seed: int, priors: object, sa
         key = cache.outcome_key(source=source, dataset_files=files, outcome=outcome, settings=settings,
                                 outcome_rows=raw[raw["outcome"] == outcome].to_csv(index=False))
         jobs.append(OutcomeJob(str(dataset.path), outcome, priors.to_dict(), asdict(sampler), seed + j, key))
+    if sum(o in MULTIVARIATE_OUTCOMES for o in (j.outcome for j in jobs)) >= 2:
+        settings = {"sampler": asdict(sampler), "seed": seed, "model": "multivariate"}
+        raw = dataset.arms if dataset.arms is not None else dataset.effects
+        key = cache.outcome_key(source=source, dataset_files=files, outcome=MULTIVARIATE, settings=settings,
+                                outcome_rows=raw[raw["outcome"].isin(MULTIVARIATE_OUTCOMES)].to_csv(index=False))
+        jobs.append(OutcomeJob(str(dataset.path), MULTIVARIATE, {}, asdict(sampler), seed, key, kind="multivariate"))
     return jobs, skipped
 
 
@@ -178,11 +213,11 @@ def _execute(jobs: list[OutcomeJob], *, workers: int, progress: Progress) -> dic
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             progress(f"{job.outcome}: NUTS + exact fits, checks, sensitivity, subgroups, figures")
-            done[job.outcome] = run_outcome_job(job)
+            done[job.outcome] = run_job(job)
         return done
     progress(f"{len(jobs)} outcome(s) to compute on {workers} worker processes")
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_outcome_job, job): job for job in jobs}
+        futures = {pool.submit(run_job, job): job for job in sorted(jobs, key=lambda j: j.kind != "multivariate")}
         try:
             for n, future in enumerate(as_completed(futures), start=1):
                 job = futures[future]
@@ -252,7 +287,7 @@ def run_analysis(
     dataset, table, jobs, skipped = plan["dataset"], plan["table"], plan["jobs"], plan["skipped"]
     priors, sampler = plan["priors"], plan["sampler"]
     cached = {job.outcome: cache.load(job.key) for job in jobs} if use_cache else {}
-    hits = {k: v for k, v in cached.items() if isinstance(v, OutcomeArtifacts)}
+    hits = {k: v for k, v in cached.items() if isinstance(v, (OutcomeArtifacts, MultivariateArtifacts))}
     for artifact in hits.values():
         artifact.cache_hit = True
     if hits:
@@ -262,8 +297,9 @@ def run_analysis(
         for job in jobs:
             if job.outcome in fresh:
                 cache.store(job.key, fresh[job.outcome])
-    outcomes = {job.outcome: hits.get(job.outcome) or fresh[job.outcome] for job in jobs}
-    run = RunResult(dataset=dataset, table=table, outcomes=outcomes, skipped=skipped, seed=seed,
-                    priors=priors, sampler=sampler, key=plan["key"])
+    everything = {job.outcome: hits.get(job.outcome) or fresh[job.outcome] for job in jobs}
+    multivariate = everything.pop(MULTIVARIATE, None)
+    run = RunResult(dataset=dataset, table=table, outcomes=everything, skipped=skipped, seed=seed,
+                    priors=priors, sampler=sampler, key=plan["key"], multivariate=multivariate)
     run.timings = {"analysis": time.perf_counter() - clock, "cached_outcomes": float(len(hits))}
     return run

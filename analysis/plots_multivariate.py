@@ -12,6 +12,7 @@ Artists that tests and the report look up carry a ``gid``: ``"heatmap"`` (the im
 from __future__ import annotations
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -40,7 +41,10 @@ def correlation_heatmap(result: MultivariateResult) -> Figure:
     K = len(ids)
     fig = Figure(figsize=(1.6 * K + 2.2, 1.3 * K + 1.6), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(result.R_mean.to_numpy(), cmap=CMAP, vmin=-1.0, vmax=1.0, gid="heatmap")
+    matrix = result.R_mean.to_numpy().copy()
+    np.fill_diagonal(matrix, np.nan)  # the unit diagonal would dominate the colour scale's attention
+    cmap = colormaps[CMAP].with_extremes(bad="#E8E8E8")
+    image = ax.imshow(matrix, cmap=cmap, vmin=-1.0, vmax=1.0, gid="heatmap")
     fig.colorbar(image, ax=ax, label="posterior mean correlation")
     for j, a in enumerate(ids):
         for m, b in enumerate(ids):
@@ -84,14 +88,13 @@ def borrowing_plot(result: MultivariateResult) -> Figure:
         ax.hlines(y + offset, rows["q025"], rows["q975"], color=COLORS[name], lw=2.2, gid=name)
         ax.plot(rows["mean"], y + offset, "o", color=COLORS[name], label=f"{name} μ (mean, 95% ETI)", gid=name)
     ax.axvline(0.0, color=COLORS["zero"], lw=1, zorder=0)
-    labels = [o.label + (" †" if o.direction < 0 else "") for o in result.outcomes]
-    ax.set_yticks(y, [_short(s) for s in labels])
+    ax.set_yticks(y, [o.id + (" †" if o.direction < 0 else "") for o in result.outcomes])
     ax.set_ylim(n - 0.5, -0.5)
     _ratio_column(ax, result, ids, y)
     ax.set_xlabel(f"pooled effect μ_k, benefit-oriented {result.measure} (right = benefit; † sign flipped)")
     ax.set_title(f"{result.dataset}: borrowing of strength across outcomes (k = {result.k} studies)\n"
                  f"within-study: {result.within}", fontsize=9, loc="left")
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     _simulated(fig, ax, result)
     return fig
 
@@ -102,10 +105,6 @@ def _ratio_column(ax: Axes, result: MultivariateResult, ids: list[str], y: np.nd
         row = result.borrowing.loc[o]
         ax.text(1.02, yi, f"k={int(row['k'])}  ratio {row['width_ratio']:.2f}", transform=ax.get_yaxis_transform(),
                 va="center", fontsize=8, gid="width_ratio")
-
-
-def _short(text: str, limit: int = 32) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _simulated(fig: Figure, ax: Axes, result: MultivariateResult) -> None:

@@ -193,9 +193,31 @@ def read_toml(path: Path, problems: list[Problem]) -> dict | None:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         where = _TOML_WHERE.search(str(exc))
-        line = int(where.group(1)) if where else getattr(exc, "lineno", None)
-        problems.append(Problem("error", path.name, line, None, f"invalid TOML: {exc}"))
+        if where or "end of document" not in str(exc):
+            line = int(where.group(1)) if where else getattr(exc, "lineno", None)
+            problems.append(Problem("error", path.name, line, None, f"invalid TOML: {exc}"))
+        else:
+            problems.append(Problem("error", path.name, _unclosed_line(text), None, f"invalid TOML: {exc}; "
+                                    "a string, array or table opened on this line is never closed"))
     return None
+
+
+def _unclosed_line(text: str) -> int:
+    """Line where a construct that runs to the end of a TOML document starts.
+
+    tomllib reports an unclosed quote or bracket "at end of document"; every prefix of the file
+    that ends inside the construct fails to parse, so it starts right after the longest prefix
+    (in whole lines) that parses.
+    """
+    lines = text.splitlines(keepends=True)
+    last_ok = 0
+    for i in range(1, len(lines) + 1):
+        try:
+            tomllib.loads("".join(lines[:i]))
+        except tomllib.TOMLDecodeError:
+            continue
+        last_ok = i
+    return min(last_ok + 1, max(len(lines), 1))
 
 
 def read_raw(path: Path) -> RawDataset:

@@ -125,11 +125,25 @@ def write_artifacts(run: RunResult, stage: Path) -> None:
             write_bytes_atomic(stage / "posteriors" / f"{oid}.nc", art.posterior_nc)
     for name, frames in stacked.items():
         write_csv(stage / "tables" / f"{name}.csv", pd.concat(frames, ignore_index=True))
+    if run.multivariate is not None:
+        write_multivariate(run.multivariate, stage)
     for kind in ("nuts", "exact", "ppc", "subgroups", "small_study", "influence"):
         parts = {oid: art.jsons[kind] for oid, art in run.outcomes.items() if kind in art.jsons}
         if parts:
             write_json(stage / "fits" / f"{kind}.json", {"dataset": run.dataset.name, "provenance": run.dataset.provenance,
                                                          "fits": parts})
+
+
+def write_multivariate(art: object, stage: Path) -> None:
+    """Figures, tables, JSON and posterior of the multivariate model."""
+    for stem, formats in art.figures.items():
+        for fmt, data in formats.items():
+            write_bytes_atomic(stage / "figures" / f"{stem}.{fmt}", data)
+    for name, frame in art.tables.items():
+        write_csv(stage / "tables" / f"{name}.csv", frame)
+    write_json(stage / "fits" / "multivariate.json", art.json)
+    if art.posterior_nc is not None:
+        write_bytes_atomic(stage / "posteriors" / "multivariate.nc", art.posterior_nc)
 
 
 def write_summary_figures(run: RunResult, folder: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import numpy as np
 import pandas as pd
 
@@ -35,10 +37,24 @@ MAX_N = 1_000_000
 
 def _missing_columns(frame: pd.DataFrame, file: str, required: tuple[str, ...]) -> list[Problem]:
     line = header_line(frame)
-    problems = [Problem("error", file, line, c, "required column missing") for c in required if c not in frame.columns]
+    problems = [Problem("error", file, line, c, "required column missing" + _case_hint(c, frame.columns))
+                for c in required if c not in frame.columns]
     if not problems and frame.empty:
         problems.append(Problem("error", file, None, None, "no data rows (only a header)"))
     return problems
+
+
+def _case_hint(name: str, columns: pd.Index) -> str:
+    """A hint when a required column is present with other letter case (e.g. ``Study``)."""
+    found = [c for c in columns if c.lower() == name.lower()]
+    return f" (found {found[0]!r}: column names are case-sensitive)" if found else ""
+
+
+def _unicode_hint(value: str, known: set[str]) -> str:
+    """A hint when an id differs from a known one only in Unicode normalisation (e.g. a decomposed ü)."""
+    nfc = unicodedata.normalize("NFC", value)
+    same = [k for k in known if unicodedata.normalize("NFC", k) == nfc]
+    return f" (it differs from {same[0]!r} only in its Unicode encoding: retype one of them)" if same else ""
 
 
 def _check_count(value: str, file: str, idx: int, col: str) -> Problem | None:
@@ -62,7 +78,8 @@ def _check_id_cells(
         if row["study"] == "":
             problems.append(Problem("error", file, line, "study", "missing study id"))
         elif study_ids is not None and row["study"] not in study_ids:
-            problems.append(Problem("error", file, line, "study", f"study {row['study']!r} is not in studies.csv"))
+            problems.append(Problem("error", file, line, "study", f"study {row['study']!r} is not in studies.csv"
+                                    + _unicode_hint(row["study"], study_ids)))
         if row["outcome"] == "":
             problems.append(Problem("error", file, line, "outcome", "missing outcome id"))
         elif outcome_ids is not None and row["outcome"] not in outcome_ids:
