@@ -103,6 +103,10 @@ def manifest(run: RunResult, elapsed: float) -> dict:
                        "from_cache": a.cache_hit, "timings_seconds": {k: round(v, 3) for k, v in a.timings.items()}}
                  for oid, a in run.outcomes.items()},
         "failed_fits": run.failed,
+        "multivariate": None if run.multivariate is None else {
+            "outcomes": list(run.multivariate.outcomes), "converged": run.multivariate.converged,
+            "from_cache": run.multivariate.cache_hit,
+            "timings_seconds": {k: round(v, 3) for k, v in run.multivariate.timings.items()}},
         "run_key": run.key,
     }
 
