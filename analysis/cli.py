@@ -91,7 +91,7 @@ def _fit_request(args: argparse.Namespace) -> FitRequest:
 
     return FitRequest(model=args.model, engine=args.engine, priors=PriorSet(mu=args.mu_prior, tau=args.tau_prior),
                       seed=args.seed, sampler=SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains),
-                      moderator=args.moderator, progressbar=sys.stderr.isatty())
+                      moderator=args.moderator, progressbar=sys.stderr.isatty(), likelihood=args.likelihood)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -306,6 +306,8 @@ def _add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--outcomes", nargs="+", default=None, help="multivariate: outcome ids, or 'all' (default BV_TV Tb_N Tb_Sp Tb_Th)")
     p.add_argument("--rho-within", type=float, default=None, help="multivariate: assumed within-study correlation")
     p.add_argument("--engine", choices=["nuts", "exact"], default="nuts")
+    p.add_argument("--likelihood", choices=["normal", "arm"], default="normal",
+                   help="normal: Hedges' g ~ N(theta, v); arm: exact likelihood of the arm means and SDs (small n)")
     p.add_argument("--tau-prior", type=_prior, default=DEFAULT_TAU_PRIOR, help=f"default {DEFAULT_TAU_PRIOR}; forms: {PRIOR_FORMS}")
     p.add_argument("--mu-prior", type=_prior, default=DEFAULT_MU_PRIOR, help=f"default {DEFAULT_MU_PRIOR}")
     p.add_argument("--seed", type=int, default=1)

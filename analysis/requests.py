@@ -14,6 +14,8 @@ from analysis.fit import PriorSet, SamplerSettings, fit_random_effects
 
 PER_OUTCOME_MODELS = ("random-effects", "meta-regression", "small-study")
 MODELS = (*PER_OUTCOME_MODELS, "multivariate")
+#: "normal": Hedges' g as normal with known variance; "arm": exact likelihood of the arm summaries (analysis.arm_level).
+LIKELIHOODS = ("normal", "arm")
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,13 @@ class FitRequest:
     sampler: SamplerSettings = SamplerSettings()
     moderator: str | None = None
     progressbar: bool = False
+    likelihood: str = "normal"
 
     def __post_init__(self) -> None:
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
+        if self.likelihood == "arm" and (self.model != "random-effects" or self.engine != "nuts"):
+            raise ValueError("--likelihood arm is available for --model random-effects with --engine nuts")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.model == "meta-regression" and not self.moderator:
@@ -47,6 +54,10 @@ def fit_outcome(dataset: Dataset, outcome: str, request: FitRequest, *, table: E
     """
     common = {"priors": request.priors, "seed": request.seed, "sampler": request.sampler, "table": table,
               "progressbar": request.progressbar}
+    if request.model == "random-effects" and request.likelihood == "arm":
+        from analysis.arm_level import fit_arm_level
+
+        return fit_arm_level(dataset, outcome, **common)
     if request.model == "random-effects":
         return fit_random_effects(dataset, outcome, engine=request.engine, **common)
     if request.model == "meta-regression":

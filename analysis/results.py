@@ -105,8 +105,10 @@ def format_result(result: MetaAnalysisResult) -> str:
     engine = "exact (quadrature over tau)" if result.engine == "exact" else _nuts_text(result)
     table = pd.DataFrame.from_dict({p: result.summaries[p] for p in SUMMARY_PARAMS}, orient="index")
     table = table.rename(columns={"q025": "eti95_lower", "q975": "eti95_upper"})
+    model = ("exact arm-level likelihood: mean differences normal, pooled variances chi-square"
+             if result.settings.get("likelihood") == "arm" else "normal-normal hierarchical model")
     lines = [
-        f"Bayesian random-effects meta-analysis (normal-normal hierarchical model){banner}",
+        f"Bayesian random-effects meta-analysis ({model}){banner}",
         f"dataset: {result.dataset}   outcome: {o.id} ({o.label}; {better} is better)",
         f"k = {result.k} studies   engine: {engine}",
         f"priors: mu ~ {result.priors['mu']}, tau ~ {result.priors['tau']}",

@@ -10,7 +10,12 @@ from pathlib import Path
 from analysis.problems import Problem, errors
 from analysis.rawdata import TOML_NAME, RawDataset, read_raw
 from analysis.validate_meta import check_meta, check_studies
-from analysis.validate_rows import check_arms, check_effects, suspicious_arms, unused_data_warnings
+from analysis.validate_rows import (
+    check_arms,
+    check_effects,
+    suspicious_arms,
+    unused_data_warnings,
+)
 
 
 def validate_raw(raw: RawDataset) -> list[Problem]:

@@ -7,7 +7,13 @@ import re
 import pandas as pd
 
 from analysis.problems import Problem
-from analysis.rawdata import STUDIES_NAME, TOML_NAME, csv_line, header_line, parse_number
+from analysis.rawdata import (
+    STUDIES_NAME,
+    TOML_NAME,
+    csv_line,
+    header_line,
+    parse_number,
+)
 
 PROVENANCES = ("extracted", "simulated", "published-example")
 MODERATOR_TYPES = ("categorical", "numeric")
