@@ -84,7 +84,8 @@ def render_figures(analysis: object, dataset: object) -> dict[str, dict[str, byt
         f"ppc_stats_{oid}": figure_bytes(ppc_statistics_plot(nuts, analysis.ppc)),
         f"psense_{oid}": figure_bytes(psense_plot(nuts)),
         f"prior_grid_{oid}": figure_bytes(prior_grid_plot(analysis.prior_grid)),
-        f"compare_{oid}": figure_bytes(compare_forest({"NUTS": nuts, "exact engine": analysis.exact})),
+        f"compare_{oid}": figure_bytes(compare_forest({"NUTS": nuts, "exact engine": analysis.exact}
+                                                      | ({"NUTS, arm-level likelihood": analysis.arm} if analysis.arm else {}))),
     }
     if analysis.subgroups:
         from analysis.plots_subgroups import subgroup_plot

@@ -133,7 +133,8 @@ STANDARD_PRIORS = {
 def standard_comparison(
     dataset: object, outcome: str, *, seed: int = 1, sampler: object | None = None, table: object | None = None,
 ) -> tuple[pd.DataFrame, dict[str, MetaAnalysisResult]]:
-    """The standard side-by-side set for one outcome: NUTS and exact engines, alternative priors, DL and REML.
+    """The standard side-by-side set for one outcome: NUTS and exact engines, alternative priors, the
+    arm-level likelihood (arm-level datasets), DL and REML.
 
     Returns
     -------
@@ -147,6 +148,10 @@ def standard_comparison(
     for label, (mu, tau) in STANDARD_PRIORS.items():
         priors = PriorSet(mu=PriorSpec.parse(mu), tau=PriorSpec.parse(tau))
         fits[f"exact, {label}"] = fit_random_effects(dataset, outcome, engine="exact", priors=priors, table=table)
+    if getattr(dataset, "level", "") == "arms":
+        from analysis.arm_level import fit_arm_level
+
+        fits["NUTS, arm-level likelihood"] = fit_arm_level(dataset, outcome, seed=seed, sampler=sampler, table=table)
     studies = fits["NUTS, default priors"].studies
     frame = compare_table({k: v.to_dict() for k, v in fits.items()},
                           frequentist=(studies["yi"].to_numpy(), studies["vi"].to_numpy()))

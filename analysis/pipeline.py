@@ -55,6 +55,7 @@ class OutcomeAnalysis:
     small_study: object | None = None
     influence: object | None = None
     notes: list[str] = field(default_factory=list)
+    arm: MetaAnalysisResult | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,13 @@ def analyse_outcome(
     nuts = fit_random_effects(dataset, outcome, engine="nuts", priors=priors, seed=seed, sampler=sampler,
                               table=table, progressbar=progressbar)
     fits = {"NUTS (default priors)": nuts.to_dict(), "exact engine (default priors)": exact.to_dict()}
+    arm = None
+    if dataset.level == "arms":
+        from analysis.arm_level import fit_arm_level
+
+        arm = fit_arm_level(dataset, outcome, priors=priors, seed=seed, sampler=sampler, table=table)
+        label = "NUTS, arm-level likelihood" + ("" if arm.converged else " (FAILED convergence gates)")
+        fits[label] = arm.to_dict()
     comparison = compare_table(fits, frequentist=(nuts.studies["yi"].to_numpy(), nuts.studies["vi"].to_numpy()))
     subgroups = None
     if dataset.moderators:
@@ -127,7 +135,7 @@ def analyse_outcome(
     analysis = OutcomeAnalysis(
         nuts=nuts, exact=exact, ppc=posterior_predictive_check(nuts, seed=seed), psense=power_scaling(nuts),
         prior_grid=prior_grid(dataset, outcome, table=table), comparison=comparison, subgroups=subgroups,
-        engine_check=engine_check([nuts], [exact]),
+        engine_check=engine_check([nuts], [exact]), arm=arm,
     )
     if nuts.k >= MIN_STUDIES_SMALL_STUDY:
         analysis.small_study = fit_small_study(dataset, outcome, priors=priors, engine="exact", seed=seed,
