@@ -166,6 +166,18 @@ def write_summary_figures(run: RunResult, folder: Path) -> None:
             write_bytes_atomic(folder / f"{stem}.{fmt}", data)
 
 
+RUN_TOP_LEVEL = ("report.md", "report.html", "manifest.json")
+
+
+def _keep_foreign_files(out_dir: Path, stage: Path) -> None:
+    """Carry over top-level files the run does not make (``benchmark.json``, ``simulation_study.*``)."""
+    if not out_dir.is_dir():
+        return
+    for path in out_dir.iterdir():
+        if path.is_file() and not path.name.startswith(".") and path.name not in RUN_TOP_LEVEL:
+            write_bytes_atomic(stage / path.name, path.read_bytes())
+
+
 def write_run_report(run: RunResult, out_dir: Path, *, elapsed: float) -> Path:
     """Write the whole report of a run to ``out_dir`` (replaced only once complete).
 
@@ -176,6 +188,7 @@ def write_run_report(run: RunResult, out_dir: Path, *, elapsed: float) -> Path:
     from analysis.report_md import build_report_markdown
 
     with staged_directory(Path(out_dir)) as stage:
+        _keep_foreign_files(Path(out_dir), stage)
         write_csv(stage / "tables" / "effects.csv", run.table.data)
         if run.table.covariance:
             write_csv(stage / "tables" / "effects.covariance.csv", run.table.covariance_long())
