@@ -26,6 +26,23 @@ from models.priors import PriorSpec
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NOT_CONVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
+class Interrupted(BaseException):
+    """Raised by the CLI's SIGINT/SIGTERM handlers.
+
+    Not a KeyboardInterrupt on purpose: PyMC's sequential sampler catches KeyboardInterrupt per
+    chain and returns truncated draws, which would then be reported. This exception stops the run
+    at once, and the staging folders and temporary files are removed on the way out.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def _print_problems(problems: Sequence[Problem]) -> None:
     for problem in problems:
         print(problem, file=sys.stderr)
@@ -356,14 +373,24 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) ->
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"evmeta: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted) as exc:
         print("evmeta: interrupted; no partial output was left behind", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + exc.signum if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``evmeta`` console script."""
     args = build_parser().parse_args(argv)
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return _run(args.func, args)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return _run(args.func, args)
 
 

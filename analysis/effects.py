@@ -48,10 +48,10 @@ class EffectTable:
         """Off-diagonal sampling covariances as a long table (one row per pair of comparisons)."""
         rows = []
         for group, (names, cov) in sorted(self.covariance.items()):
-            study, outcome, _ = group.split("/", 2)
+            first = self.data[self.data["cov_group"] == group].iloc[0]  # ids may contain "/": never split the key
             for a in range(len(names)):
                 for b in range(a + 1, len(names)):
-                    rows.append({"study": study, "outcome": outcome, "comparison_1": names[a],
+                    rows.append({"study": first["study"], "outcome": first["outcome"], "comparison_1": names[a],
                                  "comparison_2": names[b], "cov": cov[a, b]})
         return pd.DataFrame(rows, columns=["study", "outcome", "comparison_1", "comparison_2", "cov"])
 

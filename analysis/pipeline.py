@@ -12,6 +12,7 @@ parallel worker processes. The report module writes the result.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -218,6 +219,21 @@ def _jobs(dataset: Dataset, table: EffectTable, *, seed: int, priors: object, sa
     return jobs, skipped
 
 
+def _worker_init(parent: int) -> None:
+    """Worker set-up: leave Ctrl-C to the parent, and exit if the parent dies (no orphan workers)."""
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _execute(jobs: list[OutcomeJob], *, workers: int, progress: Progress) -> dict[str, OutcomeArtifacts]:
     """Run the jobs, in worker processes when there are several; progress as each finishes."""
     done: dict[str, OutcomeArtifacts] = {}
@@ -227,7 +243,8 @@ def _execute(jobs: list[OutcomeJob], *, workers: int, progress: Progress) -> dic
             done[job.outcome] = run_job(job)
         return done
     progress(f"{len(jobs)} outcome(s) to compute on {workers} worker processes")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_job, job): job for job in sorted(jobs, key=lambda j: j.kind != "multivariate")}
         try:
             for n, future in enumerate(as_completed(futures), start=1):

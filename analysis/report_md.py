@@ -41,7 +41,12 @@ def header_section(run: RunResult) -> list[str]:
               f"- studies: {len(ds.studies)}; comparisons: {len(run.table.data)}; data level: {ds.level}"]
     if ds.level == "arms":
         lines.append(f"- animals: {_animal_count(ds)}")
-    return lines + [""]
+    lines.append("")
+    if ds.warnings:
+        lines += ["**Data checks** (`evmeta validate` warnings; the data were used):", ""]
+        lines += [f"- `{p.file}{':' + str(p.line) if p.line else ''}` {p.column or ''}: {p.message}" for p in ds.warnings]
+        lines.append("")
+    return lines
 
 
 def _animal_count(ds) -> int:
