@@ -85,3 +85,22 @@ def test_console_script_installed(tmp_path):
     exe = shutil.which("evmeta") or str(__import__("pathlib").Path(sys.executable).with_name("evmeta"))
     done = subprocess.run([exe, "validate", str(DATA_DIR / "normand1999")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_compare_saved_fits_and_standard_set(tmp_path, capsys):
+    for name, prior in (("hn1", "halfnormal:1"), ("hc05", "halfcauchy:0.5")):
+        assert main(["fit", str(DATA_DIR / "normand1999"), "--outcome", "length_of_stay", "--engine", "exact",
+                     "--tau-prior", prior, "--json", str(tmp_path / f"{name}.json")]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["compare", "--fits", str(tmp_path / "hn1.json"), str(tmp_path / "hc05.json"), "--out", str(tmp_path / "cmp")]) == EXIT_OK
+    table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
+    assert list(table["label"]) == ["hn1", "hc05"] and set(table["interval"]) == {"eti95"}
+    assert table.loc[0, "tau"] != table.loc[1, "tau"]  # the two priors give different tau posteriors
+    assert "| hn1 |" in (tmp_path / "cmp" / "compare.md").read_text()
+    # the standard set puts the Bayesian fits beside metafor-style DL and REML
+    assert main(["compare", str(DATA_DIR / "normand1999"), "--outcome", "length_of_stay", "--out", str(tmp_path / "std")]) == EXIT_OK
+    std = pd.read_csv(tmp_path / "std" / "compare.csv").set_index("label")
+    # metafor 3.8-1 rma(method="REML") on normand1999: mu = -0.537108258566786
+    assert std.at["frequentist REML", "mu_mean"] == pytest.approx(-0.537108258566786, rel=1e-4)
+    assert {"NUTS, default priors", "exact, default priors", "NUTS, arm-level likelihood", "frequentist DL"} <= set(std.index)
+    assert (tmp_path / "std" / "compare_forest.png").stat().st_size > 5_000
