@@ -39,6 +39,7 @@ class OutcomeArtifacts:
 
 def figure_bytes(fig: object) -> dict[str, bytes]:
     """PNG and SVG bytes of a figure (deterministic metadata); the figure is closed afterwards."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
     out = {}
@@ -46,7 +47,8 @@ def figure_bytes(fig: object) -> dict[str, bytes]:
         for fmt in FIGURE_FORMATS:
             buffer = io.BytesIO()
             metadata = {"Software": None} if fmt == "png" else {"Date": None, "Creator": None}
-            fig.savefig(buffer, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
+            with matplotlib.rc_context({"svg.hashsalt": "evmeta"}):  # deterministic SVG element ids
+                fig.savefig(buffer, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
             out[fmt] = buffer.getvalue()
     finally:
         plt.close(fig)

@@ -6,7 +6,6 @@ and the library never saves on its own.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -19,9 +18,6 @@ from matplotlib.figure import Figure
 
 from analysis.atomic import write_bytes_atomic, write_text_atomic
 from analysis.results import SUMMARY_PARAMS, MetaAnalysisResult
-
-FIGURE_FORMATS = ("png", "svg")
-
 
 def _clean(value: object) -> object:
     """Make a value JSON-safe: NaN/inf become None, numpy scalars become Python numbers."""
@@ -51,15 +47,11 @@ def write_csv(path: Path, frame: pd.DataFrame) -> Path:
     return write_text_atomic(Path(path), frame.to_csv(index=False, lineterminator="\n", float_format="%.10g"))
 
 
-def write_figure(fig: Figure, stem: Path, formats: Sequence[str] = FIGURE_FORMATS) -> list[Path]:
-    """Save a figure as ``stem.png`` and ``stem.svg`` (deterministic metadata), atomically."""
-    paths = []
-    for fmt in formats:
-        buffer = io.BytesIO()
-        metadata = {"Software": None} if fmt == "png" else {"Date": None, "Creator": None}
-        fig.savefig(buffer, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
-        paths.append(write_bytes_atomic(Path(f"{stem}.{fmt}"), buffer.getvalue()))
-    return paths
+def write_figure(fig: Figure, stem: Path) -> list[Path]:
+    """Save a figure as ``stem.png`` and ``stem.svg`` (deterministic bytes), atomically; the figure is closed."""
+    from analysis.artifacts import figure_bytes
+
+    return [write_bytes_atomic(Path(f"{stem}.{fmt}"), data) for fmt, data in figure_bytes(fig).items()]
 
 
 def save_posterior(result: object, path: Path) -> Path | None:
