@@ -40,18 +40,10 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
+from models.exact_model import typical_variance as typical_within_variance
 from models.priors import PriorSpec
 
-
-def typical_within_variance(vi: np.ndarray) -> float:
-    """Higgins–Thompson typical within-study variance ``(k-1) Σw / ((Σw)² − Σw²)``, ``w = 1/v``.
-
-    For a single study the typical variance is that study's variance.
-    """
-    w = 1.0 / np.asarray(vi, dtype=float)
-    if w.size == 1:
-        return float(1.0 / w[0])
-    return float((w.size - 1) * w.sum() / (w.sum() ** 2 - (w**2).sum()))
+__all__ = ["build_random_effects_model", "draw_theta", "draw_theta_new", "typical_within_variance"]
 
 
 def build_random_effects_model(
