@@ -34,7 +34,7 @@ from analysis.results import MetaAnalysisResult
 from analysis.summaries import prob_benefit_from_draws, summarize_draws
 from models.arm_level import ArmSummaries, arm_summaries, build_arm_level_model
 from models.priors import PriorSpec
-from models.random_effects import draw_theta_new, typical_within_variance
+from models.random_effects import draw_theta_new, i2_draws
 
 __all__ = ["DEFAULT_SAMPLER", "DEFAULT_SLOPE_PRIOR", "LIKELIHOOD", "fit_arm_level", "outcome_arm_summaries"]
 
@@ -173,12 +173,12 @@ def fit_arm_level(
     model = build_arm_level_model(data, tau_prior=priors.tau, beta_priors=beta_priors, X=X, coef_names=names)
     checked = ["mu", "tau", "theta"] if X is None else ["beta", "tau", "theta"]
     idata, used, retried = sample_with_retry(model, checked, seed=seed, sampler=sampler, progressbar=progressbar)
-    _add_derived(idata, typical_within_variance(effects["vi"].to_numpy(dtype=float)), seed)
+    _add_derived(idata, effects["vi"].to_numpy(dtype=float), seed)
     return _result(dataset, outcome, effects, idata, model, priors, names,
                    {"seed": seed, **asdict(used), "likelihood": LIKELIHOOD}, retried, checked)
 
 
-def _add_derived(idata: xr.DataTree, s2: float, seed: int) -> None:
+def _add_derived(idata: xr.DataTree, vi: np.ndarray, seed: int) -> None:
     """Add ``mu`` (intercept), ``theta_new`` and ``I2`` to the posterior group."""
     post = idata.posterior
     if "mu" not in post:
@@ -187,7 +187,7 @@ def _add_derived(idata: xr.DataTree, s2: float, seed: int) -> None:
     rng = np.random.default_rng([seed, _THETA_NEW_STREAM])
     mu, tau = post["mu"].to_numpy(), post["tau"].to_numpy()
     idata["posterior/theta_new"] = xr.DataArray(draw_theta_new(mu, tau, rng=rng), dims=("chain", "draw"))
-    idata["posterior/I2"] = xr.DataArray(tau**2 / (tau**2 + s2), dims=("chain", "draw"))
+    idata["posterior/I2"] = xr.DataArray(i2_draws(tau, vi), dims=("chain", "draw"))
 
 
 def _result(

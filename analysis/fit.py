@@ -18,11 +18,12 @@ import xarray as xr
 from analysis.dataset import Dataset
 from analysis.diagnostics import diagnose
 from analysis.effects import EffectTable, compute_effects, study_effects
+from analysis.nuts import sample_nuts
 from analysis.results import MetaAnalysisResult
 from analysis.summaries import prob_benefit_from_draws, summarize_draws
 from models.exact import exact_posterior
 from models.priors import DEFAULT_MU_PRIOR, DEFAULT_TAU_PRIOR, PriorSpec
-from models.random_effects import build_random_effects_model, draw_theta, draw_theta_new
+from models.random_effects import build_random_effects_model, draw_theta, draw_theta_new, i2_draws
 
 ENGINES = ("nuts", "exact")
 #: Separate random stream (after the sampler's) for the conditional draws of theta and theta_new.
@@ -149,25 +150,55 @@ def _study_table(effects: pd.DataFrame, mean: np.ndarray, sd: np.ndarray, lo: np
     })
 
 
-def sample_model(model: pm.Model, *, seed: int, sampler: SamplerSettings, progressbar: bool) -> xr.DataTree:
-    """Run NUTS on ``model`` (chains in sequence, one process) and return the DataTree."""
+#: NUTS implementations: nutpie (Rust sampler on a numba-compiled density, compiled once per model
+#: structure, see :mod:`analysis.nuts`) or PyMC's own sampler (compiles in ~1-4 s, but its Python
+#: sampling loop is 5-15 times slower). nutpie's compile costs ~5 s, and ~25 s for the multivariate
+#: model's per-pattern MvNormal graph, which therefore uses "pymc".
+BACKENDS = ("nutpie", "pymc")
+
+
+def sample_model(
+    model: pm.Model, *, seed: int, sampler: SamplerSettings, progressbar: bool, backend: str = "nutpie"
+) -> xr.DataTree:
+    """Run NUTS on ``model`` (chains in sequence on one core) and return the DataTree.
+
+    Parameters
+    ----------
+    model : pymc.Model
+    seed : int
+    sampler : SamplerSettings
+    progressbar : bool
+    backend : {"nutpie", "pymc"}
+        See :data:`BACKENDS`; both run NUTS with diagonal mass-matrix and step-size adaptation.
+
+    Returns
+    -------
+    xarray.DataTree
+        ``posterior``, ``sample_stats``, ``observed_data`` and ``constant_data``.
+    """
+    if backend == "nutpie":
+        return sample_nuts(model, draws=sampler.draws, tune=sampler.tune, chains=sampler.chains,
+                           target_accept=sampler.target_accept, seed=seed, progressbar=progressbar)
+    if backend != "pymc":
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     with model:
         return pm.sample(
             draws=sampler.draws, tune=sampler.tune, chains=sampler.chains, cores=1,
             random_seed=seed, target_accept=sampler.target_accept, progressbar=progressbar,
-            quiet=not progressbar, compute_convergence_checks=False,
+            quiet=not progressbar, compute_convergence_checks=False, nuts_sampler="pymc",
         )
 
 
 def sample_with_retry(
-    model: pm.Model, var_names: list[str], *, seed: int, sampler: SamplerSettings, progressbar: bool
+    model: pm.Model, var_names: list[str], *, seed: int, sampler: SamplerSettings, progressbar: bool,
+    backend: str = "nutpie",
 ) -> tuple[xr.DataTree, SamplerSettings, bool]:
     """Sample; if a convergence gate fails, retry once with target_accept 0.99 and doubled tuning and draws."""
-    idata = sample_model(model, seed=seed, sampler=sampler, progressbar=progressbar)
+    idata = sample_model(model, seed=seed, sampler=sampler, progressbar=progressbar, backend=backend)
     if diagnose(idata, var_names).passed:
         return idata, sampler, False
     careful = replace(sampler, target_accept=max(sampler.target_accept, 0.99), tune=2 * sampler.tune, draws=2 * sampler.draws)
-    return sample_model(model, seed=seed, sampler=careful, progressbar=progressbar), careful, True
+    return sample_model(model, seed=seed, sampler=careful, progressbar=progressbar, backend=backend), careful, True
 
 
 def _fit_nuts(
@@ -192,10 +223,11 @@ def _fit_nuts(
 
 
 def _add_study_draws(idata: xr.DataTree, yi: np.ndarray, vi: np.ndarray, study: list[str], seed: int) -> None:
-    """Add θ (exact conditional) and θ_new draws to the posterior group, from a seeded stream."""
+    """Add θ (exact conditional), θ_new (seeded stream) and I² draws to the posterior group."""
     rng = np.random.default_rng([seed, _THETA_STREAM])
     post = idata.posterior
     mu, tau = post["mu"].to_numpy(), post["tau"].to_numpy()
     theta = draw_theta(yi, vi, mu[..., None], tau, rng=rng)
     idata["posterior/theta"] = xr.DataArray(theta, dims=("chain", "draw", "study"), coords={"study": study})
     idata["posterior/theta_new"] = xr.DataArray(draw_theta_new(mu, tau, rng=rng), dims=("chain", "draw"))
+    idata["posterior/I2"] = xr.DataArray(i2_draws(tau, vi), dims=("chain", "draw"))

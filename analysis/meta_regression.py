@@ -58,7 +58,7 @@ from models.meta_regression import (
     slope_prior_sds,
 )
 from models.priors import PriorSpec
-from models.random_effects import draw_theta, draw_theta_new
+from models.random_effects import draw_theta, draw_theta_new, i2_draws
 
 __all__ = ["fit_meta_regression", "fit_subgroups_one_at_a_time"]
 
@@ -274,6 +274,7 @@ class _NutsFit:
         idata["posterior/theta"] = xr.DataArray(theta, dims=("chain", "draw", "study"), coords={"study": list(design.study)})
         new = draw_theta_new(self.beta[..., 0], self.tau, rng=rng)
         idata["posterior/theta_new"] = xr.DataArray(new, dims=("chain", "draw"))
+        idata["posterior/I2"] = xr.DataArray(i2_draws(self.tau, vi), dims=("chain", "draw"))
         self.posterior, self.settings = idata, {"seed": seed, **asdict(used)}
 
     def linear(self, x: np.ndarray) -> dict[str, float]:

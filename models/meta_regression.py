@@ -400,7 +400,7 @@ def build_meta_regression_model(
     Returns
     -------
     pymc.Model
-        Free ``beta_<coef>`` and ``tau``; deterministic ``beta`` (dim ``coef``) and ``I2``.
+        Free ``beta_<coef>`` and ``tau``; deterministic ``beta`` (dim ``coef``).
     """
     if intercept_prior.family != "normal":
         raise ValueError(f"the intercept prior must be normal:M:S, got {intercept_prior}")

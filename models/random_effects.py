@@ -43,7 +43,7 @@ import pytensor.tensor as pt
 from models.exact_model import typical_variance as typical_within_variance
 from models.priors import PriorSpec
 
-__all__ = ["build_random_effects_model", "draw_theta", "draw_theta_new", "typical_within_variance"]
+__all__ = ["build_random_effects_model", "draw_theta", "draw_theta_new", "i2_draws", "typical_within_variance"]
 
 
 def build_random_effects_model(
@@ -76,8 +76,10 @@ def build_random_effects_model(
     Returns
     -------
     pymc.Model
-        Free variables ``tau`` and either ``mu`` or ``beta`` (dim ``coef``); deterministic ``I2``;
-        observed ``y`` (dim ``study``).
+        Free variables ``tau`` and either ``mu`` or ``beta`` (dim ``coef``); observed ``y`` (dim
+        ``study``). Every data array is a ``pm.Data`` and nothing is computed from the data at
+        build time, so one compiled model serves every data set of the same structure
+        (:mod:`analysis.nuts`); ``I2`` is derived from the ``tau`` draws by :func:`i2_draws`.
     """
     yi, vi = np.asarray(yi, dtype=float), np.asarray(vi, dtype=float)
     X = np.ones((yi.size, 1)) if X is None else np.asarray(X, dtype=float)
@@ -91,9 +93,14 @@ def build_random_effects_model(
         x_data = pm.Data("X", X)
         location = _linear_predictor(x_data, beta_priors, coef_names)
         tau = tau_prior.to_pymc("tau")
-        pm.Deterministic("I2", tau**2 / (tau**2 + typical_within_variance(vi)))
         pm.Normal("y", mu=location, sigma=pt.sqrt(v_data + tau**2), observed=y_data, dims="study")
     return model
+
+
+def i2_draws(tau: np.ndarray, vi: np.ndarray) -> np.ndarray:
+    """``I² = τ² / (τ² + s²)`` per draw of ``tau``, with ``s²`` the Higgins–Thompson typical variance of ``vi``."""
+    tau2 = np.asarray(tau, dtype=float) ** 2
+    return tau2 / (tau2 + typical_within_variance(vi))
 
 
 def _linear_predictor(x_data: pt.TensorVariable, beta_priors: Sequence[PriorSpec], coef_names: Sequence[str]) -> pt.TensorVariable:
