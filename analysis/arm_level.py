@@ -28,15 +28,15 @@ import xarray as xr
 
 from analysis.dataset import Dataset
 from analysis.diagnostics import diagnose
-from analysis.effects import EffectTable, _comparison_pairs, compute_effects
+from analysis.effects import EffectTable, _comparison_pairs, compute_effects, study_effects
 from analysis.fit import PriorSet, SamplerSettings, outcome_effects, sample_with_retry
 from analysis.results import MetaAnalysisResult
 from analysis.summaries import prob_benefit_from_draws, summarize_draws
-from models.arm_level import ArmSummaries, arm_summaries, build_arm_level_model
+from models.arm_level import ArmSummaries, Layout, arm_summaries, build_arm_level_model, trim_padding
 from models.priors import PriorSpec
 from models.random_effects import draw_theta_new, i2_draws
 
-__all__ = ["DEFAULT_SAMPLER", "DEFAULT_SLOPE_PRIOR", "LIKELIHOOD", "fit_arm_level", "outcome_arm_summaries"]
+__all__ = ["DEFAULT_SAMPLER", "DEFAULT_SLOPE_PRIOR", "LIKELIHOOD", "dataset_layout", "fit_arm_level", "outcome_arm_summaries"]
 
 #: Marker stored in ``MetaAnalysisResult.settings["likelihood"]``.
 LIKELIHOOD = "arm"
@@ -88,6 +88,22 @@ def outcome_arm_summaries(dataset: Dataset, outcome: str, study: Sequence[str]) 
     group_ix = pd.Index(group_key.drop_duplicates()).get_indexer(group_key)
     return arm_summaries(arms["mean"], arms["sd"], arms["n"], arms["treated"], arms["study_ix"], group_ix,
                          study=list(study), arm=list(arms["study"] + "/" + arms["arm"]))
+
+
+def dataset_layout(dataset: Dataset, table: EffectTable | None = None) -> Layout:
+    """The arm-level layout that holds every outcome of ``dataset``.
+
+    All outcomes of a dataset are built for this one layout (padded, see
+    :mod:`models.arm_level`), so a worker process compiles the arm-level model once per dataset
+    and prior setting instead of once per outcome (:mod:`analysis.nuts`).
+    """
+    table = table or compute_effects(dataset)
+    datas = []
+    for outcome in dataset.outcomes:
+        effects = study_effects(table, outcome)
+        if not effects.empty:
+            datas.append(outcome_arm_summaries(dataset, outcome, list(effects["study"])))
+    return Layout.covering(datas)
 
 
 def _design(X: np.ndarray | None, coef_names: Sequence[str] | None, k: int) -> tuple[np.ndarray | None, list[str]]:
@@ -166,13 +182,16 @@ def fit_arm_level(
     sampler = sampler or DEFAULT_SAMPLER
     if slope_prior.family != "normal":
         raise ValueError(f"the slope prior must be normal:M:S, got {slope_prior}")
-    effects = outcome_effects(dataset, table or compute_effects(dataset), outcome)
+    table = table or compute_effects(dataset)
+    effects = outcome_effects(dataset, table, outcome)
     data = outcome_arm_summaries(dataset, outcome, list(effects["study"]))
     X, names = _design(X, coef_names, data.k)
     beta_priors = [priors.mu] + [slope_prior] * (len(names) - 1)
-    model = build_arm_level_model(data, tau_prior=priors.tau, beta_priors=beta_priors, X=X, coef_names=names)
+    model = build_arm_level_model(data, tau_prior=priors.tau, beta_priors=beta_priors, X=X, coef_names=names,
+                                  layout=dataset_layout(dataset, table))
     checked = ["mu", "tau", "theta"] if X is None else ["beta", "tau", "theta"]
     idata, used, retried = sample_with_retry(model, checked, seed=seed, sampler=sampler, progressbar=progressbar)
+    idata = trim_padding(idata, data)
     _add_derived(idata, effects["vi"].to_numpy(dtype=float), seed)
     return _result(dataset, outcome, effects, idata, model, priors, names,
                    {"seed": seed, **asdict(used), "likelihood": LIKELIHOOD}, retried, checked)

@@ -110,8 +110,8 @@ def compiled_model(model: pm.Model, var_names: Sequence[str] | None = None) -> o
         while len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)
     _CACHE.move_to_end(key)
-    data = {var.name: np.asarray(var.get_value()) for var in _shared_inputs(model)}
-    return compiled.with_data(**{name: value for name, value in data.items() if name in compiled.shared_data})
+    wanted = {var.name for var in compiled.shared_var_keys}
+    return compiled.with_data(**{var.name: np.asarray(var.get_value()) for var in _shared_inputs(model) if var.name in wanted})
 
 
 def sample_nuts(

@@ -76,6 +76,16 @@ adds at most 1/16 of the data's precision (posterior SD of :math:`\log\sigma_i` 
 than under the Jeffreys prior :math:`1/\sigma`); it is proper and keeps warm-up away from
 :math:`\sigma \to 0, \infty`.
 
+**Padding to a common layout.** A compiled model can only be reused for data of the same
+shape (:mod:`analysis.nuts`), and the outcomes of a dataset differ in their numbers of studies,
+arms and comparisons. The graph can therefore be built for a larger :class:`Layout`: padded
+studies come last and have no data, so their ``z`` and ``log_sigma`` are independent
+:math:`\mathcal N(0, 1)` a posteriori, independent of every real parameter; a padded comparison
+has :math:`u = 0`, weight 0 and standard deviation 1, a padded arm has :math:`s^2 = 1`, 3
+animals and :math:`\sigma = 1`, so each adds a constant to the log density. The posterior of
+the real parameters is exactly that of the unpadded model; :func:`trim_padding` removes the
+padded entries from the draws.
+
 Free variables: ``mu`` (or ``beta_<name>``, with deterministic ``beta``, dim ``coef``),
 ``tau``, ``z`` and ``log_sigma`` (dim ``study``); deterministics ``theta`` (dim ``study``) and
 ``sigma`` (natural units). Observed: ``contrast`` (dim ``comparison``, one per treatment arm)
@@ -93,10 +103,11 @@ from dataclasses import dataclass
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
+import xarray as xr
 
 from models.priors import PriorSpec
 
-__all__ = ["LOG_SIGMA_PRIOR_SD", "ArmSummaries", "arm_summaries", "build_arm_level_model"]
+__all__ = ["LOG_SIGMA_PRIOR_SD", "ArmSummaries", "Layout", "arm_summaries", "build_arm_level_model", "trim_padding"]
 
 #: Prior SD of log sigma_i around log S_i (see the module docstring).
 LOG_SIGMA_PRIOR_SD: float = 1.0
@@ -138,6 +149,31 @@ class ArmSummaries:
     def k(self) -> int:
         """Number of studies."""
         return len(self.study)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Sizes of the ``study``, ``arm`` and ``comparison`` dimensions of an arm-level graph."""
+
+    studies: int
+    arms: int
+    comparisons: int
+
+    @classmethod
+    def of(cls, data: ArmSummaries) -> Layout:
+        """The layout of ``data`` itself (no padding)."""
+        return cls(data.k, len(data.arm), len(data.comparison))
+
+    @classmethod
+    def covering(cls, datas: Sequence[ArmSummaries]) -> Layout:
+        """The smallest layout that holds every one of ``datas``."""
+        sizes = [cls.of(d) for d in datas]
+        return cls(max(s.studies for s in sizes), max(s.arms for s in sizes), max(s.comparisons for s in sizes))
+
+    def holds(self, data: ArmSummaries) -> bool:
+        """True if ``data`` fits into this layout."""
+        own = Layout.of(data)
+        return own.studies <= self.studies and own.arms <= self.arms and own.comparisons <= self.comparisons
 
 
 def arm_summaries(
@@ -210,6 +246,7 @@ def build_arm_level_model(
     beta_priors: Sequence[PriorSpec],
     X: np.ndarray | None = None,
     coef_names: Sequence[str] = ("mu",),
+    layout: Layout | None = None,
 ) -> pm.Model:
     """Build the arm-level (exact small-sample) random-effects / meta-regression model.
 
@@ -225,19 +262,33 @@ def build_arm_level_model(
         ``(k, p)`` study-level design matrix; ``None`` means a column of ones (``mu``).
     coef_names : sequence of str
         Coefficient names; ``("mu",)`` for plain random effects.
+    layout : Layout, optional
+        Build the graph for this (larger) layout, padding as the module docstring describes, so
+        that one compiled model serves every outcome of a dataset; default: the data's own.
 
     Returns
     -------
     pymc.Model
-        See the module docstring for its variables.
+        See the module docstring for its variables; padded entries come last in each dimension.
+
+    Raises
+    ------
+    ValueError
+        If ``X`` does not match the data, or the data do not fit into ``layout``.
     """
     X = np.ones((data.k, 1)) if X is None else np.asarray(X, dtype=float)
     if X.shape != (data.k, len(coef_names)) or len(beta_priors) != len(coef_names):
         raise ValueError(f"design {X.shape} does not match {data.k} studies and coefficients {list(coef_names)}")
     tau_prior.require_positive("tau")
-    coords = {"study": list(data.study), "arm": list(data.arm), "comparison": list(data.comparison)}
+    layout = layout or Layout.of(data)
+    if not layout.holds(data):
+        raise ValueError(f"{Layout.of(data)} does not fit into {layout}")
+    study_pad, arm_pad, comp_pad = (layout.studies - data.k, layout.arms - len(data.arm), layout.comparisons - len(data.comparison))
+    coords = {"study": [*data.study, *_pad_labels("study", study_pad)], "arm": [*data.arm, *_pad_labels("arm", arm_pad)],
+              "comparison": [*data.comparison, *_pad_labels("comparison", comp_pad)]}
     if not (X.shape[1] == 1 and coef_names[0] == "mu"):
         coords["coef"] = list(coef_names)
+    X = np.vstack([X, np.tile(np.eye(1, X.shape[1]), (study_pad, 1))])
     with pm.Model(coords=coords) as model:
         location = _location(pm.Data("X", X), beta_priors, coef_names)
         tau = tau_prior.to_pymc("tau")
@@ -245,15 +296,53 @@ def build_arm_level_model(
         theta = pm.Deterministic("theta", location + tau * z, dims="study")
         log_sigma = pm.Normal("log_sigma", 0.0, LOG_SIGMA_PRIOR_SD, dims="study")
         sigma = pt.exp(log_sigma)
-        pm.Deterministic("sigma", pm.Data("scale", data.scale, dims="study") * sigma, dims="study")
-        sigma_c = sigma[data.comparison_study]
-        mean_c = pm.Data("weight", data.weight, dims="comparison") * theta[data.comparison_study] * sigma_c
-        sd_c = pm.Data("se_factor", data.se_factor, dims="comparison") * sigma_c
-        pm.Normal("contrast", mu=mean_c, sigma=sd_c, observed=pm.Data("u", data.contrast, dims="comparison"), dims="comparison")
-        df = pm.Data("arm_n", data.arm_n, dims="arm") - 1.0
-        rate = df / (2.0 * sigma[data.arm_study] ** 2)
-        pm.Gamma("s2", alpha=df / 2.0, beta=rate, observed=pm.Data("arm_var", data.arm_var, dims="arm"), dims="arm")
+        pm.Deterministic("sigma", pm.Data("scale", _pad(data.scale, study_pad, 1.0), dims="study") * sigma, dims="study")
+        c_study = pm.Data("comparison_study", _pad(data.comparison_study, comp_pad, 0), dims="comparison")
+        c_real = pm.Data("comparison_real", _pad(np.ones(len(data.comparison)), comp_pad, 0.0), dims="comparison")
+        sigma_c = pt.switch(c_real > 0, sigma[c_study], 1.0)
+        mean_c = pm.Data("weight", _pad(data.weight, comp_pad, 0.0), dims="comparison") * theta[c_study] * sigma_c
+        sd_c = pm.Data("se_factor", _pad(data.se_factor, comp_pad, 1.0), dims="comparison") * sigma_c
+        pm.Normal("contrast", mu=mean_c, sigma=sd_c, observed=pm.Data("u", _pad(data.contrast, comp_pad, 0.0), dims="comparison"),
+                  dims="comparison")
+        a_study = pm.Data("arm_study", _pad(data.arm_study, arm_pad, 0), dims="arm")
+        a_real = pm.Data("arm_real", _pad(np.ones(len(data.arm)), arm_pad, 0.0), dims="arm")
+        df = pm.Data("arm_n", _pad(data.arm_n, arm_pad, 3.0), dims="arm") - 1.0
+        rate = df / (2.0 * pt.switch(a_real > 0, sigma[a_study], 1.0) ** 2)
+        pm.Gamma("s2", alpha=df / 2.0, beta=rate, observed=pm.Data("arm_var", _pad(data.arm_var, arm_pad, 1.0), dims="arm"),
+                 dims="arm")
     return model
+
+
+def _pad(values: np.ndarray, extra: int, fill: float) -> np.ndarray:
+    values = np.asarray(values)
+    return np.concatenate([values, np.full(extra, fill, dtype=values.dtype)])
+
+
+def _pad_labels(dim: str, extra: int) -> list[str]:
+    return [f"__padding_{dim}_{j}" for j in range(extra)]
+
+
+def trim_padding(idata: xr.DataTree, data: ArmSummaries) -> xr.DataTree:
+    """Drop the padded studies, arms and comparisons (see the module docstring) from every group.
+
+    Parameters
+    ----------
+    idata : xarray.DataTree
+        Draws of a model built for a padded layout.
+    data : ArmSummaries
+        The data it was built with.
+
+    Returns
+    -------
+    xarray.DataTree
+        The same groups with the ``study``, ``arm`` and ``comparison`` dimensions cut to ``data``.
+    """
+    sizes = {"study": data.k, "arm": len(data.arm), "comparison": len(data.comparison)}
+    groups = {}
+    for name, node in idata.children.items():
+        ds = node.to_dataset()
+        groups[name] = ds.isel({dim: slice(0, n) for dim, n in sizes.items() if dim in ds.dims})
+    return xr.DataTree.from_dict(groups)
 
 
 def _location(x_data: pt.TensorVariable, beta_priors: Sequence[PriorSpec], coef_names: Sequence[str]) -> pt.TensorVariable:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from analysis.arm_level import fit_arm_level, outcome_arm_summaries
+from analysis.arm_level import dataset_layout, fit_arm_level, outcome_arm_summaries
 from analysis.config import DATA_DIR
 from analysis.dataset import load_dataset
 from analysis.fit import SamplerSettings
-from models.arm_level import arm_summaries, build_arm_level_model
+from models.arm_level import Layout, arm_summaries, build_arm_level_model
 from models.priors import PriorSpec
 from tests.helpers import write_dataset
 
@@ -159,3 +159,27 @@ def test_tiny_nuts_fit_result(tiny):
     studies = result.studies
     assert np.all((studies["theta_q025"] < studies["theta_mean"]) & (studies["theta_mean"] < studies["theta_q975"]))
     assert result.posterior.posterior["theta"].sizes["study"] == 3 and "diagnostics" in out
+
+
+def test_padded_layout_changes_the_log_density_by_a_constant_only(tiny):
+    """Padded studies, arms and comparisons add prior terms of their own parameters and constants."""
+    data = outcome_arm_summaries(tiny, "BMD", STUDIES)
+    plain = build_arm_level_model(data, tau_prior=TAU_PRIOR, beta_priors=[MU_PRIOR])
+    padded = build_arm_level_model(data, tau_prior=TAU_PRIOR, beta_priors=[MU_PRIOR], layout=Layout(5, 11, 7))
+    assert padded.coords["study"][:3] == tuple(STUDIES) and len(padded.coords["comparison"]) == 7
+    gaps = []
+    for shift in (0.0, 0.7):
+        point = _model_point(plain)
+        point.update({"mu": np.array(POINT["mu"] + shift), "z": POINT["z"] - shift, "log_sigma": POINT["log_sigma"] + shift})
+        wide = dict(point, z=np.r_[point["z"], 0.4, -0.3], log_sigma=np.r_[point["log_sigma"], 0.2, 0.1])
+        gaps.append(padded.compile_logp()(wide) - plain.compile_logp()(point))
+    assert gaps[0] == pytest.approx(gaps[1], abs=1e-10)
+    with pytest.raises(ValueError, match="does not fit"):
+        build_arm_level_model(data, tau_prior=TAU_PRIOR, beta_priors=[MU_PRIOR], layout=Layout(2, 11, 7))
+
+
+def test_fit_trims_the_padding_of_the_dataset_layout(tiny):
+    assert dataset_layout(tiny).studies >= 3
+    result = fit_arm_level(tiny, "BMD", seed=3, sampler=QUICK)
+    assert list(result.posterior.posterior["theta"].coords["study"].values) == STUDIES
+    assert all(not str(label).startswith("__padding") for label in result.posterior.observed_data["contrast"].coords["comparison"].values)
