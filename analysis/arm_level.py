@@ -162,7 +162,7 @@ def fit_arm_level(
     table : EffectTable, optional
         Precomputed effect table of the dataset (computed if omitted).
     progressbar : bool
-        Show PyMC's progress display while sampling.
+        Show the sampler's progress display while sampling.
 
     Returns
     -------

@@ -102,7 +102,7 @@ def fit_random_effects(
     outcome : str
         Outcome id declared in the dataset.
     engine : {"nuts", "exact"}
-        NUTS in PyMC (θ integrated out) or the exact quadrature engine.
+        NUTS (nutpie, on the PyMC model with θ integrated out) or the exact quadrature engine.
     priors : PriorSet, optional
         Priors of mu and tau (default N(0, 3²) and HalfNormal(1)).
     seed : int
@@ -112,7 +112,7 @@ def fit_random_effects(
     table : EffectTable, optional
         Precomputed effect table of the dataset (computed if omitted).
     progressbar : bool
-        Show PyMC's progress display while sampling.
+        Show the sampler's progress display while sampling.
 
     Returns
     -------
@@ -150,55 +150,24 @@ def _study_table(effects: pd.DataFrame, mean: np.ndarray, sd: np.ndarray, lo: np
     })
 
 
-#: NUTS implementations: nutpie (Rust sampler on a numba-compiled density, compiled once per model
-#: structure, see :mod:`analysis.nuts`) or PyMC's own sampler (compiles in ~1-4 s, but its Python
-#: sampling loop is 5-15 times slower). nutpie's compile costs ~5 s, and ~25 s for the multivariate
-#: model's per-pattern MvNormal graph, which therefore uses "pymc".
-BACKENDS = ("nutpie", "pymc")
+def sample_model(model: pm.Model, *, seed: int, sampler: SamplerSettings, progressbar: bool) -> xr.DataTree:
+    """Run NUTS on ``model`` with nutpie (chains in sequence on one core) and return the DataTree.
 
-
-def sample_model(
-    model: pm.Model, *, seed: int, sampler: SamplerSettings, progressbar: bool, backend: str = "nutpie"
-) -> xr.DataTree:
-    """Run NUTS on ``model`` (chains in sequence on one core) and return the DataTree.
-
-    Parameters
-    ----------
-    model : pymc.Model
-    seed : int
-    sampler : SamplerSettings
-    progressbar : bool
-    backend : {"nutpie", "pymc"}
-        See :data:`BACKENDS`; both run NUTS with diagonal mass-matrix and step-size adaptation.
-
-    Returns
-    -------
-    xarray.DataTree
-        ``posterior``, ``sample_stats``, ``observed_data`` and ``constant_data``.
+    The compiled model is reused for later models of the same structure (:mod:`analysis.nuts`).
     """
-    if backend == "nutpie":
-        return sample_nuts(model, draws=sampler.draws, tune=sampler.tune, chains=sampler.chains,
-                           target_accept=sampler.target_accept, seed=seed, progressbar=progressbar)
-    if backend != "pymc":
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    with model:
-        return pm.sample(
-            draws=sampler.draws, tune=sampler.tune, chains=sampler.chains, cores=1,
-            random_seed=seed, target_accept=sampler.target_accept, progressbar=progressbar,
-            quiet=not progressbar, compute_convergence_checks=False, nuts_sampler="pymc",
-        )
+    return sample_nuts(model, draws=sampler.draws, tune=sampler.tune, chains=sampler.chains,
+                       target_accept=sampler.target_accept, seed=seed, progressbar=progressbar)
 
 
 def sample_with_retry(
-    model: pm.Model, var_names: list[str], *, seed: int, sampler: SamplerSettings, progressbar: bool,
-    backend: str = "nutpie",
+    model: pm.Model, var_names: list[str], *, seed: int, sampler: SamplerSettings, progressbar: bool
 ) -> tuple[xr.DataTree, SamplerSettings, bool]:
     """Sample; if a convergence gate fails, retry once with target_accept 0.99 and doubled tuning and draws."""
-    idata = sample_model(model, seed=seed, sampler=sampler, progressbar=progressbar, backend=backend)
+    idata = sample_model(model, seed=seed, sampler=sampler, progressbar=progressbar)
     if diagnose(idata, var_names).passed:
         return idata, sampler, False
     careful = replace(sampler, target_accept=max(sampler.target_accept, 0.99), tune=2 * sampler.tune, draws=2 * sampler.draws)
-    return sample_model(model, seed=seed, sampler=careful, progressbar=progressbar, backend=backend), careful, True
+    return sample_model(model, seed=seed, sampler=careful, progressbar=progressbar), careful, True
 
 
 def _fit_nuts(

@@ -155,7 +155,7 @@ def study_influence(
     dataset, provenance, measure : str
         Labels for the report.
     progressbar : bool
-        Show PyMC's progress display.
+        Show the sampler's progress display.
 
     Returns
     -------

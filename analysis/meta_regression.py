@@ -94,7 +94,7 @@ def fit_meta_regression(
         every declared moderator that varies across the analysed studies (the others are skipped
         with a note); a listed moderator that cannot be estimated raises.
     engine : {"nuts", "exact"}
-        NUTS in PyMC (θ integrated out) or the exact quadrature engine.
+        NUTS (nutpie, on the PyMC model with θ integrated out) or the exact quadrature engine.
     priors : PriorSet, optional
         ``mu`` is the prior of the intercept, ``tau`` of the residual between-study SD
         (defaults N(0, 3²) and HalfNormal(1)).
@@ -114,7 +114,7 @@ def fit_meta_regression(
     table : EffectTable, optional
         Precomputed effect table of the dataset (computed if omitted).
     progressbar : bool
-        Show PyMC's progress display while sampling.
+        Show the sampler's progress display while sampling.
 
     Returns
     -------

@@ -83,7 +83,7 @@ def fit_multivariate(
     table : EffectTable, optional
         Precomputed effect table.
     progressbar : bool
-        Show PyMC's progress display.
+        Show the sampler's progress display.
     within_cov : dict, optional
         ``study -> (K, K)`` known within-study covariance (natural scale, outcome order).
     priors : MultivariatePriors, optional
@@ -139,9 +139,7 @@ def fit_multivariate_data(
     model = build_multivariate_model(data.yi, data.S, study=data.study, outcome=data.outcome_ids, priors=priors,
                                      X=data.X, coef_names=data.coef_names, parameterisation=parameterisation)
     var_names = ["mu", "tau", "rho"] + (["beta"] if data.X is not None else [])
-    # PyMC's sampler: nutpie's numba compile of this graph (~25 s) costs more than it saves
-    idata, used, retried = sample_with_retry(model, var_names, seed=seed, sampler=sampler, progressbar=progressbar,
-                                             backend="pymc")
+    idata, used, retried = sample_with_retry(model, var_names, seed=seed, sampler=sampler, progressbar=progressbar)
     diagnostics = diagnose(idata, var_names)
     _add_theta_draws(idata, data, seed, parameterisation)
     univariate = _univariate_exact(data, priors) if univariate is None else univariate

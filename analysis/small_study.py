@@ -261,7 +261,7 @@ def fit_small_study_effects(
     sampler : SamplerSettings, optional
         NUTS settings (default :data:`SELECTION_SAMPLER`).
     progressbar : bool
-        Show PyMC's progress display.
+        Show the sampler's progress display.
 
     Returns
     -------

@@ -355,7 +355,9 @@ def _marginal_likelihood(
     sigma = _matmul(chol, chol.T)
     for g, (obs, rows) in enumerate(missingness_groups(yi)):
         loc = location[rows][:, obs] if per_study else pt.broadcast_to(location[:, obs], (rows.size, obs.size))
-        cov = sigma[obs][:, obs][None, :, :] + S[np.ix_(rows, obs, obs)]
+        # the within-study covariances are data, so that one compiled model serves every rho_w
+        within = S[np.ix_(rows, obs, obs)]
+        cov = sigma[obs][:, obs][None, :, :] + pm.Data(f"S_p{g}", within, shape=within.shape)
         pm.MvNormal(f"y_p{g}", mu=loc, cov=cov, observed=yi[np.ix_(rows, obs)])
 
 

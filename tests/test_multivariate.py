@@ -89,7 +89,7 @@ def quick_fit(dataset):
     with pytest.MonkeyPatch.context() as patch:
         captured = {}
 
-        def fake_sampler(model, var_names, *, seed, sampler, progressbar, backend):
+        def fake_sampler(model, var_names, *, seed, sampler, progressbar):
             captured["free"] = sorted(v.name for v in model.free_RVs)
             data = multivariate_data_from_dataset(dataset)
             return _fake_posterior(data, sampler, seed), sampler, False
