@@ -154,4 +154,13 @@ def sample_nuts(
     )
     # what pm.sample(nuts_sampler="nutpie") adds: observed_data and constant_data from the model
     patch_nutpie_idata(trace, model, time.perf_counter() - started)
+    return _with_model_coords(trace, model)
+
+
+def _with_model_coords(trace: xr.DataTree, model: pm.Model) -> xr.DataTree:
+    """Label the draws with ``model``'s coordinates: a cached compiled model carries those of the model it was compiled from."""
+    for name, node in trace.children.items():
+        ds = node.to_dataset()
+        labels = {dim: list(model.coords[dim]) for dim in ds.dims if dim in model.coords and model.coords[dim] is not None}
+        trace[name] = xr.DataTree(ds.assign_coords(labels))
     return trace

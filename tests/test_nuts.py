@@ -77,3 +77,20 @@ def test_result_has_the_groups_of_pm_sample(compile_count):
     assert {"posterior", "sample_stats", "observed_data"} <= set(idata.children)
     assert dict(idata.posterior.sizes) == {"chain": 2, "draw": 1000}
     np.testing.assert_array_equal(idata.observed_data["y"].to_numpy(), SMALL[0])
+
+
+def test_draws_carry_the_labels_of_their_own_model(compile_count):
+    """A cached compiled model knows the coordinates of the model it was compiled from; the draws must not."""
+    import pymc as pm
+
+    def model(labels: list[str], y: list[float]):
+        with pm.Model(coords={"group": labels}) as m:
+            theta = pm.Normal("theta", 0.0, 1.0, dims="group")
+            pm.Normal("y", theta, 1.0, observed=pm.Data("y_obs", np.array(y), dims="group"), dims="group")
+        return m
+
+    nuts.sample_nuts(model(["a", "b"], [0.1, 0.2]), seed=1, **SETTINGS)
+    second = nuts.sample_nuts(model(["c", "d"], [1.0, -1.0]), seed=1, **SETTINGS)
+    assert len(compile_count) == 1
+    assert list(second.posterior["theta"].coords["group"].values) == ["c", "d"]
+    assert list(second.observed_data["y"].coords["group"].values) == ["c", "d"]
