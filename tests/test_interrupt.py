@@ -196,18 +196,17 @@ CLI_CHILD = textwrap.dedent("""
                 time.sleep(120)
             return written
         report.write_csv = write_csv
-    elif pause == "sampling":  # NUTS is drawing: slow it down to 5 ms per iteration
-        import pymc
-        original_sample = pymc.sample
+    elif pause == "sampling":  # NUTS is drawing: announce it, and make the run long enough to interrupt
+        import nutpie
+        original_sample = nutpie.sample
         def sample(*args, **kwargs):
             state = {"first": True}
-            def callback(trace, draw):
+            def progress(chains):
                 if state.pop("first", False):
                     print("evmeta-test: sampling", file=sys.stderr, flush=True)
-                time.sleep(0.005)
-            kwargs["callback"] = callback
+            kwargs.update(draws=10**6, progress_callback=progress, progress_rate=50)
             return original_sample(*args, **kwargs)
-        pymc.sample = sample
+        nutpie.sample = sample
     from analysis.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
