@@ -63,13 +63,17 @@ class SimulatedDataset:
     truth: dict
 
 
-def simulate_dataset(seed: int = DEFAULT_SEED) -> SimulatedDataset:
+def simulate_dataset(seed: int = DEFAULT_SEED, *, omit_probability: float = D.SELECTION_OMIT_PROB) -> SimulatedDataset:
     """Simulate the design-matched BMSC-EV osteoporosis dataset (pure, in memory).
 
     Parameters
     ----------
     seed : int, default DEFAULT_SEED
         Seed of ``numpy.random.default_rng``, the only source of randomness.
+    omit_probability : float, default SELECTION_OMIT_PROB
+        Probability that a planned, non-significant Tb.N result is left out. The omission
+        uniform is drawn either way, so 0 gives the same animals with every planned Tb.N
+        result reported (the no-selection counterfactual of :mod:`analysis.selection_power`).
 
     Returns
     -------
@@ -84,11 +88,11 @@ def simulate_dataset(seed: int = DEFAULT_SEED) -> SimulatedDataset:
     arm_rows, selection, arm_effects = [], {}, {}
     for i, study in enumerate(design):
         animals, arm_delta = _simulate_animals(rng, study, delta[i], l_within)
-        selection[study["study"]] = _tbn_selection(rng, study, animals)
+        selection[study["study"]] = _tbn_selection(rng, study, animals, omit_probability)
         reported = [k for k in study["outcomes"] if not (k == D.SELECTION_OUTCOME and selection[study["study"]]["omitted"])]
         arm_rows += _summary_rows(study, animals, reported)
         arm_effects[study["study"]] = arm_delta
-    truth = _truth(seed, design, delta, contrib, mod_info, arm_effects, selection)
+    truth = _truth(seed, design, delta, contrib, mod_info, arm_effects, selection, omit_probability)
     return SimulatedDataset(_toml_text(seed), _studies_frame(design), pd.DataFrame(arm_rows, columns=ARM_COLUMNS), truth)
 
 
@@ -156,14 +160,14 @@ def _simulate_animals(
     return animals, arm_delta
 
 
-def _tbn_selection(rng: np.random.Generator, study: dict, animals: dict[str, np.ndarray]) -> dict:
+def _tbn_selection(rng: np.random.Generator, study: dict, animals: dict[str, np.ndarray], omit_probability: float) -> dict:
     """Outcome-reporting selection for Tb.N, decided on the study's own t-test."""
     j = D.OUTCOMES.index(D.SELECTION_OUTCOME)
     first_ev = study["arms"][2][0]
     p = float(stats.ttest_ind(animals[first_ev][:, j], animals["ovx"][:, j]).pvalue)
     draw = float(rng.uniform())
     planned = D.SELECTION_OUTCOME in study["outcomes"]
-    omitted = planned and p > D.SELECTION_ALPHA and draw < D.SELECTION_OMIT_PROB
+    omitted = planned and p > D.SELECTION_ALPHA and draw < omit_probability
     return {"planned": planned, "p_value": _r6(p), "omitted": bool(omitted), "compared_arm": first_ev}
 
 
@@ -209,7 +213,7 @@ def _matrix(mat: np.ndarray) -> dict:
 
 def _truth(
     seed: int, design: list[dict], delta: np.ndarray, contrib: np.ndarray, mod_info: dict,
-    arm_effects: dict, selection: dict,
+    arm_effects: dict, selection: dict, omit_probability: float,
 ) -> dict:
     """Assemble truth.json (plain Python types only)."""
     var_mod = float(np.mean(contrib**2))
@@ -241,15 +245,16 @@ def _truth(
         "moderator_contributions": {sid: _r6(c) for sid, c in zip(ids, contrib, strict=True)},
         "study_effects": {sid: {k: _r6(v) for k, v in zip(D.OUTCOMES, row, strict=True)} for sid, row in zip(ids, delta, strict=True)},
         "arm_effects": arm_effects, "dose_offset": D.DOSE_OFFSET,
-        "selection": _selection_truth(selection),
+        "selection": _selection_truth(selection, omit_probability),
     }
 
 
-def _selection_truth(selection: dict) -> dict:
+def _selection_truth(selection: dict, omit_probability: float) -> dict:
     return {
-        "outcome": D.SELECTION_OUTCOME, "alpha": D.SELECTION_ALPHA, "omit_probability_if_nonsignificant": D.SELECTION_OMIT_PROB,
-        "rule": ("planned Tb_N is omitted with probability 0.9 when the two-sided pooled-variance t-test of the first EV arm "
-                 "vs the OVX control on the simulated animals has p > 0.05; significant results are always reported"),
+        "outcome": D.SELECTION_OUTCOME, "alpha": D.SELECTION_ALPHA, "omit_probability_if_nonsignificant": omit_probability,
+        "rule": (f"planned Tb_N is omitted with probability {omit_probability:g} when the two-sided pooled-variance t-test of "
+                 f"the first EV arm vs the OVX control on the simulated animals has p > {D.SELECTION_ALPHA:g}; significant "
+                 "results are always reported"),
         "omitted_studies": [s for s, r in selection.items() if r["omitted"]],
         "not_planned_studies": [s for s, r in selection.items() if not r["planned"]],
         "studies": selection,
