@@ -69,6 +69,11 @@ def netcdf_bytes(result: MetaAnalysisResult) -> bytes | None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def without_model(result: MetaAnalysisResult) -> MetaAnalysisResult:
+    """A copy without the PyMC model (picklable; the draws are kept)."""
+    return dataclasses.replace(result, pymc_model=None)
+
+
 def stripped(result: MetaAnalysisResult) -> MetaAnalysisResult:
     """A copy without the posterior draws and the PyMC model (small, picklable)."""
     return dataclasses.replace(result, posterior=None, pymc_model=None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -57,6 +57,7 @@ class OutcomeAnalysis:
     influence: object | None = None
     notes: list[str] = field(default_factory=list)
     arm: MetaAnalysisResult | None = None
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -173,13 +174,15 @@ def run_multivariate_job(job: OutcomeJob) -> MultivariateArtifacts:
 
 
 def run_job(job: OutcomeJob) -> OutcomeArtifacts | MultivariateArtifacts:
-    """Worker entry point for any job."""
-    return run_multivariate_job(job) if job.kind == "multivariate" else run_outcome_job(job)
+    """Worker entry point for any job, fits and figures in one process."""
+    if job.kind == "multivariate":
+        return run_multivariate_job(job)
+    return run_outcome_figures(job, run_outcome_fits(job))
 
 
-def run_outcome_job(job: OutcomeJob) -> OutcomeArtifacts:
-    """Worker entry point: load the dataset, analyse one outcome and render its artifacts."""
-    from analysis.artifacts import build_artifacts
+def run_outcome_fits(job: OutcomeJob) -> OutcomeAnalysis:
+    """Worker entry point: load the dataset and analyse one outcome (picklable result, no PyMC models)."""
+    from analysis.artifacts import without_model
     from analysis.fit import PriorSet, SamplerSettings
     from models.priors import PriorSpec
 
@@ -188,9 +191,19 @@ def run_outcome_job(job: OutcomeJob) -> OutcomeArtifacts:
     priors = PriorSet(mu=PriorSpec.parse(job.priors["mu"]), tau=PriorSpec.parse(job.priors["tau"]))
     analysis = analyse_outcome(dataset, compute_effects(dataset), job.outcome, priors=priors,
                                sampler=SamplerSettings(**job.sampler), seed=job.seed)
-    fitted = time.perf_counter()
-    artifacts = build_artifacts(analysis, dataset)
-    artifacts.timings = {"analysis": fitted - started, "figures": time.perf_counter() - fitted}
+    analysis.nuts = without_model(analysis.nuts)
+    analysis.arm = None if analysis.arm is None else without_model(analysis.arm)
+    analysis.seconds = time.perf_counter() - started
+    return analysis
+
+
+def run_outcome_figures(job: OutcomeJob, analysis: OutcomeAnalysis) -> OutcomeArtifacts:
+    """Worker entry point: render one analysed outcome's figures, tables and text."""
+    from analysis.artifacts import build_artifacts
+
+    started = time.perf_counter()
+    artifacts = build_artifacts(analysis, load_dataset(job.dataset_path))
+    artifacts.timings = {"analysis": analysis.seconds, "figures": time.perf_counter() - started}
     return artifacts
 
 
@@ -234,28 +247,97 @@ def _worker_init(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                               initargs=(os.getpid(),))
+
+
 def _execute(jobs: list[OutcomeJob], *, workers: int, progress: Progress) -> dict[str, OutcomeArtifacts]:
-    """Run the jobs, in worker processes when there are several; progress as each finishes."""
+    """Run the jobs, in worker processes when there are several; progress as each outcome finishes.
+
+    With ``workers >= 2`` the outcome fits run one after another in a single worker process, so
+    that each model structure is compiled once (:mod:`analysis.nuts`, ~15 s for the normal,
+    selection and arm-level models) instead of once per worker; the multivariate model and the
+    figures of fitted outcomes run in the other worker(s), and the fitting worker renders
+    figures too once every fit is done. Jobs are handed out only to idle workers, so no queue
+    builds up behind a busy one.
+    """
     done: dict[str, OutcomeArtifacts] = {}
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             progress(f"{job.outcome}: NUTS + exact fits, checks, sensitivity, subgroups, figures")
             done[job.outcome] = run_job(job)
         return done
-    progress(f"{len(jobs)} outcome(s) to compute on {workers} worker processes")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init,
-                             initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(run_job, job): job for job in sorted(jobs, key=lambda j: j.kind != "multivariate")}
-        try:
-            for n, future in enumerate(as_completed(futures), start=1):
-                job = futures[future]
-                done[job.outcome] = future.result()
-                progress(f"[{n}/{len(jobs)}] {job.outcome} done ({done[job.outcome].timings['analysis']:.1f} s fits, "
-                         f"{done[job.outcome].timings['figures']:.1f} s figures)")
-        except BaseException:
+    progress(f"{len(jobs)} job(s) on {workers} worker processes (outcome fits in one of them)")
+    pools = {"fits": _pool(1), "other": _pool(workers - 1)}
+    scheduler = _Scheduler(jobs, capacity={"fits": 1, "other": workers - 1})
+    try:
+        while scheduler.unfinished:
+            for pool, fn, args in scheduler.ready():
+                scheduler.started(pools[pool].submit(fn, *args), pool, args[0])
+            finished, _ = wait(scheduler.running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                result = scheduler.finished(future)
+                if isinstance(result, (OutcomeArtifacts, MultivariateArtifacts)):
+                    done[_result_key(result)] = result
+                    progress(f"[{len(done)}/{len(jobs)}] {_result_key(result)} done ({result.timings['analysis']:.1f} s fits, "
+                             f"{result.timings['figures']:.1f} s figures)")
+    except BaseException:
+        for pool in pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        raise
+    for pool in pools.values():
+        pool.shutdown()
     return done
+
+
+def _result_key(result: OutcomeArtifacts | MultivariateArtifacts) -> str:
+    """The job name of a finished job's artifacts."""
+    return MULTIVARIATE if isinstance(result, MultivariateArtifacts) else result.outcome
+
+
+class _Scheduler:
+    """Which job runs next on which pool (see :func:`_execute`); no I/O, no processes."""
+
+    def __init__(self, jobs: list[OutcomeJob], *, capacity: dict[str, int]) -> None:
+        self.fits = [j for j in jobs if j.kind == "outcome"]
+        self.multivariate = [j for j in jobs if j.kind == "multivariate"]
+        self.figures: list[tuple[OutcomeJob, OutcomeAnalysis]] = []
+        self.capacity = capacity
+        self.running: dict = {}
+        self.unfinished = len(jobs)
+
+    def _idle(self, pool: str) -> bool:
+        return sum(p == pool for p, _ in self.running.values()) < self.capacity[pool]
+
+    def ready(self) -> list[tuple[str, Callable, tuple]]:
+        """Jobs to submit now: ``(pool, function, arguments)``, at most one per idle worker."""
+        out, load = [], {pool: sum(p == pool for p, _ in self.running.values()) for pool in self.capacity}
+        while load["fits"] < self.capacity["fits"] and self.fits:
+            out.append(("fits", run_outcome_fits, (self.fits.pop(0),)))
+            load["fits"] += 1
+        while load["other"] < self.capacity["other"] and (self.multivariate or self.figures):
+            out.append(("other", run_multivariate_job, (self.multivariate.pop(0),)) if self.multivariate
+                       else ("other", run_outcome_figures, self.figures.pop(0)))
+            load["other"] += 1
+        while load["fits"] < self.capacity["fits"] and not self.fits and self.figures:
+            out.append(("fits", run_outcome_figures, self.figures.pop(0)))
+            load["fits"] += 1
+        return out
+
+    def started(self, future: object, pool: str, job: OutcomeJob) -> None:
+        """Record a submitted job."""
+        self.running[future] = (pool, job)
+
+    def finished(self, future: object) -> object:
+        """Take a finished job's result: a fitted outcome waits for its figures, artifacts are final."""
+        _, job = self.running.pop(future)
+        result = future.result()
+        if isinstance(result, OutcomeAnalysis):
+            self.figures.append((job, result))
+        else:
+            self.unfinished -= 1
+        return result
 
 
 def run_key(jobs: list[OutcomeJob], skipped: dict[str, str]) -> str:
