@@ -7,7 +7,8 @@ moderator at a time as the paper did (exact engine); small-study effects (PET/PE
 sqrt(1/n~), exact; step-function selection model, NUTS) replacing Egger's test; and study
 influence (exact leave-one-study-out refits and PSIS-LOO) replacing leave-one-out. Each outcome is one job whose rendered
 artifacts are cached by content hash (:mod:`analysis.cache`); jobs that miss the cache run in
-parallel worker processes. The report module writes the result.
+parallel worker processes, fits and figures as separate steps (see :func:`_execute`). The
+report module writes the result.
 """
 
 from __future__ import annotations
