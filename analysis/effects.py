@@ -14,7 +14,7 @@ full sampling covariance, :math:`y = w^\\top y_c / w^\\top 1`, :math:`v = 1 / 1^
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,8 @@ class EffectTable:
 
     data: pd.DataFrame
     covariance: dict[str, tuple[tuple[str, ...], np.ndarray]]
+    #: Per-outcome results of :func:`study_effects` (the table is frozen, so they never go stale).
+    _per_study: dict[str, pd.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def covariance_long(self) -> pd.DataFrame:
         """Off-diagonal sampling covariances as a long table (one row per pair of comparisons)."""
@@ -136,10 +138,12 @@ def study_effects(table: EffectTable, outcome: str) -> pd.DataFrame:
         Columns ``study, yi, vi, sei, n_comparisons, n_treatment, n_control`` in study order
         of first appearance; empty if no study reports the outcome.
     """
-    rows = table.data[table.data["outcome"] == outcome]
-    out = [_combine_study(table, study, part) for study, part in rows.groupby("study", sort=False)]
-    columns = ["study", "yi", "vi", "sei", "n_comparisons", "n_treatment", "n_control"]
-    return pd.DataFrame(out, columns=columns)
+    if outcome not in table._per_study:
+        rows = table.data[table.data["outcome"] == outcome]
+        out = [_combine_study(table, study, part) for study, part in rows.groupby("study", sort=False)]
+        columns = ["study", "yi", "vi", "sei", "n_comparisons", "n_treatment", "n_control"]
+        table._per_study[outcome] = pd.DataFrame(out, columns=columns)
+    return table._per_study[outcome].copy()
 
 
 def _combine_study(table: EffectTable, study: str, part: pd.DataFrame) -> dict:

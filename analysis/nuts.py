@@ -43,10 +43,10 @@ def _outputs(model: pm.Model) -> list:
     return [model.logp(), *model.deterministics]
 
 
-def _shared_inputs(model: pm.Model) -> list[SharedVariable]:
-    """Data containers the log density and deterministics depend on, in graph order."""
+def _shared_inputs(outputs: list) -> list[SharedVariable]:
+    """Data containers the log density and deterministics (``outputs``) depend on, in graph order."""
     seen, out = set(), []
-    for var in ancestors(_outputs(model)):
+    for var in ancestors(outputs):
         if isinstance(var, SharedVariable) and var.name not in seen:
             seen.add(var.name)
             out.append(var)
@@ -66,14 +66,17 @@ def model_fingerprint(model: pm.Model) -> str:
         Equal for two models exactly when one compiled model serves both after swapping the
         values of their ``pm.Data`` containers.
     """
+    return _fingerprint(model, _outputs(model))
+
+
+def _fingerprint(model: pm.Model, outputs: list) -> str:
     digest = hashlib.sha256()
-    outputs = _outputs(model)
     digest.update(debugprint(outputs, file="str", print_type=True).encode())
     for var in ancestors(outputs):
         if isinstance(var, Constant):
             data = np.asarray(var.data)
             digest.update(f"{data.dtype}{data.shape}".encode() + data.tobytes())
-    for var in _shared_inputs(model):
+    for var in _shared_inputs(outputs):
         value = np.asarray(var.get_value(borrow=True))
         digest.update(f"{var.name}:{value.dtype}:{value.ndim}".encode())
     for name, value in model.initial_point().items():
@@ -102,7 +105,8 @@ def compiled_model(model: pm.Model, var_names: Sequence[str] | None = None) -> o
     """
     import nutpie
 
-    key = (model_fingerprint(model), None if var_names is None else tuple(var_names))
+    outputs = _outputs(model)
+    key = (_fingerprint(model, outputs), None if var_names is None else tuple(var_names))
     compiled = _CACHE.get(key)
     if compiled is None:
         compiled = nutpie.compile_pymc_model(model, var_names=None if var_names is None else list(var_names))
@@ -111,7 +115,7 @@ def compiled_model(model: pm.Model, var_names: Sequence[str] | None = None) -> o
             _CACHE.popitem(last=False)
     _CACHE.move_to_end(key)
     wanted = {var.name for var in compiled.shared_var_keys}
-    return compiled.with_data(**{var.name: np.asarray(var.get_value()) for var in _shared_inputs(model) if var.name in wanted})
+    return compiled.with_data(**{var.name: np.asarray(var.get_value()) for var in _shared_inputs(outputs) if var.name in wanted})
 
 
 def sample_nuts(
