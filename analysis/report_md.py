@@ -65,7 +65,7 @@ def methods_section(run: RunResult) -> list[str]:
         f"- priors: μ ~ {run.priors.mu}, τ ~ {run.priors.tau} (weakly informative defaults for animal SMDs)",
         "- intervals: 95% equal-tailed (eti95); θ_new is the prediction for a new study; "
         "I² = τ²/(τ² + s²) with s² the typical within-study variance",
-        f"- NUTS (PyMC, θ integrated out, θ_i drawn from its exact conditional): {s.chains} chains × {s.draws} draws, "
+        f"- NUTS (nutpie on the PyMC model, θ integrated out, θ_i drawn from its exact conditional): {s.chains} chains × {s.draws} draws, "
         f"{s.tune} tuning steps, target_accept {s.target_accept}, seeds {run.seed}..{run.seed + max(len(run.nuts) - 1, 0)}",
         "- convergence gates: no divergences, r_hat ≤ 1.01, ess_bulk ≥ 400 (one retry: target_accept 0.99, "
         "twice the tuning and draws)",
