@@ -43,7 +43,7 @@ class EffectTable:
 
     data: pd.DataFrame
     covariance: dict[str, tuple[tuple[str, ...], np.ndarray]]
-    #: Per-outcome results of :func:`study_effects` (the table is frozen, so they never go stale).
+    #: Per-outcome results of :func:`study_effects` (a table is never changed once built).
     _per_study: dict[str, pd.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def covariance_long(self) -> pd.DataFrame:

@@ -308,9 +308,6 @@ class _Scheduler:
         self.running: dict = {}
         self.unfinished = len(jobs)
 
-    def _idle(self, pool: str) -> bool:
-        return sum(p == pool for p, _ in self.running.values()) < self.capacity[pool]
-
     def ready(self) -> list[tuple[str, Callable, tuple]]:
         """Jobs to submit now: ``(pool, function, arguments)``, at most one per idle worker."""
         out, load = [], {pool: sum(p == pool for p, _ in self.running.values()) for pool in self.capacity}
