@@ -29,8 +29,9 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NOT_CONVERGED, EXIT_INTERRUPTED = 0, 1, 
 class Interrupted(BaseException):
     """Raised by the CLI's SIGINT/SIGTERM handlers.
 
-    Not a KeyboardInterrupt on purpose: PyMC's sequential sampler catches KeyboardInterrupt per
-    chain and returns truncated draws, which would then be reported. This exception stops the run
+    Not a KeyboardInterrupt on purpose: nutpie (like PyMC's own sampler) catches KeyboardInterrupt
+    and returns the draws made so far, which would then be reported; any other exception cancels
+    its sampler and propagates (``tests/test_interrupt.py``). This exception stops the run
     at once, and the staging folders and temporary files are removed on the way out.
     """
 
