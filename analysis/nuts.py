@@ -63,8 +63,9 @@ def model_fingerprint(model: pm.Model) -> str:
     Returns
     -------
     str
-        Equal for two models exactly when one compiled model serves both after swapping the
-        values of their ``pm.Data`` containers.
+        Equal for two models only if one compiled model serves both after swapping the values
+        (and lengths) of their ``pm.Data`` containers; models built by the same builder with
+        the same priors and static shapes share it.
     """
     return _fingerprint(model, _outputs(model))
 
