@@ -16,12 +16,20 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from analysis.atomic import write_text_atomic
 from analysis.config import DEFAULT_DATASET, REPORTS_DIR
-from analysis.problems import DatasetError, Problem, errors
-from analysis.requests import MODELS, FitRequest
+from analysis.dataset.problems import DatasetError, Problem, errors
+from analysis.fitting.dispatch import LIKELIHOODS, MODELS, FitRequest
 from models.priors import PriorSpec
+
+if TYPE_CHECKING:
+    from analysis.dataset.effects import EffectTable
+    from analysis.dataset.load import Dataset
+    from analysis.results.fit_result import FitResult
+    from analysis.run.pipeline import RunPlan
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NOT_CONVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -40,7 +48,7 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-def _raise_interrupted(signum: int, frame: object) -> None:
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
@@ -51,7 +59,7 @@ def _print_problems(problems: Sequence[Problem]) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """``evmeta validate DATASET``: list every problem; exit 1 if any is an error."""
-    from analysis.validate import validate_dataset
+    from analysis.dataset.validate import validate_dataset
 
     problems = validate_dataset(args.dataset)
     _print_problems(problems)
@@ -64,8 +72,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_effects(args: argparse.Namespace) -> int:
     """``evmeta effects DATASET [--out FILE]``: the effect-size table (and shared-control covariances)."""
-    from analysis.dataset import load_dataset
-    from analysis.effects import compute_effects
+    from analysis.dataset.effects import compute_effects
+    from analysis.dataset.load import load_dataset
 
     dataset = load_dataset(args.dataset)
     _print_problems(dataset.warnings)
@@ -79,14 +87,16 @@ def cmd_effects(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({len(table.data)} comparisons)")
     if table.covariance:
         cov_path = out.with_name(f"{out.stem}.covariance.csv")
-        write_text_atomic(cov_path, table.covariance_long().to_csv(index=False, lineterminator="\n", float_format="%.10g"))
+        write_text_atomic(
+            cov_path, table.covariance_long().to_csv(index=False, lineterminator="\n", float_format="%.10g")
+        )
         print(f"wrote {cov_path} (sampling covariances of comparisons sharing a control arm)")
     return EXIT_OK
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """``evmeta simulate --out DIR [--seed N]``: write a simulated flagship-design dataset."""
-    from analysis.simulate import simulate_dataset, write_dataset
+    from analysis.dataset.simulate import simulate_dataset, write_dataset
 
     path = write_dataset(simulate_dataset(args.seed), Path(args.out), overwrite=args.overwrite)
     print(f"wrote simulated dataset to {path} (seed {args.seed}); SIMULATED data, not published numbers")
@@ -105,19 +115,27 @@ def _progress(message: str) -> None:
 
 
 def _fit_request(args: argparse.Namespace) -> FitRequest:
-    from analysis.fit import PriorSet, SamplerSettings
+    from analysis.fitting.sampling import SamplerSettings
+    from models.priors import PriorSet
 
-    return FitRequest(model=args.model, engine=args.engine, priors=PriorSet(mu=args.mu_prior, tau=args.tau_prior),
-                      seed=args.seed, sampler=SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains),
-                      moderator=args.moderator, progressbar=sys.stderr.isatty(), likelihood=args.likelihood)
+    return FitRequest(
+        model=args.model,
+        engine=args.engine,
+        priors=PriorSet(mu=args.mu_prior, tau=args.tau_prior),
+        seed=args.seed,
+        sampler=SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains),
+        moderator=args.moderator,
+        progressbar=sys.stderr.isatty(),
+        likelihood=args.likelihood,
+    )
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """``evmeta fit DATASET --outcome ID | --all``: fit, print the report, write JSON/figures/posteriors."""
-    from analysis.dataset import load_dataset
-    from analysis.effects import compute_effects
-    from analysis.report import write_fit_outputs
-    from analysis.requests import fit_outcome
+    from analysis.dataset.effects import compute_effects
+    from analysis.dataset.load import load_dataset
+    from analysis.fitting.dispatch import fit_outcome
+    from analysis.report.write import write_fit_outputs
 
     if args.model != "multivariate" and not (args.outcome or args.all):
         print("evmeta fit: error: give --outcome ID or --all", file=sys.stderr)
@@ -145,7 +163,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return _exit_for(results)
 
 
-def _exit_for(results: Sequence[object]) -> int:
+def _exit_for(results: Sequence[FitResult]) -> int:
     failed = [getattr(r, "outcome", None) for r in results if not getattr(r, "converged", True)]
     if failed:
         names = ", ".join(getattr(o, "id", str(o)) for o in failed)
@@ -154,15 +172,26 @@ def _exit_for(results: Sequence[object]) -> int:
     return EXIT_OK
 
 
-def _fit_multivariate(args: argparse.Namespace, dataset: object, table: object, request: FitRequest) -> int:
-    from analysis.multivariate import fit_multivariate
-    from analysis.outputs import write_json
+def _fit_multivariate(args: argparse.Namespace, dataset: Dataset, table: EffectTable, request: FitRequest) -> int:
+    from analysis.fitting.multivariate import fit_multivariate
+    from analysis.report.files import write_json
 
     outcomes = None if not args.outcomes else ("all" if args.outcomes == ["all"] else args.outcomes)
-    _progress(f"multivariate model over {', '.join(outcomes) if isinstance(outcomes, list) else outcomes or 'default outcomes'}")
+    _progress(
+        "multivariate model over "
+        f"{', '.join(outcomes) if isinstance(outcomes, list) else outcomes or 'default outcomes'}"
+    )
     extra = {} if args.rho_within is None else {"rho_within": args.rho_within}
-    result = fit_multivariate(dataset, outcomes=outcomes, seed=args.seed, sampler=request.sampler, table=table,
-                              progressbar=request.progressbar, **extra)
+    result = fit_multivariate(
+        dataset,
+        outcomes=outcomes,
+        seed=args.seed,
+        sampler=request.sampler,
+        table=table,
+        priors=request.priors,
+        progressbar=request.progressbar,
+        **extra,
+    )
     print(result)
     if args.json is not None:
         print(f"wrote {write_json(args.json, result.to_dict())}")
@@ -171,24 +200,30 @@ def _fit_multivariate(args: argparse.Namespace, dataset: object, table: object, 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``evmeta run [DATASET] [--out DIR]``: the whole analysis and its report."""
-    from analysis.fit import SamplerSettings
-    from analysis.pipeline import run_analysis
-    from analysis.report import write_run_report
+    from analysis.fitting.sampling import SamplerSettings
+    from analysis.report.write import write_run_report
+    from analysis.run.pipeline import execute_plan, plan_run
 
     started = time.perf_counter()
     sampler = SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains)
-    if not args.no_cache and _report_up_to_date(args, sampler):
-        _progress(f"{args.out} is up to date (same data, settings and code): nothing to do "
-                  f"({time.perf_counter() - started:.1f} s); use --no-cache to recompute")
+    _progress(f"loading and validating {args.dataset}")
+    plan = plan_run(args.dataset, seed=args.seed, sampler=sampler)
+    if not args.no_cache and _report_up_to_date(args.out, plan):
+        _progress(
+            f"{args.out} is up to date (same data, settings and code): nothing to do "
+            f"({time.perf_counter() - started:.1f} s); use --no-cache to recompute"
+        )
         return EXIT_OK
-    run = run_analysis(args.dataset, seed=args.seed, sampler=sampler, progress=_progress, workers=args.workers,
-                       use_cache=not args.no_cache)
+    run = execute_plan(plan, progress=_progress, workers=args.workers, use_cache=not args.no_cache, started=started)
     _print_problems(run.dataset.warnings)
     _progress(f"writing the report to {args.out}")
     write_run_report(run, args.out, elapsed=time.perf_counter() - started)
     _progress(f"done in {time.perf_counter() - started:.1f} s: {args.out / 'report.md'}")
     if run.failed:
-        print(f"evmeta: FAILED convergence gates: {', '.join(run.failed)} (flagged at the top of the report)", file=sys.stderr)
+        print(
+            f"evmeta: FAILED convergence gates: {', '.join(run.failed)} (flagged at the top of the report)",
+            file=sys.stderr,
+        )
         return EXIT_NOT_CONVERGED
     return EXIT_OK
 
@@ -197,14 +232,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """``evmeta compare``: fits side by side, from saved JSON files or the standard set for one outcome."""
     import json
 
-    from analysis.compare import compare_forest, compare_markdown, compare_table, standard_comparison
-    from analysis.outputs import write_csv, write_figure
+    from analysis.checks.compare import compare_table, standard_comparison
+    from analysis.plots.compare import compare_forest
+    from analysis.report.files import write_csv, write_figure
+    from analysis.report.tables import compare_markdown
 
     if args.fits:
         fits = {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in args.fits}
         frame, bayes = compare_table(fits), None
     elif args.dataset is not None and args.outcome:
-        from analysis.dataset import load_dataset
+        from analysis.dataset.load import load_dataset
 
         dataset = load_dataset(args.dataset)
         _progress(f"{args.outcome}: NUTS and exact fits, alternative priors, DL and REML")
@@ -233,38 +270,37 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    """``evmeta benchmark``: time the run cold and warm, a NUTS fit and the exact engine (see analysis.benchmark)."""
-    from analysis.benchmark import main as benchmark_main
+    """``evmeta benchmark``: time cold/warm runs, a NUTS fit and the exact engine (see analysis.studies.benchmark)."""
+    from analysis.studies.benchmark import main as benchmark_main
 
     return benchmark_main()
 
 
-def _report_up_to_date(args: argparse.Namespace, sampler: object) -> bool:
-    """True if ``args.out`` holds a complete report of exactly this run (same run key)."""
+def _report_up_to_date(out: Path, plan: RunPlan) -> bool:
+    """True if ``out`` holds a complete report of exactly this run (same run key)."""
     import json
 
-    from analysis import cache
-    from analysis.pipeline import plan_run
+    from analysis.run import cache
 
-    manifest = args.out / "manifest.json"
-    if not (manifest.is_file() and (args.out / "report.html").is_file()):
+    manifest = out / "manifest.json"
+    if not (manifest.is_file() and (out / "report.html").is_file()):
         return False
     try:
         recorded = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    plan = plan_run(args.dataset, seed=args.seed, sampler=sampler)
-    same = bool(recorded.get("run_key")) and recorded["run_key"] == plan["key"] and not recorded.get("failed_fits")
+    same = bool(recorded.get("run_key")) and recorded["run_key"] == plan.key and not recorded.get("failed_fits")
     # only a machine that computed this run itself (its cache holds every outcome) skips it
-    return same and all(cache.contains(job.key) for job in plan["jobs"])
+    return same and all(cache.contains(job.key) for job in plan.jobs)
 
 
 def cmd_influence(args: argparse.Namespace) -> int:
     """``evmeta influence DATASET --outcome ID``: exact leave-one-study-out refits and PSIS-LOO Pareto k."""
-    from analysis.dataset import load_dataset
-    from analysis.fit import PriorSet, SamplerSettings
-    from analysis.influence import influence_analysis
-    from analysis.outputs import write_json
+    from analysis.checks.influence import influence_analysis
+    from analysis.dataset.load import load_dataset
+    from analysis.fitting.sampling import SamplerSettings
+    from analysis.report.files import write_json
+    from models.priors import PriorSet
 
     dataset = load_dataset(args.dataset)
     _print_problems(dataset.warnings)
@@ -272,9 +308,15 @@ def cmd_influence(args: argparse.Namespace) -> int:
     results = {}
     for outcome in outcomes:
         _progress(f"{outcome}: influence ({args.engine} posterior for PSIS-LOO, exact refits)")
-        results[outcome] = influence_analysis(dataset, outcome, priors=PriorSet(mu=args.mu_prior, tau=args.tau_prior),
-                                              engine=args.engine, seed=args.seed, sampler=SamplerSettings(),
-                                              progressbar=sys.stderr.isatty())
+        results[outcome] = influence_analysis(
+            dataset,
+            outcome,
+            priors=PriorSet(mu=args.mu_prior, tau=args.tau_prior),
+            engine=args.engine,
+            seed=args.seed,
+            sampler=SamplerSettings(),
+            progressbar=sys.stderr.isatty(),
+        )
         print(results[outcome], end="\n\n")
     if args.json is not None:
         payload = results[outcomes[0]].to_dict() if not args.all else {o: r.to_dict() for o, r in results.items()}
@@ -320,13 +362,26 @@ def _add_fit_parser(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--outcome", help="outcome id declared in dataset.toml")
     which.add_argument("--all", action="store_true", help="fit every outcome of the dataset")
     p.add_argument("--model", choices=list(MODELS), default="random-effects")
-    p.add_argument("--moderator", default=None, help="meta-regression: a moderator declared in dataset.toml, or 'all' (joint)")
-    p.add_argument("--outcomes", nargs="+", default=None, help="multivariate: outcome ids, or 'all' (default BV_TV Tb_N Tb_Sp Tb_Th)")
+    p.add_argument(
+        "--moderator", default=None, help="meta-regression: a moderator declared in dataset.toml, or 'all' (joint)"
+    )
+    p.add_argument(
+        "--outcomes",
+        nargs="+",
+        default=None,
+        help="multivariate: outcome ids, or 'all' (default BV_TV Tb_N Tb_Sp Tb_Th)",
+    )
     p.add_argument("--rho-within", type=float, default=None, help="multivariate: assumed within-study correlation")
     p.add_argument("--engine", choices=["nuts", "exact"], default="nuts")
-    p.add_argument("--likelihood", choices=["normal", "arm"], default="normal",
-                   help="normal: Hedges' g ~ N(theta, v); arm: exact likelihood of the arm means and SDs (small n)")
-    p.add_argument("--tau-prior", type=_prior, default=DEFAULT_TAU_PRIOR, help=f"default {DEFAULT_TAU_PRIOR}; forms: {PRIOR_FORMS}")
+    p.add_argument(
+        "--likelihood",
+        choices=list(LIKELIHOODS),
+        default="normal",
+        help="normal: Hedges' g ~ N(theta, v); arm: exact likelihood of the arm means and SDs (small n)",
+    )
+    p.add_argument(
+        "--tau-prior", type=_prior, default=DEFAULT_TAU_PRIOR, help=f"default {DEFAULT_TAU_PRIOR}; forms: {PRIOR_FORMS}"
+    )
     p.add_argument("--mu-prior", type=_prior, default=DEFAULT_MU_PRIOR, help=f"default {DEFAULT_MU_PRIOR}")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--draws", type=int, default=1000)
@@ -339,7 +394,7 @@ def _add_fit_parser(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``evmeta`` with all its subcommands."""
-    from analysis.simulate import DEFAULT_SEED
+    from analysis.dataset.simulate import DEFAULT_SEED
 
     parser = argparse.ArgumentParser(prog="evmeta", description="Bayesian meta-analysis of preclinical animal studies.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -359,7 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parser(sub)
     _add_compare_parser(sub)
     _add_influence_parser(sub)
-    p = sub.add_parser("benchmark", help="measure run time (cold/warm), compile vs sampling, exact engine; writes reports/benchmark.json")
+    p = sub.add_parser(
+        "benchmark",
+        help="measure run time (cold/warm), compile vs sampling, exact engine; writes reports/benchmark.json",
+    )
     p.set_defaults(func=cmd_benchmark)
     return parser
 

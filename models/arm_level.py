@@ -24,7 +24,7 @@ mean, :math:`\sigma_i` the common within-group SD of study :math:`i` (the popula
 of the pooled SD that Hedges' g divides by) and :math:`\theta_i` the true standardised mean
 difference (the :math:`\delta_i` of Hedges 1981, the estimand of g). All treatment arms of a
 study share its :math:`\theta_i`, as in the GLS combination of
-:func:`analysis.effects.study_effects`; a control arm enters once however many arms are
+:func:`analysis.dataset.effects.study_effects`; a control arm enters once however many arms are
 compared with it, so shared controls need no Gleser–Olkin covariance.
 
 **The baseline is integrated out.** With a flat prior on each :math:`\alpha_g`, integrating it
@@ -77,7 +77,7 @@ than under the Jeffreys prior :math:`1/\sigma`); it is proper and keeps warm-up 
 :math:`\sigma \to 0, \infty`.
 
 **Padding to a common layout.** A compiled model can only be reused for data of the same
-shape (:mod:`analysis.nuts`), and the outcomes of a dataset differ in their numbers of studies,
+shape (:mod:`analysis.fitting.nuts`), and the outcomes of a dataset differ in their numbers of studies,
 arms and comparisons. The graph can therefore be built for a larger :class:`Layout`: padded
 studies come last and have no data, so their ``z`` and ``log_sigma`` are independent
 :math:`\mathcal N(0, 1)` a posteriori, independent of every real parameter; a padded comparison
@@ -177,8 +177,15 @@ class Layout:
 
 
 def arm_summaries(
-    mean: np.ndarray, sd: np.ndarray, n: np.ndarray, treated: np.ndarray, arm_study: np.ndarray,
-    arm_group: np.ndarray, *, study: Sequence[str], arm: Sequence[str] | None = None,
+    mean: np.ndarray,
+    sd: np.ndarray,
+    n: np.ndarray,
+    treated: np.ndarray,
+    arm_study: np.ndarray,
+    arm_group: np.ndarray,
+    *,
+    study: Sequence[str],
+    arm: Sequence[str] | None = None,
 ) -> ArmSummaries:
     """Helmert contrasts and variances of raw arm summaries, standardised by each study's pooled SD.
 
@@ -214,15 +221,25 @@ def arm_summaries(
     k, df = len(study), n - 1.0
     if set(arm_study[treated == 1]) != set(range(k)):
         raise ValueError("every study needs at least one treatment arm")
-    scale = np.sqrt(np.bincount(arm_study, weights=df * sd**2, minlength=k) / np.bincount(arm_study, weights=df, minlength=k))
+    scale = np.sqrt(
+        np.bincount(arm_study, weights=df * sd**2, minlength=k) / np.bincount(arm_study, weights=df, minlength=k)
+    )
     groups = dict.fromkeys(arm_group.tolist())  # in order of first appearance
     comparisons = [_helmert(np.flatnonzero(arm_group == g), mean, n, treated, arm_study) for g in groups]
     index, u, w, r = (np.concatenate([c[j] for c in comparisons]) for j in range(4))
     index = index.astype(int)
     return ArmSummaries(
-        study=tuple(study), scale=scale, arm=labels, arm_study=arm_study, arm_n=n, arm_var=(sd / scale[arm_study]) ** 2,
-        comparison=tuple(labels[j] for j in index), comparison_study=arm_study[index],
-        contrast=u / scale[arm_study[index]], weight=w, se_factor=r,
+        study=tuple(study),
+        scale=scale,
+        arm=labels,
+        arm_study=arm_study,
+        arm_n=n,
+        arm_var=(sd / scale[arm_study]) ** 2,
+        comparison=tuple(labels[j] for j in index),
+        comparison_study=arm_study[index],
+        contrast=u / scale[arm_study[index]],
+        weight=w,
+        se_factor=r,
     )
 
 
@@ -283,9 +300,16 @@ def build_arm_level_model(
     layout = layout or Layout.of(data)
     if not layout.holds(data):
         raise ValueError(f"{Layout.of(data)} does not fit into {layout}")
-    study_pad, arm_pad, comp_pad = (layout.studies - data.k, layout.arms - len(data.arm), layout.comparisons - len(data.comparison))
-    coords = {"study": [*data.study, *_pad_labels("study", study_pad)], "arm": [*data.arm, *_pad_labels("arm", arm_pad)],
-              "comparison": [*data.comparison, *_pad_labels("comparison", comp_pad)]}
+    study_pad, arm_pad, comp_pad = (
+        layout.studies - data.k,
+        layout.arms - len(data.arm),
+        layout.comparisons - len(data.comparison),
+    )
+    coords = {
+        "study": [*data.study, *_pad_labels("study", study_pad)],
+        "arm": [*data.arm, *_pad_labels("arm", arm_pad)],
+        "comparison": [*data.comparison, *_pad_labels("comparison", comp_pad)],
+    }
     if not (X.shape[1] == 1 and coef_names[0] == "mu"):
         coords["coef"] = list(coef_names)
     X = np.vstack([X, np.tile(np.eye(1, X.shape[1]), (study_pad, 1))])
@@ -296,20 +320,32 @@ def build_arm_level_model(
         theta = pm.Deterministic("theta", location + tau * z, dims="study")
         log_sigma = pm.Normal("log_sigma", 0.0, LOG_SIGMA_PRIOR_SD, dims="study")
         sigma = pt.exp(log_sigma)
-        pm.Deterministic("sigma", pm.Data("scale", _pad(data.scale, study_pad, 1.0), dims="study") * sigma, dims="study")
+        pm.Deterministic(
+            "sigma", pm.Data("scale", _pad(data.scale, study_pad, 1.0), dims="study") * sigma, dims="study"
+        )
         c_study = pm.Data("comparison_study", _pad(data.comparison_study, comp_pad, 0), dims="comparison")
         c_real = pm.Data("comparison_real", _pad(np.ones(len(data.comparison)), comp_pad, 0.0), dims="comparison")
         sigma_c = pt.switch(c_real > 0, sigma[c_study], 1.0)
         mean_c = pm.Data("weight", _pad(data.weight, comp_pad, 0.0), dims="comparison") * theta[c_study] * sigma_c
         sd_c = pm.Data("se_factor", _pad(data.se_factor, comp_pad, 1.0), dims="comparison") * sigma_c
-        pm.Normal("contrast", mu=mean_c, sigma=sd_c, observed=pm.Data("u", _pad(data.contrast, comp_pad, 0.0), dims="comparison"),
-                  dims="comparison")
+        pm.Normal(
+            "contrast",
+            mu=mean_c,
+            sigma=sd_c,
+            observed=pm.Data("u", _pad(data.contrast, comp_pad, 0.0), dims="comparison"),
+            dims="comparison",
+        )
         a_study = pm.Data("arm_study", _pad(data.arm_study, arm_pad, 0), dims="arm")
         a_real = pm.Data("arm_real", _pad(np.ones(len(data.arm)), arm_pad, 0.0), dims="arm")
         df = pm.Data("arm_n", _pad(data.arm_n, arm_pad, 3.0), dims="arm") - 1.0
         rate = df / (2.0 * pt.switch(a_real > 0, sigma[a_study], 1.0) ** 2)
-        pm.Gamma("s2", alpha=df / 2.0, beta=rate, observed=pm.Data("arm_var", _pad(data.arm_var, arm_pad, 1.0), dims="arm"),
-                 dims="arm")
+        pm.Gamma(
+            "s2",
+            alpha=df / 2.0,
+            beta=rate,
+            observed=pm.Data("arm_var", _pad(data.arm_var, arm_pad, 1.0), dims="arm"),
+            dims="arm",
+        )
     return model
 
 
@@ -345,7 +381,9 @@ def trim_padding(idata: xr.DataTree, data: ArmSummaries) -> xr.DataTree:
     return xr.DataTree.from_dict(groups)
 
 
-def _location(x_data: pt.TensorVariable, beta_priors: Sequence[PriorSpec], coef_names: Sequence[str]) -> pt.TensorVariable:
+def _location(
+    x_data: pt.TensorVariable, beta_priors: Sequence[PriorSpec], coef_names: Sequence[str]
+) -> pt.TensorVariable:
     """``mu`` (broadcast over studies) for plain random effects, else ``X @ beta`` (as in the normal model)."""
     if len(coef_names) == 1 and coef_names[0] == "mu":
         return beta_priors[0].to_pymc("mu") * x_data[:, 0]

@@ -101,7 +101,7 @@ class ModeratorNotEstimable(ValueError):
 
 
 class ModeratorLike(Protocol):
-    """What :func:`build_design` needs of a moderator declaration (e.g. ``analysis.dataset.Moderator``)."""
+    """What :func:`build_design` needs of a moderator declaration (e.g. ``analysis.dataset.load.Moderator``)."""
 
     name: str
     type: str
@@ -147,8 +147,13 @@ class Term:
         """JSON-ready description of the coding."""
         out = {"moderator": self.moderator, "type": self.type, "columns": list(self.columns)}
         if self.type == "categorical":
-            return out | {"coding": "treatment", "reference": self.reference, "levels": list(self.levels),
-                          "n_studies": dict(self.counts), "dropped_levels": list(self.dropped_levels)}
+            return out | {
+                "coding": "treatment",
+                "reference": self.reference,
+                "levels": list(self.levels),
+                "n_studies": dict(self.counts),
+                "dropped_levels": list(self.dropped_levels),
+            }
         return out | {"mean": self.mean, "sd": self.sd, "centre": self.centre}
 
 
@@ -281,8 +286,14 @@ def build_design(
     X = np.column_stack([np.reshape(c, (len(studies), -1)) for c in columns])
     coef_names = (INTERCEPT, *(c for t in terms for c in t.columns))
     notes.extend(_rank_notes(X, coef_names))
-    return Design(X=X, coef_names=coef_names, study=tuple(studies["study"].astype(str)),
-                  terms=tuple(terms), notes=tuple(notes), center=center)
+    return Design(
+        X=X,
+        coef_names=coef_names,
+        study=tuple(studies["study"].astype(str)),
+        terms=tuple(terms),
+        notes=tuple(notes),
+        center=center,
+    )
 
 
 def _encode(values: pd.Series, mod: ModeratorLike, *, center: bool) -> tuple[Term, np.ndarray, list[str]]:
@@ -302,26 +313,43 @@ def _encode_categorical(values: pd.Series, mod: ModeratorLike) -> tuple[Term, np
     counts = {level: int((values == level).sum()) for level in ordered}
     present = [level for level in ordered if counts[level] > 0]
     if len(present) < 2:
-        raise ModeratorNotEstimable(mod.name, f"all analysed studies have level {present[0]!r}" if present else "no studies")
-    notes = [f"{mod.name}: level {lvl!r} has no study for this outcome; its column is dropped"
-             for lvl in ordered if counts[lvl] == 0]
+        raise ModeratorNotEstimable(
+            mod.name, f"all analysed studies have level {present[0]!r}" if present else "no studies"
+        )
+    notes = [
+        f"{mod.name}: level {lvl!r} has no study for this outcome; its column is dropped"
+        for lvl in ordered
+        if counts[lvl] == 0
+    ]
     if counts[reference] == 0:
         notes.append(f"{mod.name}: reference {reference!r} has no study; reference set to {present[0]!r}")
         reference = present[0]
-    notes += [f"{mod.name}: level {lvl!r} has a single study ({values.index[values == lvl][0]}); its subgroup "
-              "estimate and contrast rest on that study" for lvl in present if counts[lvl] == 1]
+    notes += [
+        f"{mod.name}: level {lvl!r} has a single study ({values.index[values == lvl][0]}); its subgroup "
+        "estimate and contrast rest on that study"
+        for lvl in present
+        if counts[lvl] == 1
+    ]
     others = [lvl for lvl in present if lvl != reference]
     block = np.column_stack([(values == lvl).to_numpy(dtype=float) for lvl in others])
-    term = Term(moderator=mod.name, type="categorical", columns=tuple(coef_name(mod.name, lvl) for lvl in others),
-                reference=reference, levels=tuple(present), counts=counts,
-                dropped_levels=tuple(lvl for lvl in ordered if counts[lvl] == 0))
+    term = Term(
+        moderator=mod.name,
+        type="categorical",
+        columns=tuple(coef_name(mod.name, lvl) for lvl in others),
+        reference=reference,
+        levels=tuple(present),
+        counts=counts,
+        dropped_levels=tuple(lvl for lvl in ordered if counts[lvl] == 0),
+    )
     return term, block, notes
 
 
 def _encode_numeric(values: pd.Series, name: str, *, center: bool) -> tuple[Term, np.ndarray, list[str]]:
     x = values.to_numpy(dtype=float)
     if np.unique(x).size < 2:
-        raise ModeratorNotEstimable(name, f"constant ({x[0]:g}) across the analysed studies" if x.size else "no studies")
+        raise ModeratorNotEstimable(
+            name, f"constant ({x[0]:g}) across the analysed studies" if x.size else "no studies"
+        )
     mean, sd = float(x.mean()), float(x.std(ddof=1))
     centre = mean if center else 0.0
     term = Term(moderator=name, type="numeric", columns=(coef_name(name),), mean=mean, sd=sd, centre=centre)
@@ -332,8 +360,10 @@ def _rank_notes(X: np.ndarray, coef_names: Sequence[str]) -> list[str]:
     notes = []
     k, p = X.shape
     if np.linalg.matrix_rank(X) < p:
-        notes.append(f"design is rank-deficient (rank {np.linalg.matrix_rank(X)} < {p} coefficients): "
-                     "some coefficients are aliased and identified only by their priors")
+        notes.append(
+            f"design is rank-deficient (rank {np.linalg.matrix_rank(X)} < {p} coefficients): "
+            "some coefficients are aliased and identified only by their priors"
+        )
     if p >= k:
         notes.append(f"{p} coefficients for {k} studies: the residual tau is identified mainly by its prior")
     return notes
@@ -343,7 +373,9 @@ def _round_sig(x: float, digits: int = 4) -> float:
     return float(f"{x:.{digits}g}")
 
 
-def slope_prior_sds(design: Design, scale: float, *, per: Literal["standardised", "unit"] = "standardised") -> dict[str, float]:
+def slope_prior_sds(
+    design: Design, scale: float, *, per: Literal["standardised", "unit"] = "standardised"
+) -> dict[str, float]:
     """Prior sd of every slope (per unit of its column), from the standardised scale ``S``.
 
     Parameters
@@ -405,5 +437,12 @@ def build_meta_regression_model(
     if intercept_prior.family != "normal":
         raise ValueError(f"the intercept prior must be normal:M:S, got {intercept_prior}")
     priors = [intercept_prior] + [PriorSpec("normal", (0.0, slope_sds[c])) for c in design.coef_names[1:]]
-    return build_random_effects_model(yi, vi, study=list(design.study), tau_prior=tau_prior, beta_priors=priors,
-                                      X=design.X, coef_names=list(design.coef_names))
+    return build_random_effects_model(
+        yi,
+        vi,
+        study=list(design.study),
+        tau_prior=tau_prior,
+        beta_priors=priors,
+        X=design.X,
+        coef_names=list(design.coef_names),
+    )

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
@@ -72,11 +71,19 @@ import pytensor
 import pytensor.tensor as pt
 
 from models.multivariate_draws import draw_theta, draw_theta_new, marginal_logpdf
-from models.priors import DEFAULT_MU_PRIOR, DEFAULT_TAU_PRIOR, PriorSpec
+from models.priors import DEFAULT_LKJ_ETA, PriorSet, PriorSpec
 
 __all__ = [
-    "DEFAULT_LKJ_ETA", "LKJ_FORMS", "PARAMETERISATIONS", "MultivariatePriors", "build_multivariate_model",
-    "correlation_matrix", "draw_theta", "draw_theta_new", "marginal_logpdf", "missingness_groups", "outcome_pairs",
+    "DEFAULT_LKJ_ETA",
+    "LKJ_FORMS",
+    "PARAMETERISATIONS",
+    "build_multivariate_model",
+    "correlation_matrix",
+    "draw_theta",
+    "draw_theta_new",
+    "marginal_logpdf",
+    "missingness_groups",
+    "outcome_pairs",
     "within_covariance",
 ]
 
@@ -112,48 +119,6 @@ needed 76 leapfrog steps per draw (step size ~0.06, min ESS_bulk ~600) against 1
 ~0.25, min ESS_bulk ~1600) for ``"corr"``; neither diverged.
 """
 
-DEFAULT_LKJ_ETA: float = 2.0
-"""LKJ shape of the between-study correlation matrix R: eta = 2.
-
-The marginal prior of each correlation is Beta(eta - 1 + K/2, eta - 1 + K/2) on (r + 1)/2: for
-K = 4 outcomes Beta(3, 3), 95% of its mass in about (-0.73, 0.73) and SD 0.38; for K = 2
-Beta(2, 2). With ~10 studies the likelihood says little about R, and eta = 1 (uniform over
-correlation matrices) leaves mass at |r| -> 1 where Sigma is singular and the posterior
-geometry degenerates; eta = 2 gently pulls away from that boundary while still allowing
-strong correlations (the usual weakly informative choice, e.g. Stan's and brms' examples).
-"""
-
-
-@dataclass(frozen=True)
-class MultivariatePriors:
-    """Priors of the multivariate model.
-
-    Attributes
-    ----------
-    mu : PriorSpec
-        Normal prior of each mu_k (and, centred at 0 with the same scale, of each moderator
-        slope); default N(0, 3²) as the univariate model.
-    tau : PriorSpec
-        Prior of each between-study SD tau_k (on [0, inf)); default HalfNormal(1).
-    eta : float
-        LKJ shape of R (> 0); default :data:`DEFAULT_LKJ_ETA`.
-    """
-
-    mu: PriorSpec = DEFAULT_MU_PRIOR
-    tau: PriorSpec = DEFAULT_TAU_PRIOR
-    eta: float = DEFAULT_LKJ_ETA
-
-    def __post_init__(self) -> None:
-        if self.mu.family != "normal":
-            raise ValueError(f"the prior of mu must be normal:M:S, got {self.mu}")
-        self.tau.require_positive("tau")
-        if not np.isfinite(self.eta) or self.eta <= 0:
-            raise ValueError(f"LKJ eta must be a finite number > 0, got {self.eta}")
-
-    def to_dict(self) -> dict[str, str]:
-        """Prior strings by parameter name."""
-        return {"mu": str(self.mu), "tau": str(self.tau), "R": f"lkj:{self.eta:g}"}
-
 
 def within_covariance(vi: np.ndarray, rho_within: float | np.ndarray) -> np.ndarray:
     """Within-study covariance ``S_i = D_i^(1/2) R_w D_i^(1/2)`` from variances and a correlation.
@@ -183,7 +148,9 @@ def correlation_matrix(rho: float | np.ndarray, n: int) -> np.ndarray:
         r = float(rho)
         low = -1.0 / (n - 1) if n > 1 else -1.0
         if not (np.isfinite(r) and low < r < 1.0):
-            raise ValueError(f"a scalar within-study correlation for {n} outcomes must lie in ({low:.3g}, 1), got {rho}")
+            raise ValueError(
+                f"a scalar within-study correlation for {n} outcomes must lie in ({low:.3g}, 1), got {rho}"
+            )
         return np.full((n, n), r) + (1.0 - r) * np.eye(n)
     mat = np.asarray(rho, dtype=float)
     if mat.shape != (n, n) or not np.all(np.isfinite(mat)):
@@ -240,10 +207,15 @@ def _sd_dist(prior: PriorSpec, n: int) -> pt.TensorVariable:
     return pm.Uniform.dist(lower=p[0], upper=p[1], size=n)
 
 
-def _check_inputs(yi: np.ndarray, S: np.ndarray, X: np.ndarray | None, study: Sequence[str], outcome: Sequence[str]) -> None:
+def _check_inputs(
+    yi: np.ndarray, S: np.ndarray, X: np.ndarray | None, study: Sequence[str], outcome: Sequence[str]
+) -> None:
     k, K = yi.shape
     if K < 2 or len(outcome) != K or len(study) != k or S.shape != (k, K, K):
-        raise ValueError(f"need (k, K>=2) effects with {len(study)} studies, {len(outcome)} outcomes and (k, K, K) S; got {yi.shape}, {S.shape}")
+        raise ValueError(
+            f"need (k, K>=2) effects with {len(study)} studies, {len(outcome)} outcomes and (k, K, K) S; "
+            f"got {yi.shape}, {S.shape}"
+        )
     if X is not None and X.shape[0] != k:
         raise ValueError(f"moderator matrix has {X.shape[0]} rows for {k} studies")
     for obs, rows in missingness_groups(yi):
@@ -258,7 +230,7 @@ def build_multivariate_model(
     *,
     study: Sequence[str],
     outcome: Sequence[str],
-    priors: MultivariatePriors | None = None,
+    priors: PriorSet | None = None,
     X: np.ndarray | None = None,
     coef_names: Sequence[str] = (),
     parameterisation: str = "marginal",
@@ -274,7 +246,7 @@ def build_multivariate_model(
         ``(k, K, K)`` within-study covariances (entries of unreported outcomes are ignored).
     study, outcome : sequence of str
         Labels of the ``study`` and ``outcome`` dimensions.
-    priors : MultivariatePriors, optional
+    priors : PriorSet, optional
         Priors (defaults: mu ~ N(0, 3²), tau ~ HalfNormal(1), R ~ LKJ(2)).
     X : numpy.ndarray, optional
         ``(k, p)`` centred moderator columns (no intercept); slopes ``beta`` (coef x outcome).
@@ -298,12 +270,17 @@ def build_multivariate_model(
         raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}, got {parameterisation!r}")
     if lkj not in LKJ_FORMS:
         raise ValueError(f"lkj must be one of {LKJ_FORMS}, got {lkj!r}")
-    priors = priors or MultivariatePriors()
+    priors = priors or PriorSet()
     yi, S = np.asarray(yi, dtype=float), np.asarray(S, dtype=float)
     X = None if X is None or np.size(X) == 0 else np.asarray(X, dtype=float)
     _check_inputs(yi, S, X, study, outcome)
     K = yi.shape[1]
-    coords = {"study": list(study), "outcome": list(outcome), "outcome_bis": list(outcome), "pair": outcome_pairs(outcome)}
+    coords = {
+        "study": list(study),
+        "outcome": list(outcome),
+        "outcome_bis": list(outcome),
+        "pair": outcome_pairs(outcome),
+    }
     if X is not None:
         coords["coef"] = list(coef_names)
     with pm.Model(coords=coords) as model:
@@ -321,7 +298,7 @@ def _matmul(a: pt.TensorVariable, b: pt.TensorVariable) -> pt.TensorVariable:
     return (a[:, :, None] * b[None, :, :]).sum(axis=1)
 
 
-def _location(priors: MultivariatePriors, X: np.ndarray | None) -> pt.TensorVariable:
+def _location(priors: PriorSet, X: np.ndarray | None) -> pt.TensorVariable:
     """``(k or 1, K)`` mean of θ_i: ``mu`` plus centred moderators times slopes."""
     m, s = priors.mu.params
     mu = pm.Normal("mu", mu=m, sigma=s, dims="outcome")
@@ -331,16 +308,21 @@ def _location(priors: MultivariatePriors, X: np.ndarray | None) -> pt.TensorVari
     return mu[None, :] + _matmul(pm.Data("X", X), beta)
 
 
-def _between_cholesky(priors: MultivariatePriors, K: int, lkj: str) -> pt.TensorVariable:
+def _between_cholesky(priors: PriorSet, K: int, lkj: str) -> pt.TensorVariable:
     """Cholesky factor L = diag(τ) L_R of Σ; registers ``tau``, ``R`` and ``rho`` (see :data:`LKJ_FORMS`)."""
     if lkj == "corr":
         tau = priors.tau.to_pymc("tau", dims="outcome")
-        chol_r = pm.LKJCorr("chol_R", n=K, eta=priors.eta)
+        chol_r = pm.LKJCorr("chol_R", n=K, eta=priors.lkj_eta)
         corr = _matmul(chol_r, chol_r.T)
         chol = tau[:, None] * chol_r
     else:
         chol, corr, stds = pm.LKJCholeskyCov(
-            "chol_cov", eta=priors.eta, n=K, sd_dist=_sd_dist(priors.tau, K), compute_corr=True, store_in_trace=False,
+            "chol_cov",
+            eta=priors.lkj_eta,
+            n=K,
+            sd_dist=_sd_dist(priors.tau, K),
+            compute_corr=True,
+            store_in_trace=False,
         )
         pm.Deterministic("tau", stds, dims="outcome")
     pm.Deterministic("R", corr, dims=("outcome", "outcome_bis"))

@@ -19,7 +19,9 @@ import numpy as np
 from scipy import stats
 
 
-def marginal_logpdf(y_obs: np.ndarray, location: np.ndarray, sigma: np.ndarray, S_obs: np.ndarray, observed: np.ndarray) -> float:
+def marginal_logpdf(
+    y_obs: np.ndarray, location: np.ndarray, sigma: np.ndarray, S_obs: np.ndarray, observed: np.ndarray
+) -> float:
     """Log density of one study's reported effects under the marginal model (numpy, for checks).
 
     ``y_obs`` holds the reported effects, ``observed`` their outcome indices; ``location`` and

@@ -40,7 +40,7 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
-from models.exact_model import typical_variance as typical_within_variance
+from models.exact.normal_model import typical_variance as typical_within_variance
 from models.priors import PriorSpec
 
 __all__ = ["build_random_effects_model", "draw_theta", "draw_theta_new", "i2_draws", "typical_within_variance"]
@@ -79,7 +79,7 @@ def build_random_effects_model(
         Free variables ``tau`` and either ``mu`` or ``beta`` (dim ``coef``); observed ``y`` (dim
         ``study``). Every data array is a ``pm.Data`` and nothing is computed from the data at
         build time, so one compiled model serves every data set of the same structure
-        (:mod:`analysis.nuts`); ``I2`` is derived from the ``tau`` draws by :func:`i2_draws`.
+        (:mod:`analysis.fitting.nuts`); ``I2`` is derived from the ``tau`` draws by :func:`i2_draws`.
     """
     yi, vi = np.asarray(yi, dtype=float), np.asarray(vi, dtype=float)
     X = np.ones((yi.size, 1)) if X is None else np.asarray(X, dtype=float)
@@ -103,7 +103,9 @@ def i2_draws(tau: np.ndarray, vi: np.ndarray) -> np.ndarray:
     return tau2 / (tau2 + typical_within_variance(vi))
 
 
-def _linear_predictor(x_data: pt.TensorVariable, beta_priors: Sequence[PriorSpec], coef_names: Sequence[str]) -> pt.TensorVariable:
+def _linear_predictor(
+    x_data: pt.TensorVariable, beta_priors: Sequence[PriorSpec], coef_names: Sequence[str]
+) -> pt.TensorVariable:
     """``mu`` (broadcast over studies) for plain random effects, else ``X @ beta``."""
     if len(coef_names) == 1 and coef_names[0] == "mu":
         return beta_priors[0].to_pymc("mu") * x_data[:, 0]

@@ -14,7 +14,7 @@ with :math:`\beta_0 \sim \mathcal N(0, 3^2)`, :math:`\beta_1 \sim \mathcal N(0, 
 :math:`\tau \sim p(\tau)`. :math:`\beta_0` is the effect of an infinitely precise study
 (:math:`s = 0`), the bias-adjusted pooled effect; :math:`\beta_1` is the small-study effect
 (:math:`\beta_1 > 0` on the benefit scale = small studies report larger benefits). These are
-linear meta-regressions, so :func:`models.exact.exact_posterior` (with ``X``) gives the exact
+linear meta-regressions, so :func:`models.exact.posterior.exact_posterior` (with ``X``) gives the exact
 posterior and :func:`models.random_effects.build_random_effects_model` the NUTS graph.
 
 Two imprecision scales are offered (:data:`PREDICTORS`):
@@ -71,11 +71,18 @@ import pymc as pm
 import pytensor.tensor as pt
 from scipy import stats
 
-from models.priors import DEFAULT_MU_PRIOR, DEFAULT_TAU_PRIOR, PriorSpec
+from models.priors import DEFAULT_MU_PRIOR, DEFAULT_OMEGA_SIGMA, DEFAULT_TAU_PRIOR, PriorSpec
 
 __all__ = [
-    "DEFAULT_CUTPOINTS", "DEFAULT_OMEGA_SIGMA", "PREDICTORS", "build_selection_model", "interval_labels",
-    "p_interval", "predictor_values", "selection_log_likelihood", "small_study_design",
+    "DEFAULT_CUTPOINTS",
+    "DEFAULT_OMEGA_SIGMA",
+    "PREDICTORS",
+    "build_selection_model",
+    "interval_labels",
+    "p_interval",
+    "predictor_values",
+    "selection_log_likelihood",
+    "small_study_design",
 ]
 
 #: predictor name -> (regression kind, imprecision scale, description)
@@ -86,8 +93,6 @@ PREDICTORS: dict[str, tuple[str, str, str]] = {
     "inv_n": ("PEESE", "n", "1/n~"),
 }
 DEFAULT_CUTPOINTS: tuple[float, ...] = (0.025, 0.5)
-#: SD of log(omega_j): LogNormal(0, 1) prior on the relative publication probabilities.
-DEFAULT_OMEGA_SIGMA: float = 1.0
 
 
 def predictor_values(
@@ -164,8 +169,13 @@ def selection_log_likelihood(
 def _selection_logp(cutpoints: np.ndarray) -> Callable[..., pt.TensorVariable]:
     z = stats.norm.isf(cutpoints)
 
-    def logp(value: pt.TensorVariable, mu: pt.TensorVariable, sigma: pt.TensorVariable,
-             sei: pt.TensorVariable, *omegas: pt.TensorVariable) -> pt.TensorVariable:
+    def logp(
+        value: pt.TensorVariable,
+        mu: pt.TensorVariable,
+        sigma: pt.TensorVariable,
+        sei: pt.TensorVariable,
+        *omegas: pt.TensorVariable,
+    ) -> pt.TensorVariable:
         weights = [pt.ones_like(value), *omegas]
         cdf = [pt.zeros_like(value)]
         cdf += [0.5 * pt.erfc(-(mu - sei * zj) / (sigma * np.sqrt(2.0))) for zj in z]
@@ -230,6 +240,5 @@ def build_selection_model(
         pm.Deterministic("omega", pt.concatenate([pt.ones(1), omega_free]), dims="p_interval")
         sigma = pt.sqrt(v_data + tau**2)
         omegas = [omega_free[j] for j in range(a.size)]
-        pm.CustomDist("y", mu, sigma, pt.sqrt(v_data), *omegas, logp=_selection_logp(a),
-                      observed=y_data, dims="study")
+        pm.CustomDist("y", mu, sigma, pt.sqrt(v_data), *omegas, logp=_selection_logp(a), observed=y_data, dims="study")
     return model

@@ -49,8 +49,9 @@ C2022,ev,treatment,BMD,0.24,0.04,,10,
 """
 
 
-def write_dataset(root: Path, *, toml: str = TOML, studies: str = STUDIES, arms: str | None = ARMS,
-                  effects: str | None = None) -> Path:
+def write_dataset(
+    root: Path, *, toml: str = TOML, studies: str = STUDIES, arms: str | None = ARMS, effects: str | None = None
+) -> Path:
     """Write a dataset folder under ``root`` from the given file texts and return its path."""
     path = root / "tiny"
     path.mkdir(parents=True, exist_ok=True)

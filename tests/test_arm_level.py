@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from analysis.arm_level import dataset_layout, fit_arm_level, outcome_arm_summaries
 from analysis.config import DATA_DIR
-from analysis.dataset import load_dataset
-from analysis.fit import SamplerSettings
+from analysis.dataset.load import load_dataset
+from analysis.fitting.arm_level import dataset_layout, fit_arm_level, outcome_arm_summaries
+from analysis.fitting.sampling import SamplerSettings
 from models.arm_level import Layout, arm_summaries, build_arm_level_model
 from models.priors import PriorSpec
 from tests.helpers import write_dataset
@@ -46,8 +46,14 @@ def model(tiny):
 
 def _model_point(model) -> dict:
     point = model.initial_point()
-    point.update({"mu": np.array(POINT["mu"]), "tau_log__": np.array(np.log(POINT["tau"])),
-                  "z": POINT["z"], "log_sigma": POINT["log_sigma"]})
+    point.update(
+        {
+            "mu": np.array(POINT["mu"]),
+            "tau_log__": np.array(np.log(POINT["tau"])),
+            "z": POINT["z"],
+            "log_sigma": POINT["log_sigma"],
+        }
+    )
     return point
 
 
@@ -79,8 +85,12 @@ def test_logp_equals_scipy_by_hand(model):
     """Priors, multivariate normal of the simple contrasts D_j = m_j - m_c (shared control) and chi^2 variances."""
     theta = POINT["mu"] + POINT["tau"] * POINT["z"]
     sig = np.exp(POINT["log_sigma"])  # sigma_i / S_i
-    expected = (stats.norm.logpdf(POINT["mu"], 0, 3) + stats.halfnorm.logpdf(POINT["tau"], scale=1)
-                + stats.norm.logpdf(POINT["z"]).sum() + stats.norm.logpdf(POINT["log_sigma"], 0, 1).sum())
+    expected = (
+        stats.norm.logpdf(POINT["mu"], 0, 3)
+        + stats.halfnorm.logpdf(POINT["tau"], scale=1)
+        + stats.norm.logpdf(POINT["z"]).sum()
+        + stats.norm.logpdf(POINT["log_sigma"], 0, 1).sum()
+    )
     for i, study in enumerate(STUDIES):
         arms, scale = ARMS[study], _pooled_sd(ARMS[study])
         (m_c, _, n_c), treated = arms[0], arms[1:]
@@ -94,7 +104,7 @@ def test_logp_equals_scipy_by_hand(model):
 
 
 def test_contrast_likelihood_is_arm_mean_likelihood_with_baseline_integrated_out(model):
-    """For the shared-control study: sum of its Helmert terms = log of the integral over alpha of the arm-mean normals."""
+    """For the shared-control study: sum of Helmert terms = log of the integral over alpha of the arm-mean normals."""
     terms = model.compile_logp(vars=[model["contrast"]], jacobian=False, sum=False)(_model_point(model))[0]
     arms, scale = ARMS["B2021"], _pooled_sd(ARMS["B2021"])
     theta, sig = POINT["mu"] + POINT["tau"] * POINT["z"][1], np.exp(POINT["log_sigma"][1])
@@ -142,8 +152,13 @@ def test_effect_level_dataset_raises():
 def test_meta_regression_graph_has_coefficients(tiny):
     data = outcome_arm_summaries(tiny, "BMD", STUDIES)
     X = np.column_stack([np.ones(3), [0.0, -4.0, 4.0]])  # centred duration_weeks
-    model = build_arm_level_model(data, tau_prior=TAU_PRIOR, beta_priors=[MU_PRIOR, PriorSpec.parse("normal:0:1")],
-                                  X=X, coef_names=["intercept", "duration"])
+    model = build_arm_level_model(
+        data,
+        tau_prior=TAU_PRIOR,
+        beta_priors=[MU_PRIOR, PriorSpec.parse("normal:0:1")],
+        X=X,
+        coef_names=["intercept", "duration"],
+    )
     assert {"beta_intercept", "beta_duration", "beta"} <= set(model.named_vars)
     assert np.isfinite(model.compile_logp()(model.initial_point()))
 
@@ -170,7 +185,9 @@ def test_padded_layout_changes_the_log_density_by_a_constant_only(tiny):
     gaps = []
     for shift in (0.0, 0.7):
         point = _model_point(plain)
-        point.update({"mu": np.array(POINT["mu"] + shift), "z": POINT["z"] - shift, "log_sigma": POINT["log_sigma"] + shift})
+        point.update(
+            {"mu": np.array(POINT["mu"] + shift), "z": POINT["z"] - shift, "log_sigma": POINT["log_sigma"] + shift}
+        )
         wide = dict(point, z=np.r_[point["z"], 0.4, -0.3], log_sigma=np.r_[point["log_sigma"], 0.2, 0.1])
         gaps.append(padded.compile_logp()(wide) - plain.compile_logp()(point))
     assert gaps[0] == pytest.approx(gaps[1], abs=1e-10)
@@ -182,4 +199,7 @@ def test_fit_trims_the_padding_of_the_dataset_layout(tiny):
     assert dataset_layout(tiny).studies >= 3
     result = fit_arm_level(tiny, "BMD", seed=3, sampler=QUICK)
     assert list(result.posterior.posterior["theta"].coords["study"].values) == STUDIES
-    assert all(not str(label).startswith("__padding") for label in result.posterior.observed_data["contrast"].coords["comparison"].values)
+    assert all(
+        not str(label).startswith("__padding")
+        for label in result.posterior.observed_data["contrast"].coords["comparison"].values
+    )

@@ -5,11 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.checks import cochran_q, egger_slope, max_standardised_residual, posterior_predictive_check, replicate
+from analysis.checks.predictive import (
+    cochran_q,
+    egger_slope,
+    max_standardised_residual,
+    posterior_predictive_check,
+    replicate,
+)
 from analysis.config import DATA_DIR
-from analysis.dataset import load_dataset
-from analysis.effects import compute_effects, study_effects
-from analysis.fit import SamplerSettings, fit_random_effects
+from analysis.dataset.effects import compute_effects, study_effects
+from analysis.dataset.load import load_dataset
+from analysis.fitting.random_effects import fit_random_effects
+from analysis.fitting.sampling import SamplerSettings
 from tests.tolerances import FREQUENTIST_REL
 
 QUICK = SamplerSettings(draws=300, tune=300, chains=2)

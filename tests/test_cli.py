@@ -21,7 +21,9 @@ def test_validate_default_dataset_ok(capsys):
 
 
 def test_validate_broken_dataset_lists_every_bad_row(tmp_path, capsys):
-    arms = replace_line(replace_line(ARMS, 3, "A2020,ovx,control,BMD,x,0.03,,8,"), 10, "C2022,ovx,control,BMD,0.21,0,,1,")
+    arms = replace_line(
+        replace_line(ARMS, 3, "A2020,ovx,control,BMD,x,0.03,,8,"), 10, "C2022,ovx,control,BMD,0.21,0,,1,"
+    )
     path = write_dataset(tmp_path, arms=arms)
     before = sorted(p.name for p in path.iterdir())
     assert main(["validate", str(path)]) == EXIT_INVALID
@@ -48,8 +50,22 @@ def test_effects_on_broken_dataset_writes_nothing(tmp_path, capsys):
 
 def test_fit_exact_json(tmp_path, capsys):
     out = tmp_path / "fit.json"
-    code = main(["fit", str(DATA_DIR / "normand1999"), "--outcome", "length_of_stay", "--engine", "exact",
-                 "--tau-prior", "halfnormal:0.5", "--mu-prior", "normal:0:10", "--json", str(out)])
+    code = main(
+        [
+            "fit",
+            str(DATA_DIR / "normand1999"),
+            "--outcome",
+            "length_of_stay",
+            "--engine",
+            "exact",
+            "--tau-prior",
+            "halfnormal:0.5",
+            "--mu-prior",
+            "normal:0:10",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == EXIT_OK
     result = json.loads(out.read_text())
     # bayesmeta 3.4, normand1999, tau ~ HalfNormal(0.5), mu ~ N(0, 10^2): posterior mean of mu
@@ -60,7 +76,19 @@ def test_fit_exact_json(tmp_path, capsys):
 
 def test_fit_all_exact_writes_figures_tables(tmp_path):
     out = tmp_path / "fits"
-    code = main(["fit", str(DEFAULT_DATASET), "--all", "--engine", "exact", "--out", str(out), "--json", str(tmp_path / "all.json")])
+    code = main(
+        [
+            "fit",
+            str(DEFAULT_DATASET),
+            "--all",
+            "--engine",
+            "exact",
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "all.json"),
+        ]
+    )
     assert code == EXIT_OK
     fits = json.loads((tmp_path / "all.json").read_text())["fits"]
     assert set(fits) == {"BMD", "BV_TV", "Tb_N", "Tb_Sp", "Tb_Th", "Ct_Th", "ultimate_load"}
@@ -89,18 +117,50 @@ def test_console_script_installed(tmp_path):
 
 def test_compare_saved_fits_and_standard_set(tmp_path, capsys):
     for name, prior in (("hn1", "halfnormal:1"), ("hc05", "halfcauchy:0.5")):
-        assert main(["fit", str(DATA_DIR / "normand1999"), "--outcome", "length_of_stay", "--engine", "exact",
-                     "--tau-prior", prior, "--json", str(tmp_path / f"{name}.json")]) == EXIT_OK
+        assert (
+            main(
+                [
+                    "fit",
+                    str(DATA_DIR / "normand1999"),
+                    "--outcome",
+                    "length_of_stay",
+                    "--engine",
+                    "exact",
+                    "--tau-prior",
+                    prior,
+                    "--json",
+                    str(tmp_path / f"{name}.json"),
+                ]
+            )
+            == EXIT_OK
+        )
     capsys.readouterr()
-    assert main(["compare", "--fits", str(tmp_path / "hn1.json"), str(tmp_path / "hc05.json"), "--out", str(tmp_path / "cmp")]) == EXIT_OK
+    assert (
+        main(
+            [
+                "compare",
+                "--fits",
+                str(tmp_path / "hn1.json"),
+                str(tmp_path / "hc05.json"),
+                "--out",
+                str(tmp_path / "cmp"),
+            ]
+        )
+        == EXIT_OK
+    )
     table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
     assert list(table["label"]) == ["hn1", "hc05"] and set(table["interval"]) == {"eti95"}
     assert table.loc[0, "tau"] != table.loc[1, "tau"]  # the two priors give different tau posteriors
     assert "| hn1 |" in (tmp_path / "cmp" / "compare.md").read_text()
     # the standard set puts the Bayesian fits beside metafor-style DL and REML
-    assert main(["compare", str(DATA_DIR / "normand1999"), "--outcome", "length_of_stay", "--out", str(tmp_path / "std")]) == EXIT_OK
+    assert (
+        main(["compare", str(DATA_DIR / "normand1999"), "--outcome", "length_of_stay", "--out", str(tmp_path / "std")])
+        == EXIT_OK
+    )
     std = pd.read_csv(tmp_path / "std" / "compare.csv").set_index("label")
     # metafor 3.8-1 rma(method="REML") on normand1999: mu = -0.537108258566786
     assert std.at["frequentist REML", "mu_mean"] == pytest.approx(-0.537108258566786, rel=1e-4)
-    assert {"NUTS, default priors", "exact, default priors", "NUTS, arm-level likelihood", "frequentist DL"} <= set(std.index)
+    assert {"NUTS, default priors", "exact, default priors", "NUTS, arm-level likelihood", "frequentist DL"} <= set(
+        std.index
+    )
     assert (tmp_path / "std" / "compare_forest.png").stat().st_size > 5_000

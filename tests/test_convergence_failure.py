@@ -14,10 +14,11 @@ import json
 import pytest
 
 from analysis.cli import EXIT_NOT_CONVERGED, main
-from analysis.dataset import load_dataset
-from analysis.diagnostics import ESS_BULK_MIN
-from analysis.fit import SamplerSettings, fit_random_effects
-from analysis.outputs import pooled_table
+from analysis.dataset.load import load_dataset
+from analysis.fitting.random_effects import fit_random_effects
+from analysis.fitting.sampling import SamplerSettings
+from analysis.report.files import pooled_table
+from analysis.results.diagnostics import ESS_BULK_MIN
 from tests.helpers import write_dataset
 
 TOO_SHORT = SamplerSettings(draws=20, tune=20, chains=2)
@@ -54,8 +55,24 @@ def test_failure_is_in_the_json_the_text_and_the_tables(failed_fit):
 def test_cli_fit_exits_3_and_still_writes_the_marked_result(tmp_path, capsys):
     path = write_dataset(tmp_path)
     target = tmp_path / "fit.json"
-    code = main(["fit", str(path), "--outcome", "BMD", "--draws", "20", "--tune", "20", "--chains", "2",
-                 "--seed", "3", "--json", str(target)])
+    code = main(
+        [
+            "fit",
+            str(path),
+            "--outcome",
+            "BMD",
+            "--draws",
+            "20",
+            "--tune",
+            "20",
+            "--chains",
+            "2",
+            "--seed",
+            "3",
+            "--json",
+            str(target),
+        ]
+    )
     assert code == EXIT_NOT_CONVERGED == 3
     err = capsys.readouterr().err
     assert "FAILED convergence gates: BMD" in err

@@ -32,11 +32,12 @@ from pathlib import Path
 import arviz as az
 import pytest
 
-from analysis.dataset import load_dataset
-from analysis.fit import SamplerSettings, fit_random_effects
-from analysis.outputs import json_text, pooled_table
-from analysis.pipeline import run_analysis
-from analysis.report import write_run_report
+from analysis.dataset.load import load_dataset
+from analysis.fitting.random_effects import fit_random_effects
+from analysis.fitting.sampling import SamplerSettings
+from analysis.report.files import json_text, pooled_table
+from analysis.report.write import write_run_report
+from analysis.run.pipeline import run_analysis
 from tests.helpers import TOML, write_dataset
 
 SAMPLER = SamplerSettings(draws=300, tune=300, chains=2)
@@ -94,7 +95,10 @@ def fits(tmp_path_factory):
 def test_same_seed_gives_identical_fit_json_and_csv_bytes(fits):
     first, again, _ = fits
     assert json_text(first.to_dict()) == json_text(again.to_dict())
-    as_csv = [pooled_table([f]).to_csv(index=False, float_format="%.10g") + f.studies.to_csv(index=False) for f in (first, again)]
+    as_csv = [
+        pooled_table([f]).to_csv(index=False, float_format="%.10g") + f.studies.to_csv(index=False)
+        for f in (first, again)
+    ]
     assert as_csv[0] == as_csv[1]
     assert first.posterior.posterior["mu"].equals(again.posterior.posterior["mu"])
 

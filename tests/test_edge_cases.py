@@ -25,14 +25,14 @@ import numpy as np
 import pytest
 
 from analysis.cli import main
-from analysis.dataset import load_dataset
-from analysis.effects import compute_effects, study_effects
-from analysis.fit import PriorSet, fit_random_effects
-from analysis.meta_regression import fit_meta_regression
-from analysis.problems import errors, warnings_of
-from analysis.smd import correction_j, hedges_g
-from analysis.validate import validate_dataset
-from models.priors import PriorSpec
+from analysis.dataset.effects import compute_effects, study_effects
+from analysis.dataset.load import load_dataset
+from analysis.dataset.problems import errors, warnings_of
+from analysis.dataset.smd import correction_j, hedges_g
+from analysis.dataset.validate import validate_dataset
+from analysis.fitting.meta_regression import fit_meta_regression
+from analysis.fitting.random_effects import fit_random_effects
+from models.priors import PriorSet, PriorSpec
 from tests.helpers import ARMS, TOML, write_dataset
 
 #: HalfNormal(1), the default prior of tau: mean sqrt(2/pi), median 0.674, 97.5% quantile 2.241.
@@ -42,7 +42,8 @@ HALFNORMAL1_MEAN, HALFNORMAL1_Q975 = math.sqrt(2 / math.pi), 2.2414
 def _studies(k: int) -> str:
     """k studies S0..S{k-1}, alternately rat and mouse, durations 4, 5, ..."""
     return "study,species,duration_weeks\n" + "".join(
-        f"S{i},{'rat' if i % 2 == 0 else 'mouse'},{4 + i}\n" for i in range(k))
+        f"S{i},{'rat' if i % 2 == 0 else 'mouse'},{4 + i}\n" for i in range(k)
+    )
 
 
 def _effects_dataset(tmp_path: Path, rows: list[tuple[float, float]]) -> Path:
@@ -192,8 +193,10 @@ def test_moderator_level_with_a_single_study_is_fitted_with_a_note(tmp_path):
 
 def test_study_with_only_sham_and_control_contributes_nothing_and_says_so(tmp_path):
     arms = ARMS + "D2023,sham,sham,BMD,0.30,0.03,,8,\nD2023,ovx,control,BMD,0.22,0.03,,8,\n"
-    studies = "study,species,duration_weeks,rob_sequence_generation\nA2020,rat,8,low\nB2021,mouse,4,unclear\n" \
-              "C2022,rat,12,high\nD2023,rat,6,low\n"
+    studies = (
+        "study,species,duration_weeks,rob_sequence_generation\nA2020,rat,8,low\nB2021,mouse,4,unclear\n"
+        "C2022,rat,12,high\nD2023,rat,6,low\n"
+    )
     path = write_dataset(tmp_path, arms=arms, studies=studies)
     problems = validate_dataset(path)
     assert not errors(problems)

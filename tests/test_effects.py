@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from analysis.dataset import load_dataset
-from analysis.effects import compute_effects, study_effects
-from analysis.smd import correction_j, hedges_g, sd_from_sem, shared_control_covariance
+from analysis.dataset.effects import compute_effects, study_effects
+from analysis.dataset.load import load_dataset
+from analysis.dataset.smd import correction_j, hedges_g, sd_from_sem, shared_control_covariance
 from tests.helpers import write_dataset
 
 

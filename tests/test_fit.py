@@ -10,15 +10,29 @@ import pytest
 import xarray as xr
 
 from analysis.config import DATA_DIR, DEFAULT_DATASET
-from analysis.dataset import load_dataset
-from analysis.fit import PriorSet, SamplerSettings, fit_random_effects
-from analysis.outputs import save_posterior
-from analysis.report import fits_json
-from models.exact import exact_posterior
-from models.priors import PriorSpec
+from analysis.dataset.load import load_dataset
+from analysis.fitting.random_effects import fit_random_effects
+from analysis.fitting.sampling import SamplerSettings
+from analysis.report.files import save_posterior
+from analysis.report.write import fits_json
+from models.exact.posterior import exact_posterior
+from models.priors import PriorSet, PriorSpec
 
 QUICK = SamplerSettings(draws=300, tune=300, chains=2)
-DESIGN_KEYS = {"dataset", "outcome", "model", "engine", "priors", "k", "mu", "tau", "theta_new", "I2", "prob_benefit", "studies"}
+DESIGN_KEYS = {
+    "dataset",
+    "outcome",
+    "model",
+    "engine",
+    "priors",
+    "k",
+    "mu",
+    "tau",
+    "theta_new",
+    "I2",
+    "prob_benefit",
+    "studies",
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,21 +60,37 @@ def test_exact_result_json_has_design_layout(normand):
 def test_prob_benefit_uses_direction(normand):
     """P(benefit) is P(mu < 0) for lower-is-better outcomes and P(mu > 0) for higher-is-better ones."""
     lower = fit_random_effects(normand, "length_of_stay", engine="exact")
-    post = exact_posterior(lower.studies["yi"], lower.studies["vi"], tau_prior=PriorSpec.parse("halfnormal:1"),
-                           mu_prior=PriorSpec.parse("normal:0:3"))
+    post = exact_posterior(
+        lower.studies["yi"],
+        lower.studies["vi"],
+        tau_prior=PriorSpec.parse("halfnormal:1"),
+        mu_prior=PriorSpec.parse("normal:0:3"),
+    )
     assert lower.outcome.direction == -1
     assert lower.prob_benefit == pytest.approx(float(post.cdf("mu", 0.0)), abs=1e-12)
     dataset = load_dataset(DEFAULT_DATASET)
     higher = fit_random_effects(dataset, "BMD", engine="exact")
-    post = exact_posterior(higher.studies["yi"], higher.studies["vi"], tau_prior=PriorSpec.parse("halfnormal:1"),
-                           mu_prior=PriorSpec.parse("normal:0:3"))
+    post = exact_posterior(
+        higher.studies["yi"],
+        higher.studies["vi"],
+        tau_prior=PriorSpec.parse("halfnormal:1"),
+        mu_prior=PriorSpec.parse("normal:0:3"),
+    )
     assert higher.outcome.direction == 1
     assert higher.prob_benefit == pytest.approx(1.0 - float(post.cdf("mu", 0.0)), abs=1e-12)
 
 
 def test_report_text_names_model_priors_and_intervals(normand):
     text = str(fit_random_effects(normand, "length_of_stay", engine="exact"))
-    for needle in ("random-effects", "k = 9", "mu ~ normal:0:3", "tau ~ halfnormal:1", "95% equal-tailed", "eti95_lower", "lower is better"):
+    for needle in (
+        "random-effects",
+        "k = 9",
+        "mu ~ normal:0:3",
+        "tau ~ halfnormal:1",
+        "95% equal-tailed",
+        "eti95_lower",
+        "lower is better",
+    ):
         assert needle in text
 
 

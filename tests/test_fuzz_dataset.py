@@ -42,14 +42,18 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from analysis.cli import main
-from analysis.dataset import load_dataset
-from analysis.effects import compute_effects
-from analysis.problems import DatasetError, Problem, errors
-from analysis.validate import validate_dataset
+from analysis.dataset.effects import compute_effects
+from analysis.dataset.load import load_dataset
+from analysis.dataset.problems import DatasetError, Problem, errors
+from analysis.dataset.validate import validate_dataset
 
 FILES = ("dataset.toml", "studies.csv", "arms.csv", "effects.csv")
-FAST = {"deadline": None, "database": None, "derandomize": True,
-        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]}
+FAST = {
+    "deadline": None,
+    "database": None,
+    "derandomize": True,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+}
 SLOW = {**FAST, "derandomize": False}
 
 # --- the generated dataset --------------------------------------------------------------------
@@ -108,8 +112,9 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 def _csv_text(table: Table, layout: Layout) -> tuple[str, dict[int, int]]:
     """Serialise a table; return the text and the editor line on which each row starts."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator=layout.newline,
-                        quoting=csv.QUOTE_ALL if layout.quote_all else csv.QUOTE_MINIMAL)
+    writer = csv.writer(
+        buffer, lineterminator=layout.newline, quoting=csv.QUOTE_ALL if layout.quote_all else csv.QUOTE_MINIMAL
+    )
     writer.writerow(table.header)
     lines = {}
     for i, row in enumerate(table.rows):
@@ -146,8 +151,9 @@ def write_case(case: Case, root: Path) -> tuple[Path, dict[str, dict[int, int]]]
 
 #: Ids: any printable text without surrounding spaces (commas, quotes, newlines and non-ASCII
 #: letters included: the CSV writer quotes them and the reader must give them back unchanged).
-ID_TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00\r"), min_size=1, max_size=6).filter(
-    lambda s: s == s.strip() and s != "")
+ID_TEXT = st.text(
+    st.characters(exclude_categories=("Cs",), exclude_characters="\x00\r"), min_size=1, max_size=6
+).filter(lambda s: s == s.strip() and s != "")
 OUTCOME_ID = st.from_regex(r"\A[A-Za-zÄÖÜßé][A-Za-z0-9_.äöüα-ω]{0,7}\Z")
 NUMBER = st.floats(-1e6, 1e6, allow_nan=False).map(repr) | st.sampled_from(["0.22", "+1.5", ".5", "3.", "-2e-3", "400"])
 POSITIVE = st.floats(1e-3, 1e4).map(repr) | st.sampled_from(["0.03", "1e-2", "+60", "12.5"])
@@ -156,21 +162,48 @@ EXTRA_TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_character
 
 
 def toml_text(outcomes: dict[str, int], *, extra: str = "") -> str:
-    lines = ['name = "fuzz"', 'title = "Generated test dataset"', 'provenance = "simulated"',
-             'citation = "hypothesis"', 'effect_measure = "SMD"', extra, ""]
+    lines = [
+        'name = "fuzz"',
+        'title = "Generated test dataset"',
+        'provenance = "simulated"',
+        'citation = "hypothesis"',
+        'effect_measure = "SMD"',
+        extra,
+        "",
+    ]
     for oid, direction in outcomes.items():
-        lines += [f"[outcomes.{json.dumps(oid, ensure_ascii=False)}]", f'label = "{oid} label"', 'unit = "u"',
-                  f"direction = {direction}", ""]
-    lines += ["[moderators.species]", 'type = "categorical"', 'reference = "rat"', 'levels = ["rat", "mouse"]', "",
-              "[moderators.duration_weeks]", 'type = "numeric"', ""]
+        lines += [
+            f"[outcomes.{json.dumps(oid, ensure_ascii=False)}]",
+            f'label = "{oid} label"',
+            'unit = "u"',
+            f"direction = {direction}",
+            "",
+        ]
+    lines += [
+        "[moderators.species]",
+        'type = "categorical"',
+        'reference = "rat"',
+        'levels = ["rat", "mouse"]',
+        "",
+        "[moderators.duration_weeks]",
+        'type = "numeric"',
+        "",
+    ]
     return "\n".join(lines)
 
 
 @st.composite
 def studies_tables(draw: Callable, ids: list[str]) -> Table:
     header = ["study", "species", "duration_weeks", "rob_blinding"]
-    rows = [[sid, draw(st.sampled_from(["rat", "mouse"])), draw(st.sampled_from(["4", "8.5", "12", "1e1"])),
-             draw(st.sampled_from(["low", "high", "unclear", "LOW"]))] for sid in ids]
+    rows = [
+        [
+            sid,
+            draw(st.sampled_from(["rat", "mouse"])),
+            draw(st.sampled_from(["4", "8.5", "12", "1e1"])),
+            draw(st.sampled_from(["low", "high", "unclear", "LOW"])),
+        ]
+        for sid in ids
+    ]
     return Table(header, rows)
 
 
@@ -179,11 +212,16 @@ def arm_rows(draw: Callable, study: str, outcome: str) -> list[dict[str, str]]:
     """One study's rows for one outcome: 1-2 controls, 0-3 treatments, 0-1 sham."""
     n_controls = draw(st.integers(1, 2))
     names = draw(st.lists(ID_TEXT, min_size=n_controls + 4, max_size=n_controls + 4, unique=True))
-    controls, treatments = names[:n_controls], names[n_controls:n_controls + draw(st.integers(0, 3))]
+    controls, treatments = names[:n_controls], names[n_controls : n_controls + draw(st.integers(0, 3))]
     rows = []
     for arm, role in [(c, "control") for c in controls] + [(t, "treatment") for t in treatments]:
-        rows.append({"arm": arm, "role": role,
-                     "control_arm": draw(st.sampled_from(controls)) if role == "treatment" and n_controls > 1 else ""})
+        rows.append(
+            {
+                "arm": arm,
+                "role": role,
+                "control_arm": draw(st.sampled_from(controls)) if role == "treatment" and n_controls > 1 else "",
+            }
+        )
     if draw(st.booleans()):
         rows.append({"arm": names[-1], "role": "sham", "control_arm": ""})
     for row in rows:
@@ -212,8 +250,12 @@ def valid_arm_cases(draw: Callable) -> Case:
     order = draw(st.permutations(range(len(rows))))
     table = Table(list(header), [[rows[i][c] for c in header] for i in order])
     studies = draw(studies_tables(ids))
-    layout = Layout(newline=draw(st.sampled_from(["\n", "\r\n"])), bom=draw(st.booleans()), quote_all=draw(st.booleans()),
-                    blank_before=frozenset(draw(st.sets(st.integers(0, len(rows)), max_size=2))))
+    layout = Layout(
+        newline=draw(st.sampled_from(["\n", "\r\n"])),
+        bom=draw(st.booleans()),
+        quote_all=draw(st.booleans()),
+        blank_before=frozenset(draw(st.sets(st.integers(0, len(rows)), max_size=2))),
+    )
     return Case(toml=toml_text(outcomes), studies=studies, data_name="arms.csv", data=table, layout=layout)
 
 
@@ -228,15 +270,40 @@ def valid_effect_cases(draw: Callable) -> Case:
         for oid in draw(st.lists(st.sampled_from(sorted(outcomes)), unique=True, min_size=1)):
             for comp in draw(st.lists(st.sampled_from(["", "a", "b"]), unique=True, min_size=1, max_size=1)):
                 vi, sei = (draw(POSITIVE), "") if draw(st.booleans()) else ("", draw(POSITIVE))
-                rows.append([sid, oid, comp, draw(NUMBER), vi, sei, draw(COUNT | st.just("")), draw(COUNT | st.just(""))])
-    return Case(toml=toml_text(outcomes), studies=draw(studies_tables(ids)), data_name="effects.csv",
-                data=Table(header, rows))
+                rows.append(
+                    [sid, oid, comp, draw(NUMBER), vi, sei, draw(COUNT | st.just("")), draw(COUNT | st.just(""))]
+                )
+    return Case(
+        toml=toml_text(outcomes), studies=draw(studies_tables(ids)), data_name="effects.csv", data=Table(header, rows)
+    )
 
 
 # --- mutations ----------------------------------------------------------------------------------
 
-BAD_NUMBERS = ["", "abc", "nan", "NaN", "inf", "-inf", "Infinity", "1e999", "-1e400", "1,5", "0x10", "１２", "٣",
-               "1.2.3", "--1", "e5", "1e", " . ", "≈3", "3 mm", "None", "NA"]
+BAD_NUMBERS = [
+    "",
+    "abc",
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "Infinity",
+    "1e999",
+    "-1e400",
+    "1,5",
+    "0x10",
+    "１２",
+    "٣",
+    "1.2.3",
+    "--1",
+    "e5",
+    "1e",
+    " . ",
+    "≈3",
+    "3 mm",
+    "None",
+    "NA",
+]
 BAD_POSITIVE = BAD_NUMBERS + ["0", "-1", "-0.0", "0e7", "1e-400"]
 BAD_COUNTS = ["", "0", "1", "-3", "2.5", "x", "nan", "inf", "1e3", "9" * 30, "1000001", "８", "½"]
 
@@ -251,32 +318,73 @@ def mutated_arm_cases(draw: Callable) -> Case:
     case = draw(valid_arm_cases())
     table, n = case.data, len(case.data.rows)
     i = draw(st.integers(0, n - 1))
-    kind = draw(st.sampled_from([
-        "mean", "dispersion", "n", "role", "study", "outcome", "duplicate", "drop_column", "ragged", "quote",
-        "latin1", "utf16", "random_bytes", "empty", "whitespace", "missing", "semicolon", "extra_column",
-        "undeclare_outcome", "padded_number", "controls_ambiguous", "control_arm_unknown",
-    ]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "mean",
+                "dispersion",
+                "n",
+                "role",
+                "study",
+                "outcome",
+                "duplicate",
+                "drop_column",
+                "ragged",
+                "quote",
+                "latin1",
+                "utf16",
+                "random_bytes",
+                "empty",
+                "whitespace",
+                "missing",
+                "semicolon",
+                "extra_column",
+                "undeclare_outcome",
+                "padded_number",
+                "controls_ambiguous",
+                "control_arm_unknown",
+            ]
+        )
+    )
     if kind == "mean":
-        return replace(case, data=table.with_cell(i, "mean", draw(st.sampled_from(BAD_NUMBERS))),
-                       expect_error=True, expect_at=("arms.csv", i, "mean"))
+        return replace(
+            case,
+            data=table.with_cell(i, "mean", draw(st.sampled_from(BAD_NUMBERS))),
+            expect_error=True,
+            expect_at=("arms.csv", i, "mean"),
+        )
     if kind == "dispersion":
         col = "sd" if table.get(i, "sd") else "sem"
         value = draw(st.sampled_from(BAD_POSITIVE))
-        return replace(case, data=table.with_cell(i, col, value), expect_error=True,
-                       expect_at=("arms.csv", i, "sd/sem" if value == "" else col))
+        return replace(
+            case,
+            data=table.with_cell(i, col, value),
+            expect_error=True,
+            expect_at=("arms.csv", i, "sd/sem" if value == "" else col),
+        )
     if kind == "n":
-        return replace(case, data=table.with_cell(i, "n", draw(st.sampled_from(BAD_COUNTS))),
-                       expect_error=True, expect_at=("arms.csv", i, "n"))
+        return replace(
+            case,
+            data=table.with_cell(i, "n", draw(st.sampled_from(BAD_COUNTS))),
+            expect_error=True,
+            expect_at=("arms.csv", i, "n"),
+        )
     if kind == "role":
         role = draw(EXTRA_TEXT.filter(lambda s: s.strip() not in ("treatment", "control", "sham")))
-        return replace(case, data=table.with_cell(i, "role", role), expect_error=True, expect_at=("arms.csv", i, "role"))
+        return replace(
+            case, data=table.with_cell(i, "role", role), expect_error=True, expect_at=("arms.csv", i, "role")
+        )
     if kind == "study":
         known = {r[0] for r in case.studies.rows}
         sid = draw(EXTRA_TEXT.filter(lambda s: s.strip() not in known))
-        return replace(case, data=table.with_cell(i, "study", sid), expect_error=True, expect_at=("arms.csv", i, "study"))
+        return replace(
+            case, data=table.with_cell(i, "study", sid), expect_error=True, expect_at=("arms.csv", i, "study")
+        )
     if kind == "outcome":  # an outcome present in arms.csv but not declared in dataset.toml
         oid = draw(OUTCOME_ID.filter(lambda s: f"[outcomes.{json.dumps(s, ensure_ascii=False)}]" not in case.toml))
-        return replace(case, data=table.with_cell(i, "outcome", oid), expect_error=True, expect_at=("arms.csv", i, "outcome"))
+        return replace(
+            case, data=table.with_cell(i, "outcome", oid), expect_error=True, expect_at=("arms.csv", i, "outcome")
+        )
     if kind == "undeclare_outcome":
         oid = table.get(i, "outcome")
         block = f"[outcomes.{json.dumps(oid, ensure_ascii=False)}]"
@@ -286,12 +394,16 @@ def mutated_arm_cases(draw: Callable) -> Case:
         return replace(case, toml=toml, expect_error=True, expect_at=("arms.csv", i, "outcome"))
     if kind == "duplicate":
         rows = table.rows + [list(table.rows[i])]
-        return replace(case, data=replace(table, rows=rows), expect_error=True,
-                       expect_at=("arms.csv", n, "study,arm,outcome"))
+        return replace(
+            case, data=replace(table, rows=rows), expect_error=True, expect_at=("arms.csv", n, "study,arm,outcome")
+        )
     if kind == "drop_column":
         col = draw(st.sampled_from(["study", "arm", "role", "outcome", "mean", "n"]))
         k = table.col(col)
-        dropped = Table([h for j, h in enumerate(table.header) if j != k], [[c for j, c in enumerate(r) if j != k] for r in table.rows])
+        dropped = Table(
+            [h for j, h in enumerate(table.header) if j != k],
+            [[c for j, c in enumerate(r) if j != k] for r in table.rows],
+        )
         return replace(case, data=dropped, expect_error=True, expect_at=("arms.csv", "header", col))
     if kind == "ragged":
         row = list(table.rows[i])
@@ -301,29 +413,47 @@ def mutated_arm_cases(draw: Callable) -> Case:
         return replace(case, data=replace(table, rows=rows), expect_error=True, expect_at=("arms.csv", i, None))
     if kind == "quote":  # a stray opening quote in a numeric cell
         cells = ['"' + c if j == table.col("mean") else _quoted(c) for j, c in enumerate(table.rows[i])]
-        return replace(case, data=replace(table, raw_rows={i: ",".join(cells)}), expect_error=True,
-                       expect_at=("arms.csv", "*", "*"))
+        return replace(
+            case,
+            data=replace(table, raw_rows={i: ",".join(cells)}),
+            expect_error=True,
+            expect_at=("arms.csv", "*", "*"),
+        )
     if kind == "latin1":
         rows = [list(r) for r in table.rows]
         rows[i] = rows[i] + ["Müller"]
         grown = Table(table.header + ["source_note"], [r + [""] if j != i else r for j, r in enumerate(rows)])
         text, _ = _csv_text(grown, case.layout)
-        return replace(case, override={"arms.csv": text.encode("latin-1", errors="replace")},
-                       expect_error=_not_utf8(text.encode("latin-1", errors="replace")), expect_at=None)
+        return replace(
+            case,
+            override={"arms.csv": text.encode("latin-1", errors="replace")},
+            expect_error=_not_utf8(text.encode("latin-1", errors="replace")),
+            expect_at=None,
+        )
     if kind == "utf16":
         text, _ = _csv_text(table, case.layout)
         encoding = draw(st.sampled_from(["utf-16", "utf-16-le", "utf-32"]))
-        return replace(case, override={"arms.csv": text.encode(encoding)}, expect_error=True, expect_at=("arms.csv", "*", None))
+        return replace(
+            case, override={"arms.csv": text.encode(encoding)}, expect_error=True, expect_at=("arms.csv", "*", None)
+        )
     if kind == "random_bytes":
-        return replace(case, override={"arms.csv": draw(st.binary(max_size=200))}, expect_error=True,
-                       expect_at=("arms.csv", "*", "*"))
+        return replace(
+            case,
+            override={"arms.csv": draw(st.binary(max_size=200))},
+            expect_error=True,
+            expect_at=("arms.csv", "*", "*"),
+        )
     if kind in ("empty", "whitespace", "missing"):
         data = {"empty": b"", "whitespace": b"  \n\r\n\t\n", "missing": None}[kind]
         return replace(case, override={"arms.csv": data}, expect_error=True, expect_at=("arms.csv", None, None))
     if kind == "semicolon":
         text, _ = _csv_text(table, case.layout)
-        return replace(case, override={"arms.csv": text.replace(",", ";").encode()}, expect_error=True,
-                       expect_at=("arms.csv", "*", "*"))
+        return replace(
+            case,
+            override={"arms.csv": text.replace(",", ";").encode()},
+            expect_error=True,
+            expect_at=("arms.csv", "*", "*"),
+        )
     if kind == "extra_column":  # legal: extra columns are ignored
         name = draw(st.sampled_from(["comment", "Unit2", "ß", "x y"]))
         grown = Table(table.header + [name], [r + [draw(EXTRA_TEXT).strip()] for r in table.rows])
@@ -334,8 +464,12 @@ def mutated_arm_cases(draw: Callable) -> Case:
         return _second_control(case, draw)
     treat = _rows_where(table, role="treatment")
     j = treat[draw(st.integers(0, len(treat) - 1))]
-    return replace(case, data=table.with_cell(j, "control_arm", "no-such-arm"), expect_error=True,
-                   expect_at=("arms.csv", j, "control_arm"))
+    return replace(
+        case,
+        data=table.with_cell(j, "control_arm", "no-such-arm"),
+        expect_error=True,
+        expect_at=("arms.csv", j, "control_arm"),
+    )
 
 
 def _second_control(case: Case, draw: Callable) -> Case:
@@ -370,12 +504,35 @@ def mutated_meta_cases(draw: Callable) -> Case:
     case = draw(valid_arm_cases())
     studies, toml = case.studies, case.toml
     i = draw(st.integers(0, len(studies.rows) - 1))
-    kind = draw(st.sampled_from([
-        "toml_syntax", "toml_missing_key", "toml_wrong_type", "direction", "provenance", "no_outcomes", "moderator_type",
-        "toml_bytes", "toml_bom", "toml_utf16", "toml_empty", "toml_missing", "outcome_id_path",
-        "study_duplicate", "study_missing_id", "moderator_numeric", "moderator_level", "rob", "studies_no_column",
-        "study_removed", "study_extra", "studies_empty", "studies_header_only",
-    ]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "toml_syntax",
+                "toml_missing_key",
+                "toml_wrong_type",
+                "direction",
+                "provenance",
+                "no_outcomes",
+                "moderator_type",
+                "toml_bytes",
+                "toml_bom",
+                "toml_utf16",
+                "toml_empty",
+                "toml_missing",
+                "outcome_id_path",
+                "study_duplicate",
+                "study_missing_id",
+                "moderator_numeric",
+                "moderator_level",
+                "rob",
+                "studies_no_column",
+                "study_removed",
+                "study_extra",
+                "studies_empty",
+                "studies_header_only",
+            ]
+        )
+    )
     if kind == "toml_syntax":
         lines = toml.split("\n")
         at = draw(st.integers(0, len(lines)))
@@ -398,23 +555,37 @@ def mutated_meta_cases(draw: Callable) -> Case:
         first = toml.index("direction = ")
         end = toml.index("\n", first)
         text = toml[:first] + f"direction = {value}" + toml[end:]
-        return replace(case, toml=text, expect_error=True, expect_at=("dataset.toml", None, f"outcomes.{oid}.direction"))
+        return replace(
+            case, toml=text, expect_error=True, expect_at=("dataset.toml", None, f"outcomes.{oid}.direction")
+        )
     if kind == "provenance":
-        return replace(case, toml=toml.replace('provenance = "simulated"', 'provenance = "made up"'), expect_error=True,
-                       expect_at=("dataset.toml", None, "provenance"))
+        return replace(
+            case,
+            toml=toml.replace('provenance = "simulated"', 'provenance = "made up"'),
+            expect_error=True,
+            expect_at=("dataset.toml", None, "provenance"),
+        )
     if kind == "no_outcomes":
         text = toml.replace("[outcomes.", "[measures.")
         return replace(case, toml=text, expect_error=True, expect_at=("dataset.toml", None, "outcomes"))
     if kind == "moderator_type":
-        return replace(case, toml=toml.replace('type = "numeric"', 'type = "number"'), expect_error=True,
-                       expect_at=("dataset.toml", None, "moderators.duration_weeks.type"))
+        return replace(
+            case,
+            toml=toml.replace('type = "numeric"', 'type = "number"'),
+            expect_error=True,
+            expect_at=("dataset.toml", None, "moderators.duration_weeks.type"),
+        )
     if kind == "outcome_id_path":  # an outcome id that would name a file outside the report folder
         bad = draw(st.sampled_from(["../evil", "a/b", "..", "x\\\\y"]))
         text = toml + f'\n[outcomes."{bad}"]\nlabel = "x"\ndirection = 1\n'
         return replace(case, toml=text, expect_error=True, expect_at=("dataset.toml", None, "*"))
     if kind.startswith("toml_") and kind != "toml_bom":
-        data = {"toml_bytes": draw(st.binary(max_size=100)), "toml_utf16": toml.encode("utf-16"), "toml_empty": b"",
-                "toml_missing": None}[kind]
+        data = {
+            "toml_bytes": draw(st.binary(max_size=100)),
+            "toml_utf16": toml.encode("utf-16"),
+            "toml_empty": b"",
+            "toml_missing": None,
+        }[kind]
         return replace(case, override={"dataset.toml": data}, expect_error=True, expect_at=("dataset.toml", "*", "*"))
     if kind == "toml_bom":  # legal: a UTF-8 byte-order mark (Windows Notepad) is accepted
         return replace(case, override={"dataset.toml": b"\xef\xbb\xbf" + toml.encode()}, expect_error=False)
@@ -422,25 +593,43 @@ def mutated_meta_cases(draw: Callable) -> Case:
         grown = replace(studies, rows=studies.rows + [list(studies.rows[i])])
         return replace(case, studies=grown, expect_error=True, expect_at=("studies.csv", len(studies.rows), "study"))
     if kind == "study_missing_id":
-        return replace(case, studies=studies.with_cell(i, "study", draw(st.sampled_from(["", "  ", "\t"]))),
-                       expect_error=True, expect_at=("studies.csv", i, "study"))
+        return replace(
+            case,
+            studies=studies.with_cell(i, "study", draw(st.sampled_from(["", "  ", "\t"]))),
+            expect_error=True,
+            expect_at=("studies.csv", i, "study"),
+        )
     if kind == "moderator_numeric":
         value = draw(st.sampled_from(BAD_NUMBERS))
-        return replace(case, studies=studies.with_cell(i, "duration_weeks", value), expect_error=True,
-                       expect_at=("studies.csv", i, "duration_weeks"))
+        return replace(
+            case,
+            studies=studies.with_cell(i, "duration_weeks", value),
+            expect_error=True,
+            expect_at=("studies.csv", i, "duration_weeks"),
+        )
     if kind == "moderator_level":
         value = draw(EXTRA_TEXT.filter(lambda s: s.strip() not in ("rat", "mouse")))
-        return replace(case, studies=studies.with_cell(i, "species", value), expect_error=True,
-                       expect_at=("studies.csv", i, "species"))
+        return replace(
+            case,
+            studies=studies.with_cell(i, "species", value),
+            expect_error=True,
+            expect_at=("studies.csv", i, "species"),
+        )
     if kind == "rob":
         value = draw(EXTRA_TEXT.filter(lambda s: s.strip().lower() not in ("low", "high", "unclear")))
-        return replace(case, studies=studies.with_cell(i, "rob_blinding", value), expect_error=True,
-                       expect_at=("studies.csv", i, "rob_blinding"))
+        return replace(
+            case,
+            studies=studies.with_cell(i, "rob_blinding", value),
+            expect_error=True,
+            expect_at=("studies.csv", i, "rob_blinding"),
+        )
     if kind == "studies_no_column":
         col = draw(st.sampled_from(["study", "species", "duration_weeks"]))
         k = studies.col(col)
-        dropped = Table([h for j, h in enumerate(studies.header) if j != k],
-                        [[c for j, c in enumerate(r) if j != k] for r in studies.rows])
+        dropped = Table(
+            [h for j, h in enumerate(studies.header) if j != k],
+            [[c for j, c in enumerate(r) if j != k] for r in studies.rows],
+        )
         return replace(case, studies=dropped, expect_error=True, expect_at=("studies.csv", "header", col))
     if kind == "study_removed":  # its data rows now name an unknown study
         sid = studies.rows[i][0]
@@ -452,7 +641,9 @@ def mutated_meta_cases(draw: Callable) -> Case:
     if kind == "study_extra":  # legal: a study without data rows (a warning says it contributes nothing)
         taken = {r[0] for r in studies.rows}
         sid = next(f"Extra{k}" for k in range(100) if f"Extra{k}" not in taken)
-        return replace(case, studies=replace(studies, rows=studies.rows + [[sid, "rat", "4", "low"]]), expect_error=False)
+        return replace(
+            case, studies=replace(studies, rows=studies.rows + [[sid, "rat", "4", "low"]]), expect_error=False
+        )
     if kind == "studies_empty":
         return replace(case, override={"studies.csv": b""}, expect_error=True, expect_at=("studies.csv", None, None))
     return replace(case, studies=replace(studies, rows=[]), expect_error=True, expect_at=("studies.csv", "*", "*"))
@@ -465,31 +656,50 @@ def mutated_effect_cases(draw: Callable) -> Case:
     i = draw(st.integers(0, len(table.rows) - 1))
     kind = draw(st.sampled_from(["yi", "dispersion", "n", "duplicate", "drop_yi", "ragged", "undeclared", "valid"]))
     if kind == "yi":
-        return replace(case, data=table.with_cell(i, "yi", draw(st.sampled_from(BAD_NUMBERS))), expect_error=True,
-                       expect_at=("effects.csv", i, "yi"))
+        return replace(
+            case,
+            data=table.with_cell(i, "yi", draw(st.sampled_from(BAD_NUMBERS))),
+            expect_error=True,
+            expect_at=("effects.csv", i, "yi"),
+        )
     if kind == "dispersion":
         col = "vi" if table.get(i, "vi") else "sei"
         value = draw(st.sampled_from(BAD_POSITIVE + ["1e-200"] if col == "sei" else BAD_POSITIVE))
-        return replace(case, data=table.with_cell(i, col, value), expect_error=True,
-                       expect_at=("effects.csv", i, "vi/sei" if value == "" else col))
+        return replace(
+            case,
+            data=table.with_cell(i, col, value),
+            expect_error=True,
+            expect_at=("effects.csv", i, "vi/sei" if value == "" else col),
+        )
     if kind == "n":
         col = draw(st.sampled_from(["n_treatment", "n_control"]))
         value = draw(st.sampled_from([v for v in BAD_COUNTS if v]))
         return replace(case, data=table.with_cell(i, col, value), expect_error=True, expect_at=("effects.csv", i, col))
     if kind == "duplicate":
-        return replace(case, data=replace(table, rows=table.rows + [list(table.rows[i])]), expect_error=True,
-                       expect_at=("effects.csv", len(table.rows), "study,outcome,comparison"))
+        return replace(
+            case,
+            data=replace(table, rows=table.rows + [list(table.rows[i])]),
+            expect_error=True,
+            expect_at=("effects.csv", len(table.rows), "study,outcome,comparison"),
+        )
     if kind == "drop_yi":
         k = table.col("yi")
-        dropped = Table([h for j, h in enumerate(table.header) if j != k], [[c for j, c in enumerate(r) if j != k] for r in table.rows])
+        dropped = Table(
+            [h for j, h in enumerate(table.header) if j != k],
+            [[c for j, c in enumerate(r) if j != k] for r in table.rows],
+        )
         return replace(case, data=dropped, expect_error=True, expect_at=("effects.csv", "header", "yi"))
     if kind == "ragged":
         rows = [list(r) for r in table.rows]
         rows[i] = rows[i] + ["1"]
         return replace(case, data=replace(table, rows=rows), expect_error=True, expect_at=("effects.csv", i, None))
     if kind == "undeclared":
-        return replace(case, data=table.with_cell(i, "outcome", "Undeclared_X"), expect_error=True,
-                       expect_at=("effects.csv", i, "outcome"))
+        return replace(
+            case,
+            data=table.with_cell(i, "outcome", "Undeclared_X"),
+            expect_error=True,
+            expect_at=("effects.csv", i, "outcome"),
+        )
     return case
 
 
@@ -607,12 +817,18 @@ def _fuzz(strategy: st.SearchStrategy, fast: int, slow: int) -> tuple[Callable, 
 
 
 test_valid_arm_datasets_lose_no_row, test_valid_arm_datasets_lose_no_row_slow = _fuzz(valid_arm_cases(), 40, 500)
-test_valid_effect_datasets_lose_no_row, test_valid_effect_datasets_lose_no_row_slow = _fuzz(valid_effect_cases(), 20, 300)
-test_mutated_arms_give_located_errors, test_mutated_arms_give_located_errors_slow = _fuzz(mutated_arm_cases(), 100, 1000)
+test_valid_effect_datasets_lose_no_row, test_valid_effect_datasets_lose_no_row_slow = _fuzz(
+    valid_effect_cases(), 20, 300
+)
+test_mutated_arms_give_located_errors, test_mutated_arms_give_located_errors_slow = _fuzz(
+    mutated_arm_cases(), 100, 1000
+)
 test_mutated_declarations_give_located_errors, test_mutated_declarations_give_located_errors_slow = _fuzz(
-    mutated_meta_cases(), 60, 800)
+    mutated_meta_cases(), 60, 800
+)
 test_mutated_effects_give_located_errors, test_mutated_effects_give_located_errors_slow = _fuzz(
-    mutated_effect_cases(), 30, 400)
+    mutated_effect_cases(), 30, 400
+)
 
 
 @st.composite
@@ -635,7 +851,9 @@ def arbitrary_csv_text_cases(draw: Callable) -> Case:
 
 
 test_arbitrary_files_never_crash, test_arbitrary_files_never_crash_slow = _fuzz(arbitrary_file_cases(), 30, 500)
-test_arbitrary_csv_text_never_crashes, test_arbitrary_csv_text_never_crashes_slow = _fuzz(arbitrary_csv_text_cases(), 30, 500)
+test_arbitrary_csv_text_never_crashes, test_arbitrary_csv_text_never_crashes_slow = _fuzz(
+    arbitrary_csv_text_cases(), 30, 500
+)
 
 
 # --- a few pinned examples (regressions found by the fuzzer) ---------------------------------------
@@ -661,20 +879,27 @@ def test_short_row_is_located_not_a_traceback(tmp_path):
 
 
 def test_every_row_one_field_longer_is_not_read_as_an_index(tmp_path):
-    arms = HEADER.replace(",control_arm", "") + "x,A2020,ovx,control,BMD,0.22,0.03,,8\nx,A2020,ev,treatment,BMD,0.26,0.03,,8\n"
+    arms = (
+        HEADER.replace(",control_arm", "")
+        + "x,A2020,ovx,control,BMD,0.22,0.03,,8\nx,A2020,ev,treatment,BMD,0.26,0.03,,8\n"
+    )
     found = errors(_pinned(tmp_path, arms))
     assert _at(found, 2, None) and _at(found, 3, None)
 
 
 def test_line_numbers_count_blank_lines_and_multiline_cells(tmp_path):
-    arms = (HEADER + "\nA2020,ovx,control,BMD,0.22,0.03,,8,\n\n"
-            'A2020,ev,treatment,BMD,0.26,0.03,,8,"ovx"\n"B2021\nx",ovx,control,BMD,oops,0.03,,8,\n')
+    arms = (
+        HEADER + "\nA2020,ovx,control,BMD,0.22,0.03,,8,\n\n"
+        'A2020,ev,treatment,BMD,0.26,0.03,,8,"ovx"\n"B2021\nx",ovx,control,BMD,oops,0.03,,8,\n'
+    )
     found = errors(_pinned(tmp_path, arms))
     assert _at(found, 6, "mean") and _at(found, 6, "study")
 
 
 def test_number_overflowing_to_inf_is_not_finite(tmp_path):
-    arms = HEADER + "A2020,ovx,control,BMD,1e999,0.03,,8,\nA2020,ev,treatment,BMD,0.26,0.03,,99999999999999999999999999,\n"
+    arms = (
+        HEADER + "A2020,ovx,control,BMD,1e999,0.03,,8,\nA2020,ev,treatment,BMD,0.26,0.03,,99999999999999999999999999,\n"
+    )
     found = errors(_pinned(tmp_path, arms))
     assert _at(found, 2, "mean") and _at(found, 3, "n")
 
@@ -688,8 +913,10 @@ def test_values_whose_effect_size_overflows_are_errors(tmp_path):
 
 
 def test_sem_only_file_with_large_sd_warns_without_crashing(tmp_path):
-    arms = ("study,arm,role,outcome,mean,sem,n\nA2020,ovx,control,BMD,0.2,0.5,8\nA2020,ev,treatment,BMD,0.3,0.5,8\n"
-            "B2021,ovx,control,BMD,0.2,0.01,8\nB2021,ev,treatment,BMD,0.3,0.01,8\n")
+    arms = (
+        "study,arm,role,outcome,mean,sem,n\nA2020,ovx,control,BMD,0.2,0.5,8\nA2020,ev,treatment,BMD,0.3,0.5,8\n"
+        "B2021,ovx,control,BMD,0.2,0.01,8\nB2021,ev,treatment,BMD,0.3,0.01,8\n"
+    )
     problems = _pinned(tmp_path, arms)
     assert not errors(problems) and _at(problems, 2, "sem")
 

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from analysis.checks.influence import PARETO_K_THRESHOLD, influence_analysis, study_influence
 from analysis.config import DATA_DIR, DEFAULT_DATASET
-from analysis.dataset import load_dataset
-from analysis.effects import compute_effects, study_effects
-from analysis.fit import PriorSet, fit_random_effects
-from analysis.influence import PARETO_K_THRESHOLD, influence_analysis, study_influence
-from analysis.plots_influence import influence_plot
-from models.exact import exact_posterior
+from analysis.dataset.effects import compute_effects, study_effects
+from analysis.dataset.load import load_dataset
+from analysis.fitting.random_effects import fit_random_effects
+from analysis.plots.influence import influence_plot
+from models.exact.posterior import exact_posterior
+from models.priors import PriorSet
 from tests.tolerances import (
     GATE_DIVERGENCES_MAX,
     GATE_ESS_BULK_MIN,

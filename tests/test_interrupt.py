@@ -51,8 +51,14 @@ STAGING_CHILD = textwrap.dedent("""
 
 
 def _start_staging_child(out: Path) -> subprocess.Popen:
-    child = subprocess.Popen([sys.executable, "-c", STAGING_CHILD, str(out)], cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=_env())
+    child = subprocess.Popen(
+        [sys.executable, "-c", STAGING_CHILD, str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     line = child.stdout.readline()
     assert line.strip() == "inside-staging", child.stderr.read()
     return child
@@ -96,7 +102,7 @@ def test_killed_inside_staging_leaves_a_leftover_that_the_next_run_removes(tmp_p
     assert child.returncode == -sig
     assert _tree(out) == before  # the target is never touched before the staging folder is complete
     leftovers = _hidden(tmp_path)
-    assert leftovers == [l for l in leftovers if l.startswith(f".report.tmp-{child.pid}-")] and len(leftovers) == 1
+    assert leftovers == [n for n in leftovers if n.startswith(f".report.tmp-{child.pid}-")] and len(leftovers) == 1
     with staged_directory(out) as stage:
         assert _hidden(tmp_path) == [stage.name]  # the dead process's folder is gone
         write_text_atomic(stage / "report.md", "# new\n")
@@ -187,7 +193,7 @@ CLI_CHILD = textwrap.dedent("""
     import os, sys, time
     pause = os.environ.get("EVMETA_TEST_PAUSE", "")
     if pause == "report":  # after the first table is written into the staging folder
-        import analysis.report as report
+        import analysis.report.write as report
         original_write_csv = report.write_csv
         def write_csv(path, frame):
             written = original_write_csv(path, frame)
@@ -222,9 +228,14 @@ def _dataset(root: Path) -> Path:
 
 
 def _evmeta_run(dataset: Path, out: Path, *, pause: str = "") -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CLI_CHILD, "run", str(dataset), "--out", str(out), *RUN_ARGS],
-                            cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env=_env() | {"EVMETA_TEST_PAUSE": pause, "MPLBACKEND": "Agg"})
+    return subprocess.Popen(
+        [sys.executable, "-c", CLI_CHILD, "run", str(dataset), "--out", str(out), *RUN_ARGS],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=_env() | {"EVMETA_TEST_PAUSE": pause, "MPLBACKEND": "Agg"},
+    )
 
 
 def _wait_for(child: subprocess.Popen, marker: str, timeout: float = 600) -> list[str]:
@@ -341,10 +352,28 @@ def test_killing_a_parallel_run_leaves_no_orphan_workers(tmp_path):
     from tests.helpers import write_dataset
 
     dataset = write_dataset(tmp_path)  # two outcomes with data: two jobs for two workers
-    args = ["run", str(dataset), "--out", str(tmp_path / "report"), "--draws", "500", "--tune", "500",
-            "--chains", "2", "--workers", "2", "--no-cache"]
-    child = subprocess.Popen([sys.executable, "-m", "analysis.cli", *args], cwd=REPO, stderr=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, env=_env() | {"MPLBACKEND": "Agg"})
+    args = [
+        "run",
+        str(dataset),
+        "--out",
+        str(tmp_path / "report"),
+        "--draws",
+        "500",
+        "--tune",
+        "500",
+        "--chains",
+        "2",
+        "--workers",
+        "2",
+        "--no-cache",
+    ]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "analysis.cli", *args],
+        cwd=REPO,
+        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        env=_env() | {"MPLBACKEND": "Agg"},
+    )
     workers: list[int] = []
     try:
         deadline = time.monotonic() + 300

@@ -18,11 +18,11 @@ import pytest
 from scipy import stats
 
 from analysis.config import DEFAULT_DATASET
-from analysis.dataset import Moderator, load_dataset
-from analysis.effects import compute_effects
-from analysis.fit import PriorSet, SamplerSettings
-from analysis.meta_regression import fit_meta_regression, fit_subgroups_one_at_a_time
-from models.exact import exact_posterior
+from analysis.dataset.effects import compute_effects
+from analysis.dataset.load import Moderator, load_dataset
+from analysis.fitting.meta_regression import fit_meta_regression, fit_subgroups_one_at_a_time
+from analysis.fitting.sampling import SamplerSettings
+from models.exact.posterior import exact_posterior
 from models.meta_regression import (
     DEFAULT_SLOPE_SD_JOINT,
     DEFAULT_SLOPE_SD_SEPARATE,
@@ -31,7 +31,7 @@ from models.meta_regression import (
     build_meta_regression_model,
     slope_prior_sds,
 )
-from models.priors import PriorSpec
+from models.priors import PriorSet, PriorSpec
 from tests.helpers import write_dataset
 from tests.tolerances import CLOSED_FORM_LIMIT_ABS, EXACT_TAU_ABS
 
@@ -73,7 +73,9 @@ def test_numeric_moderator_centred_at_mean_of_analysed_studies() -> None:
 
 def test_constant_moderator_raises_or_is_skipped_with_a_note() -> None:
     studies = _table(species=["rat", "rat", "rat"], dose=[2.0, 2.0, 3.0])
-    with pytest.raises(ModeratorNotEstimable, match="'species' cannot be estimated: all analysed studies have level 'rat'"):
+    with pytest.raises(
+        ModeratorNotEstimable, match="'species' cannot be estimated: all analysed studies have level 'rat'"
+    ):
         build_design(studies, [SPECIES, DOSE])
     design = build_design(studies, [SPECIES, DOSE], skip_constant=True)
     assert design.coef_names == ("intercept", "dose")
@@ -119,8 +121,13 @@ def test_nuts_graph_reuses_random_effects_builder_with_finite_logp() -> None:
     studies = _table(species=["rat", "mouse", "rat", "mouse"], dose=[1.0, 2.0, 4.0, 9.0])
     design = build_design(studies, [SPECIES, DOSE])
     model = build_meta_regression_model(
-        np.array([0.2, 1.0, 0.4, 1.3]), np.full(4, 0.05), design, tau_prior=PriorSpec.parse("halfnormal:1"),
-        intercept_prior=PriorSpec.parse("normal:0:3"), slope_sds=slope_prior_sds(design, 1.0))
+        np.array([0.2, 1.0, 0.4, 1.3]),
+        np.full(4, 0.05),
+        design,
+        tau_prior=PriorSpec.parse("halfnormal:1"),
+        intercept_prior=PriorSpec.parse("normal:0:3"),
+        slope_sds=slope_prior_sds(design, 1.0),
+    )
     names = {rv.name for rv in model.free_RVs}
     assert names == {"beta_intercept", "beta_species[mouse]", "beta_dose", "tau"}
     assert list(model.coords["coef"]) == list(design.coef_names)
@@ -180,8 +187,13 @@ NEAR_FLAT = PriorSet(mu=PriorSpec.parse("normal:0:1000"), tau=PriorSpec.parse("h
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory):
     rows = [f"{s},{o},{YI[s] * (1 if o == 'BMD' else -1)},{VI[s]}" for o in ("BMD", "Tb_Sp") for s in YI]
-    path = write_dataset(tmp_path_factory.mktemp("mr"), toml=TOML, studies=STUDIES, arms=None,
-                         effects="study,outcome,yi,vi\n" + "\n".join(rows) + "\n")
+    path = write_dataset(
+        tmp_path_factory.mktemp("mr"),
+        toml=TOML,
+        studies=STUDIES,
+        arms=None,
+        effects="study,outcome,yi,vi\n" + "\n".join(rows) + "\n",
+    )
     return load_dataset(path)
 
 
@@ -191,8 +203,15 @@ def _iv_mean(studies: list[str]) -> tuple[float, float]:
 
 
 def _fixed_effect(tiny, outcome: str, moderators: list[str]):
-    return fit_meta_regression(tiny, outcome, moderators=moderators, engine="exact", priors=NEAR_FLAT,
-                               beta_prior_sd=1000.0, slope_prior_scale="unit")
+    return fit_meta_regression(
+        tiny,
+        outcome,
+        moderators=moderators,
+        engine="exact",
+        priors=NEAR_FLAT,
+        beta_prior_sd=1000.0,
+        slope_prior_scale="unit",
+    )
 
 
 def test_subgroup_means_and_contrast_are_inverse_variance_means_in_the_fixed_effect_limit(tiny) -> None:
@@ -221,7 +240,10 @@ def test_numeric_slope_is_weighted_least_squares_in_the_fixed_effect_limit(tiny)
     cov = np.linalg.inv(X.T @ (w[:, None] * X))
     coef = cov @ X.T @ (w * y)
     (slope,) = result.slopes
-    assert abs(slope["mean"] - coef[1]) <= CLOSED_FORM_LIMIT_ABS and abs(slope["sd"] - math.sqrt(cov[1, 1])) <= CLOSED_FORM_LIMIT_ABS
+    assert (
+        abs(slope["mean"] - coef[1]) <= CLOSED_FORM_LIMIT_ABS
+        and abs(slope["sd"] - math.sqrt(cov[1, 1])) <= CLOSED_FORM_LIMIT_ABS
+    )
     assert abs(result.beta["intercept"]["mean"] - coef[0]) <= CLOSED_FORM_LIMIT_ABS
     assert slope["centre"] == pytest.approx(x.mean()) and result.subgroups == [] and result.contrasts == []
 
@@ -266,13 +288,16 @@ def test_constant_moderator_in_fits(tiny) -> None:
     assert json.loads(json.dumps(separate.to_dict()))["skipped"] == separate.skipped
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"moderators": ["nope"]}, "unknown or no moderators"),
-    ({"moderators": []}, "unknown or no moderators"),
-    ({"moderators": "species"}, "list of names or 'all'"),
-    ({"moderators": ["species"], "engine": "gibbs"}, "engine must be"),
-    ({"moderators": ["species"], "beta_prior_sd": -1.0}, "positive"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"moderators": ["nope"]}, "unknown or no moderators"),
+        ({"moderators": []}, "unknown or no moderators"),
+        ({"moderators": "species"}, "list of names or 'all'"),
+        ({"moderators": ["species"], "engine": "gibbs"}, "engine must be"),
+        ({"moderators": ["species"], "beta_prior_sd": -1.0}, "positive"),
+    ],
+)
 def test_configuration_is_validated(tiny, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         fit_meta_regression(tiny, "BMD", **{"engine": "exact", **kwargs})
@@ -281,31 +306,76 @@ def test_configuration_is_validated(tiny, kwargs: dict, message: str) -> None:
 def test_json_layout_and_report_text(tiny) -> None:
     result = fit_meta_regression(tiny, "Tb_Sp", moderators=["species", "dose"], engine="exact")
     out = json.loads(json.dumps(result.to_dict()))
-    for key in ("dataset", "outcome", "model", "engine", "priors", "k", "mu", "tau", "theta_new", "I2", "beta",
-                "subgroups", "contrasts", "slopes", "R2", "studies", "prob_benefit", "coding", "notes"):
+    for key in (
+        "dataset",
+        "outcome",
+        "model",
+        "engine",
+        "priors",
+        "k",
+        "mu",
+        "tau",
+        "theta_new",
+        "I2",
+        "beta",
+        "subgroups",
+        "contrasts",
+        "slopes",
+        "R2",
+        "studies",
+        "prob_benefit",
+        "coding",
+        "notes",
+    ):
         assert key in out, key
     assert out["model"] == "meta-regression" and out["k"] == 6 and out["direction"] == -1
-    assert out["priors"] == {"intercept": "normal:0:3", "tau": "halfnormal:1", "species[mouse]": "normal:0:0.5",
-                             "dose": f"normal:0:{float(f'{0.5 / (2 * np.std([1, 2, 3, 1, 2, 4], ddof=1)):.4g}'):g}"}
+    assert out["priors"] == {
+        "intercept": "normal:0:3",
+        "tau": "halfnormal:1",
+        "species[mouse]": "normal:0:0.5",
+        "dose": f"normal:0:{float(f'{0.5 / (2 * np.std([1, 2, 3, 1, 2, 4], ddof=1)):.4g}'):g}",
+    }
     assert set(out["beta"]["dose"]) == {"mean", "sd", "median", "q025", "q975", "prob_gt_0"}
     assert out["mu"] == {k: v for k, v in out["beta"]["intercept"].items() if k != "prob_gt_0"}
     text = str(result)
-    for fragment in ("meta-regression", "[SIMULATED DATA]", "k = 6", "species (categorical, reference 'rat')",
-                     "Subgroup means", "Contrasts vs reference", "Numeric slopes", "R2 =", "eti95", "lower is better"):
+    for fragment in (
+        "meta-regression",
+        "[SIMULATED DATA]",
+        "k = 6",
+        "species (categorical, reference 'rat')",
+        "Subgroup means",
+        "Contrasts vs reference",
+        "Numeric slopes",
+        "R2 =",
+        "eti95",
+        "lower is better",
+    ):
         assert fragment in text, fragment
 
 
 def test_nuts_path_runs_and_records_diagnostics(tiny) -> None:
     """A short NUTS run exercises the sampling path (accuracy is the slow tests' business)."""
-    result = fit_meta_regression(tiny, "BMD", moderators=["species"], engine="nuts", seed=3,
-                                 sampler=SamplerSettings(draws=300, tune=300, chains=2))
+    result = fit_meta_regression(
+        tiny,
+        "BMD",
+        moderators=["species"],
+        engine="nuts",
+        seed=3,
+        sampler=SamplerSettings(draws=300, tune=300, chains=2),
+    )
     post = result.posterior.posterior
     assert post["beta"].sizes["coef"] == 2 and post["theta"].sizes["study"] == 6 and "theta_new" in post
     assert result.diagnostics is not None and result.settings["seed"] == 3
     out = json.loads(json.dumps(result.to_dict()))
     assert out["engine"] == "nuts" and set(out["diagnostics"]) >= {"r_hat_max", "ess_bulk_min", "divergences"}
-    again = fit_meta_regression(tiny, "BMD", moderators=["species"], engine="nuts", seed=3,
-                                sampler=SamplerSettings(draws=300, tune=300, chains=2))
+    again = fit_meta_regression(
+        tiny,
+        "BMD",
+        moderators=["species"],
+        engine="nuts",
+        seed=3,
+        sampler=SamplerSettings(draws=300, tune=300, chains=2),
+    )
     assert again.beta == result.beta and again.subgroups == result.subgroups
 
 
@@ -331,10 +401,17 @@ def test_true_moderator_effects_inside_joint_model_intervals(flagship, outcome: 
     assert engineered["level"] == "engineered" and engineered["reference"] == "native"
     assert engineered["q025"] <= truth["direction"][outcome] * 0.5 <= engineered["q975"]
     # intercept: mu_k + d_k * c(x) at the reference levels and the analysed studies' numeric means
-    c0 = sum(-m["effect"][lvl] * m["population_share"][lvl] for m in truth["moderators"].values()
-             if m["type"] == "categorical" for lvl in m["effect"])
-    c0 += sum(m["per_unit"] * (result.design.term(name).mean - m["centre"]) for name, m in truth["moderators"].items()
-              if m["type"] == "numeric")
+    c0 = sum(
+        -m["effect"][lvl] * m["population_share"][lvl]
+        for m in truth["moderators"].values()
+        if m["type"] == "categorical"
+        for lvl in m["effect"]
+    )
+    c0 += sum(
+        m["per_unit"] * (result.design.term(name).mean - m["centre"])
+        for name, m in truth["moderators"].items()
+        if m["type"] == "numeric"
+    )
     intercept = truth["mu"][outcome] + truth["direction"][outcome] * c0
     assert result.beta["intercept"]["q025"] <= intercept <= result.beta["intercept"]["q975"]
 

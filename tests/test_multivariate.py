@@ -19,17 +19,17 @@ import xarray as xr
 from matplotlib.figure import Figure
 from scipy import stats
 
-import analysis.multivariate as mv
+import analysis.fitting.multivariate as mv
 from analysis.config import DEFAULT_DATASET
-from analysis.dataset import load_dataset
-from analysis.effects import compute_effects, study_effects
-from analysis.fit import SamplerSettings
-from analysis.multivariate_data import (
+from analysis.dataset.effects import compute_effects, study_effects
+from analysis.dataset.load import load_dataset
+from analysis.fitting.multivariate_data import (
     DEFAULT_OUTCOMES,
     multivariate_data_from_dataset,
     multivariate_data_from_effects,
 )
-from analysis.plots_multivariate import borrowing_plot, correlation_heatmap
+from analysis.fitting.sampling import SamplerSettings
+from analysis.plots.multivariate import borrowing_plot, correlation_heatmap
 from models.multivariate import (
     build_multivariate_model,
     correlation_matrix,
@@ -39,6 +39,7 @@ from models.multivariate import (
     outcome_pairs,
     within_covariance,
 )
+from models.priors import PriorSet
 from tests.helpers import write_dataset
 from tests.tolerances import EFFECT_SIZE_ABS, MARGINAL_LOGP_ABS, MCSE_MULTIPLE
 
@@ -73,12 +74,15 @@ def _fake_posterior(data, sampler: SamplerSettings, seed: int) -> xr.DataTree:
     sd = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
     R = cov / (sd[..., :, None] * sd[..., None, :])
     upper = np.triu_indices(K, 1)
-    posterior = xr.Dataset({
-        "mu": (("chain", "draw", "outcome"), 1.2 + 0.2 * rng.standard_normal((*n, K))),
-        "tau": (("chain", "draw", "outcome"), np.abs(0.4 * rng.standard_normal((*n, K)))),
-        "R": (("chain", "draw", "outcome", "outcome_bis"), R),
-        "rho": (("chain", "draw", "pair"), R[..., upper[0], upper[1]]),
-    }, coords={"outcome": ids, "outcome_bis": ids, "pair": outcome_pairs(ids)})
+    posterior = xr.Dataset(
+        {
+            "mu": (("chain", "draw", "outcome"), 1.2 + 0.2 * rng.standard_normal((*n, K))),
+            "tau": (("chain", "draw", "outcome"), np.abs(0.4 * rng.standard_normal((*n, K)))),
+            "R": (("chain", "draw", "outcome", "outcome_bis"), R),
+            "rho": (("chain", "draw", "pair"), R[..., upper[0], upper[1]]),
+        },
+        coords={"outcome": ids, "outcome_bis": ids, "pair": outcome_pairs(ids)},
+    )
     stats_ = xr.Dataset({"diverging": (("chain", "draw"), np.zeros(n, dtype=bool))})
     return xr.DataTree.from_dict({"posterior": posterior, "sample_stats": stats_})
 
@@ -127,10 +131,14 @@ def test_known_within_cov_is_oriented(dataset):
     base = multivariate_data_from_dataset(dataset, outcomes=["BV_TV", "Tb_Sp"], table=table)
     vi = base.vi[0]
     cov = np.array([[vi[0], -0.4 * np.sqrt(vi[0] * vi[1])], [-0.4 * np.sqrt(vi[0] * vi[1]), vi[1]]])  # natural scale
-    given = multivariate_data_from_dataset(dataset, outcomes=["BV_TV", "Tb_Sp"], table=table, within_cov={base.study[0]: cov})
+    given = multivariate_data_from_dataset(
+        dataset, outcomes=["BV_TV", "Tb_Sp"], table=table, within_cov={base.study[0]: cov}
+    )
     assert given.S[0, 0, 1] == pytest.approx(0.4 * np.sqrt(vi[0] * vi[1]))
     with pytest.raises(ValueError, match="diagonal"):
-        multivariate_data_from_dataset(dataset, outcomes=["BV_TV", "Tb_Sp"], table=table, within_cov={base.study[0]: 2 * cov})
+        multivariate_data_from_dataset(
+            dataset, outcomes=["BV_TV", "Tb_Sp"], table=table, within_cov={base.study[0]: 2 * cov}
+        )
 
 
 def test_tiny_dataset_sign_flip(tmp_path):
@@ -146,8 +154,9 @@ def test_berkey_loader_builds_known_covariances():
     assert data.outcome_ids == ["AL", "PD"] and data.study == ("1", "2")
     np.testing.assert_array_equal(data.yi, [[-0.32, 0.47], [-0.6, 0.2]])
     np.testing.assert_array_equal(data.S[0], [[0.0077, 0.003], [0.003, 0.0075]])
-    flipped = multivariate_data_from_effects(pd.read_csv(pd.io.common.StringIO(BERKEY)), cov_columns=("v1i", "v2i"),
-                                             directions={"AL": -1})
+    flipped = multivariate_data_from_effects(
+        pd.read_csv(pd.io.common.StringIO(BERKEY)), cov_columns=("v1i", "v2i"), directions={"AL": -1}
+    )
     np.testing.assert_array_equal(flipped.yi[:, 0], [0.32, 0.6])
     assert flipped.S[0, 0, 1] == pytest.approx(-0.003) and flipped.S[0, 0, 0] == pytest.approx(0.0077)
 
@@ -169,7 +178,9 @@ def _at_point(model, outputs, point):
 
 def _point(model, mu, tau, z):
     point = model.initial_point()
-    point.update({"mu": np.asarray(mu, float), "tau_log__": np.log(tau), "chol_R_cholesky_corr__": np.asarray(z, float)})
+    point.update(
+        {"mu": np.asarray(mu, float), "tau_log__": np.log(tau), "chol_R_cholesky_corr__": np.asarray(z, float)}
+    )
     return point
 
 
@@ -193,7 +204,8 @@ def test_marginal_logp_equals_scipy(with_moderator):
         expected += marginal_logpdf(Y_HAND[i, obs], loc, sigma, S[i][np.ix_(obs, obs)], obs)
         if obs.size == 1:  # the single-outcome study is a univariate normal
             assert marginal_logpdf(Y_HAND[i, obs], loc, sigma, S[i][np.ix_(obs, obs)], obs) == pytest.approx(
-                stats.norm.logpdf(Y_HAND[i, obs[0]], loc[obs[0]], np.sqrt(sigma[obs[0], obs[0]] + V_HAND[i, obs[0]])))
+                stats.norm.logpdf(Y_HAND[i, obs[0]], loc[obs[0]], np.sqrt(sigma[obs[0], obs[0]] + V_HAND[i, obs[0]]))
+            )
     assert abs(got - expected) <= MARGINAL_LOGP_ABS
 
 
@@ -208,11 +220,14 @@ def test_graph_builds_with_finite_logp_and_dlogp(data):
 
 @pytest.mark.parametrize(("parameterisation", "lkj"), [("noncentred", "corr"), ("marginal", "cholesky_cov")])
 def test_alternative_graphs_build(data, parameterisation, lkj):
-    model = build_multivariate_model(data.yi, data.S, study=data.study, outcome=data.outcome_ids,
-                                     parameterisation=parameterisation, lkj=lkj)
+    model = build_multivariate_model(
+        data.yi, data.S, study=data.study, outcome=data.outcome_ids, parameterisation=parameterisation, lkj=lkj
+    )
     assert all(np.isfinite(v) for v in model.point_logps().values())
     with pytest.raises(ValueError, match="parameterisation"):
-        build_multivariate_model(data.yi, data.S, study=data.study, outcome=data.outcome_ids, parameterisation="centred")
+        build_multivariate_model(
+            data.yi, data.S, study=data.study, outcome=data.outcome_ids, parameterisation="centred"
+        )
 
 
 def test_conditional_theta_draws_match_gaussian_conditioning():
@@ -221,8 +236,9 @@ def test_conditional_theta_draws_match_gaussian_conditioning():
     S = within_covariance(V_HAND[1:2], 0.4)
     mu = np.array([0.2, 0.1, 0.3])
     sigma = np.array([[0.25, 0.1, 0.12], [0.1, 0.16, 0.05], [0.12, 0.05, 0.36]])
-    theta = draw_theta(yi, S, np.broadcast_to(mu, (n, 1, 3)), np.broadcast_to(sigma, (n, 3, 3)),
-                       rng=np.random.default_rng(5))[:, 0]
+    theta = draw_theta(
+        yi, S, np.broadcast_to(mu, (n, 1, 3)), np.broadcast_to(sigma, (n, 3, 3)), rng=np.random.default_rng(5)
+    )[:, 0]
     obs = [0, 1]
     prec = np.linalg.inv(sigma)
     prec[np.ix_(obs, obs)] += np.linalg.inv(S[0][np.ix_(obs, obs)])
@@ -237,22 +253,34 @@ def test_conditional_theta_draws_match_gaussian_conditioning():
 
 def test_univariate_reference_is_fit_random_effects_oriented(dataset, data):
     table = compute_effects(dataset)
-    from_fit = mv._univariate_from_dataset(dataset, table, data, mv.MultivariatePriors())
-    from_exact = mv._univariate_exact(data, mv.MultivariatePriors())
+    from_fit = mv._univariate_from_dataset(dataset, table, data, PriorSet())
+    from_exact = mv._univariate_exact(data, PriorSet())
     pd.testing.assert_frame_equal(from_fit.astype(float), from_exact.astype(float), atol=1e-9, rtol=0)
     assert from_fit.loc["Tb_Sp", "mean"] > 0
 
 
 def test_rho_within_sensitivity_shape(dataset, monkeypatch):
     def stub(data, **_):
-        frame = pd.DataFrame({c: data.rho_within for c in ("mean", "sd", "median", "q025", "q975")}, index=data.outcome_ids)
+        frame = pd.DataFrame(
+            {c: data.rho_within for c in ("mean", "sd", "median", "q025", "q975")}, index=data.outcome_ids
+        )
         pairs = pd.DataFrame({c: 0.0 for c in ("mean", "sd", "median", "q025", "q975")}, index=["a~b", "a~c"])
         return SimpleNamespace(mu=frame, tau=frame, rho=pairs, converged=True)
 
     monkeypatch.setattr(mv, "fit_multivariate_data", stub)
     table = mv.rho_within_sensitivity(dataset, outcomes=["BV_TV", "Tb_N", "Tb_Sp"])
     assert len(table) == len(mv.RHO_WITHIN_GRID) * (3 + 3 + 2)
-    assert list(table.columns) == ["rho_within", "parameter", "outcome", "mean", "sd", "median", "q025", "q975", "converged"]
+    assert list(table.columns) == [
+        "rho_within",
+        "parameter",
+        "outcome",
+        "mean",
+        "sd",
+        "median",
+        "q025",
+        "q975",
+        "converged",
+    ]
     assert table.groupby("rho_within")["mean"].first().index.tolist() == list(mv.RHO_WITHIN_GRID)
     mu = table[table["parameter"] == "mu"]
     np.testing.assert_allclose(mu["mean"], mu["rho_within"])

@@ -1,4 +1,4 @@
-"""nutpie sampling with compiled models cached by structure (analysis/nuts.py).
+"""nutpie sampling with compiled models cached by structure (analysis/fitting/nuts.py).
 
 The cache must never hand one data set's posterior to another: models that differ only in the
 values of their ``pm.Data`` containers share a compiled model, anything else does not, and a
@@ -11,8 +11,8 @@ import arviz as az
 import numpy as np
 import pytest
 
-import analysis.nuts as nuts
-from models.exact import exact_posterior
+import analysis.fitting.nuts as nuts
+from models.exact.posterior import exact_posterior
 from models.priors import PriorSpec
 from models.random_effects import build_random_effects_model
 from tests.tolerances import GATE_DIVERGENCES_MAX, MCSE_MULTIPLE
@@ -47,8 +47,12 @@ def compile_count(monkeypatch):
 
 def test_fingerprint_ignores_data_values_and_lengths_only():
     assert nuts.model_fingerprint(_model(SMALL)) == nuts.model_fingerprint(_model(LARGE))
-    assert nuts.model_fingerprint(_model(SMALL)) != nuts.model_fingerprint(_model(SMALL, PriorSpec.parse("halfnormal:0.5")))
-    assert nuts.model_fingerprint(_model(SMALL)) != nuts.model_fingerprint(_model(SMALL, PriorSpec.parse("halfcauchy:1")))
+    assert nuts.model_fingerprint(_model(SMALL)) != nuts.model_fingerprint(
+        _model(SMALL, PriorSpec.parse("halfnormal:0.5"))
+    )
+    assert nuts.model_fingerprint(_model(SMALL)) != nuts.model_fingerprint(
+        _model(SMALL, PriorSpec.parse("halfcauchy:1"))
+    )
 
 
 def test_second_data_set_reuses_the_compiled_model_and_gets_its_own_posterior(compile_count):

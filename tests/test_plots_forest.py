@@ -15,10 +15,10 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 
 from analysis.config import DATA_DIR
-from analysis.dataset import load_dataset
-from analysis.fit import fit_random_effects
-from analysis.plots_forest import POOLED_LABEL, PREDICTION_LABEL, Z975, forest_plot, pooled_summary_plot
-from analysis.results import MetaAnalysisResult
+from analysis.dataset.load import load_dataset
+from analysis.fitting.random_effects import fit_random_effects
+from analysis.plots.forest import POOLED_LABEL, PREDICTION_LABEL, Z975, forest_plot, pooled_summary_plot
+from analysis.results.random_effects import MetaAnalysisResult
 from tests.helpers import write_dataset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -87,11 +87,14 @@ def _effects_dataset(root: Path, k: int, *, label_chars: int) -> Path:
     """An effects-level dataset with k studies and long study labels."""
     rng = np.random.default_rng(7)
     names = [f"Study {i:02d} " + "x" * max(0, label_chars - 9) for i in range(k)]
-    toml = ('name = "many"\ntitle = "Many studies"\nprovenance = "published-example"\ncitation = "fixture"\n'
-            'effect_measure = "SMD"\n\n[outcomes.BMD]\nlabel = "Bone mineral density"\nunit = "g/cm2"\ndirection = 1\n')
+    toml = (
+        'name = "many"\ntitle = "Many studies"\nprovenance = "published-example"\ncitation = "fixture"\n'
+        'effect_measure = "SMD"\n\n[outcomes.BMD]\nlabel = "Bone mineral density"\nunit = "g/cm2"\ndirection = 1\n'
+    )
     studies = "study\n" + "".join(f"{n}\n" for n in names)
     effects = "study,outcome,yi,vi\n" + "".join(
-        f"{n},BMD,{rng.normal(0.8, 0.6):.4f},{rng.uniform(0.05, 0.6):.4f}\n" for n in names)
+        f"{n},BMD,{rng.normal(0.8, 0.6):.4f},{rng.uniform(0.05, 0.6):.4f}\n" for n in names
+    )
     return write_dataset(root, toml=toml, studies=studies, arms=None, effects=effects)
 
 
@@ -153,7 +156,9 @@ def test_forest_titles_name_outcome_k_engine_priors_and_interval_kind(normand):
     assert "exact" in subtitle and "normal:0:3" in subtitle and "halfnormal:1" in subtitle
     assert "eti95" in fig.get_supxlabel() and "95% equal-tailed" in fig.get_supxlabel()
     assert ax.get_xlabel() == "Hedges' g (SMD)"
-    assert {"observed g [95% CI]", "shrunken θ_i, mean [95% ETI]"} <= {t.get_text() for t in ax.get_legend().get_texts()}
+    assert {"observed g [95% CI]", "shrunken θ_i, mean [95% ETI]"} <= {
+        t.get_text() for t in ax.get_legend().get_texts()
+    }
 
 
 @pytest.mark.parametrize("outcome, side", [("length_of_stay", "left"), ("BMD", "right")])
@@ -182,8 +187,9 @@ def test_forest_other_measure_labels_axis_and_column(normand):
 
 
 def test_forest_nuts_result_without_posterior(bmd):
-    nuts = dataclasses.replace(bmd, engine="nuts", posterior=None,
-                               settings={"seed": 3, "chains": 4, "draws": 1000, "tune": 1000})
+    nuts = dataclasses.replace(
+        bmd, engine="nuts", posterior=None, settings={"seed": 3, "chains": 4, "draws": 1000, "tune": 1000}
+    )
     fig = forest_plot(nuts)
     assert "NUTS" in _one(fig, "forest").get_title(loc="left") and "seed 3" in _one(fig, "forest").get_title(loc="left")
     assert _png(fig).startswith(PNG_SIGNATURE)

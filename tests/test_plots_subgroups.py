@@ -11,10 +11,10 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 
 from analysis.config import DATA_DIR, DEFAULT_DATASET
-from analysis.dataset import load_dataset
-from analysis.effects import compute_effects
-from analysis.meta_regression import fit_meta_regression, fit_subgroups_one_at_a_time
-from analysis.plots_subgroups import subgroup_plot
+from analysis.dataset.effects import compute_effects
+from analysis.dataset.load import load_dataset
+from analysis.fitting.meta_regression import fit_meta_regression, fit_subgroups_one_at_a_time
+from analysis.plots.meta_regression import subgroup_plot
 
 
 def _by_gid(fig: Figure, gid: str) -> list[Artist]:
@@ -47,7 +47,9 @@ def test_joint_fit_draws_levels_and_slopes(flagship) -> None:
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == ["species", "   rat (ref)", "   mouse", "engineered", "   native (ref)", "   engineered"]
     assert [t.get_text() for t in _by_gid(fig, "benefit_annotation")] == [
-        "favours treatment →", "more benefit at higher values →"]
+        "favours treatment →",
+        "more benefit at higher values →",
+    ]
     assert [t.get_text() for t in _by_gid(fig, "simulated_marker")] == ["SIMULATED DATA"]
     assert any("eti95" in t for t in _texts(fig)) and any("normal:0:3" in t for t in _texts(fig))
 
@@ -57,7 +59,9 @@ def test_one_at_a_time_lower_is_better_and_not_saved(flagship) -> None:
     fits = fit_subgroups_one_at_a_time(dataset, "Tb_Sp", engine="exact", table=table)
     fig = subgroup_plot(fits)
     assert [t.get_text() for t in _by_gid(fig, "benefit_annotation")] == [
-        "← favours treatment", "← more benefit at higher values"]
+        "← favours treatment",
+        "← more benefit at higher values",
+    ]
     assert "one moderator at a time" in fig.get_suptitle()
     mouse = next(c for c in fits["species"].contrasts if c["level"] == "mouse")
     assert f"{mouse['prob_benefit']:.3f}" in _texts(fig)
@@ -67,8 +71,9 @@ def test_one_at_a_time_lower_is_better_and_not_saved(flagship) -> None:
 
 
 def test_published_example_has_only_slope_panel_and_no_simulated_marker() -> None:
-    result = fit_meta_regression(load_dataset(DATA_DIR / "raudenbush1985"), "iq_smd", moderators=["weeks_c"],
-                                 engine="exact")
+    result = fit_meta_regression(
+        load_dataset(DATA_DIR / "raudenbush1985"), "iq_smd", moderators=["weeks_c"], engine="exact"
+    )
     fig = subgroup_plot(result)
     assert [a.get_gid() for a in fig.axes if a.get_gid()] == ["slopes"]
     assert _by_gid(fig, "simulated_marker") == [] and _by_gid(fig, "subgroup_mean") == []

@@ -14,8 +14,14 @@ STUDY = ["a", "b", "c", "d"]
 
 
 def _model(**kw):
-    return build_random_effects_model(YI, VI, study=STUDY, tau_prior=PriorSpec.parse("halfnormal:1"),
-                                      beta_priors=[PriorSpec.parse("normal:0:3")], **kw)
+    return build_random_effects_model(
+        YI,
+        VI,
+        study=STUDY,
+        tau_prior=PriorSpec.parse("halfnormal:1"),
+        beta_priors=[PriorSpec.parse("normal:0:3")],
+        **kw,
+    )
 
 
 def test_graph_has_marginal_likelihood_and_no_theta():
@@ -34,22 +40,40 @@ def test_logp_and_gradient_finite_and_correct_at_initial_point():
     dlogp = model.compile_dlogp()(point)
     assert np.isfinite(logp) and np.all(np.isfinite(dlogp))
     mu, tau = point["mu"], np.exp(point["tau_log__"])
-    expected = (stats.norm.logpdf(mu, 0, 3) + stats.halfnorm.logpdf(tau, scale=1)
-                + stats.norm.logpdf(YI, mu, np.sqrt(VI + tau**2)).sum())
+    expected = (
+        stats.norm.logpdf(mu, 0, 3)
+        + stats.halfnorm.logpdf(tau, scale=1)
+        + stats.norm.logpdf(YI, mu, np.sqrt(VI + tau**2)).sum()
+    )
     assert logp == pytest.approx(expected, rel=1e-7)  # pytensor rewrites the graph (fused, log-space forms)
 
 
 def test_meta_regression_design_and_bad_shapes():
     X = np.column_stack([np.ones(4), [0.0, 1.0, 2.0, 3.0]])
-    model = build_random_effects_model(YI, VI, study=STUDY, tau_prior=PriorSpec.parse("halfnormal:1"),
-                                       beta_priors=[PriorSpec.parse("normal:0:3")] * 2, X=X, coef_names=["intercept", "dose"])
+    model = build_random_effects_model(
+        YI,
+        VI,
+        study=STUDY,
+        tau_prior=PriorSpec.parse("halfnormal:1"),
+        beta_priors=[PriorSpec.parse("normal:0:3")] * 2,
+        X=X,
+        coef_names=["intercept", "dose"],
+    )
     assert {v.name for v in model.free_RVs} == {"beta_intercept", "beta_dose", "tau"}
     with pytest.raises(ValueError, match="does not match"):
-        build_random_effects_model(YI, VI, study=STUDY, tau_prior=PriorSpec.parse("halfnormal:1"),
-                                   beta_priors=[PriorSpec.parse("normal:0:3")], X=X, coef_names=["intercept", "dose"])
+        build_random_effects_model(
+            YI,
+            VI,
+            study=STUDY,
+            tau_prior=PriorSpec.parse("halfnormal:1"),
+            beta_priors=[PriorSpec.parse("normal:0:3")],
+            X=X,
+            coef_names=["intercept", "dose"],
+        )
     with pytest.raises(ValueError, match=r"\[0, inf\)"):
-        build_random_effects_model(YI, VI, study=STUDY, tau_prior=PriorSpec.parse("normal:0:1"),
-                                   beta_priors=[PriorSpec.parse("normal:0:3")])
+        build_random_effects_model(
+            YI, VI, study=STUDY, tau_prior=PriorSpec.parse("normal:0:1"), beta_priors=[PriorSpec.parse("normal:0:3")]
+        )
 
 
 def test_draw_theta_matches_exact_conditional():
@@ -57,7 +81,9 @@ def test_draw_theta_matches_exact_conditional():
     mu, tau = np.full(200_000, 0.4), np.full(200_000, 0.5)
     theta = draw_theta(YI, VI, mu[:, None], tau, rng=rng)
     precision = 1 / VI + 1 / 0.25
-    np.testing.assert_allclose(theta.mean(0), (YI / VI + 0.4 / 0.25) / precision, atol=5 * np.sqrt(1 / precision / 200_000).max())
+    np.testing.assert_allclose(
+        theta.mean(0), (YI / VI + 0.4 / 0.25) / precision, atol=5 * np.sqrt(1 / precision / 200_000).max()
+    )
     np.testing.assert_allclose(theta.var(0), 1 / precision, rtol=0.02)
 
 

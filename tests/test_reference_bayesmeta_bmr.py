@@ -22,29 +22,94 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from models.exact import ExactPosterior, exact_posterior
+from models.exact.posterior import ExactPosterior, exact_posterior
 from models.priors import PriorSpec
 from tests.tolerances import EXACT_MU_ABS, EXACT_TAU_ABS, MCSE_MULTIPLE
 
 DATA = {
     "study": [
-        "Rosenthal et al. 1974", "Conn et al. 1968", "Jose & Cody 1971", "Pellegrini & Hicks 1972",
-        "Pellegrini & Hicks 1972", "Evans & Rosenthal 1969", "Fielder et al. 1971",
-        "Claiborn 1969", "Kester 1969", "Maxwell 1970", "Carter 1970", "Flowers 1966",
-        "Keshock 1970", "Henrikson 1970", "Fine 1972", "Grieger 1970", "Rosenthal & Jacobson 1968",
-        "Fleming & Anttonen 1971", "Ginsburg 1970",
+        "Rosenthal et al. 1974",
+        "Conn et al. 1968",
+        "Jose & Cody 1971",
+        "Pellegrini & Hicks 1972",
+        "Pellegrini & Hicks 1972",
+        "Evans & Rosenthal 1969",
+        "Fielder et al. 1971",
+        "Claiborn 1969",
+        "Kester 1969",
+        "Maxwell 1970",
+        "Carter 1970",
+        "Flowers 1966",
+        "Keshock 1970",
+        "Henrikson 1970",
+        "Fine 1972",
+        "Grieger 1970",
+        "Rosenthal & Jacobson 1968",
+        "Fleming & Anttonen 1971",
+        "Ginsburg 1970",
     ],
     "weeks_c": [
-        2.0, 3.0, 3.0, 0.0, 0.0, 3.0, 3.0, 3.0, 0.0, 1.0, 0.0, 0.0, 1.0, 2.0, 3.0, 3.0, 1.0, 2.0,
+        2.0,
+        3.0,
+        3.0,
+        0.0,
+        0.0,
+        3.0,
+        3.0,
+        3.0,
+        0.0,
+        1.0,
+        0.0,
+        0.0,
+        1.0,
+        2.0,
+        3.0,
+        3.0,
+        1.0,
+        2.0,
         3.0,
     ],
     "yi": [
-        0.03, 0.12, -0.14, 1.18, 0.26, -0.06, -0.02, -0.32, 0.27, 0.8, 0.54, 0.18, -0.02, 0.23,
-        -0.18, -0.06, 0.3, 0.07, -0.07,
+        0.03,
+        0.12,
+        -0.14,
+        1.18,
+        0.26,
+        -0.06,
+        -0.02,
+        -0.32,
+        0.27,
+        0.8,
+        0.54,
+        0.18,
+        -0.02,
+        0.23,
+        -0.18,
+        -0.06,
+        0.3,
+        0.07,
+        -0.07,
     ],
     "vi": [
-        0.0156, 0.0216, 0.0279, 0.1391, 0.1362, 0.0106, 0.0106, 0.0484, 0.0269, 0.063, 0.0912,
-        0.0497, 0.0835, 0.0841, 0.0253, 0.0279, 0.0193, 0.0088, 0.0303,
+        0.0156,
+        0.0216,
+        0.0279,
+        0.1391,
+        0.1362,
+        0.0106,
+        0.0106,
+        0.0484,
+        0.0269,
+        0.063,
+        0.0912,
+        0.0497,
+        0.0835,
+        0.0841,
+        0.0253,
+        0.0279,
+        0.0193,
+        0.0088,
+        0.0303,
     ],
 }
 
@@ -72,8 +137,14 @@ def _design() -> np.ndarray:
 @functools.cache
 def _posterior() -> ExactPosterior:
     return exact_posterior(
-        DATA["yi"], DATA["vi"], tau_prior=TAU_PRIOR, X=_design(), beta_mean=BETA_MEAN,
-        beta_cov=BETA_COV, coef_names=COEFS, study=DATA["study"],
+        DATA["yi"],
+        DATA["vi"],
+        tau_prior=TAU_PRIOR,
+        X=_design(),
+        beta_mean=BETA_MEAN,
+        beta_cov=BETA_COV,
+        coef_names=COEFS,
+        study=DATA["study"],
     )
 
 
@@ -109,8 +180,10 @@ def test_against_independent_quadrature() -> None:
         return cov @ (X.T @ (y / (v + t * t)) + np.linalg.solve(BETA_COV, BETA_MEAN)), cov
 
     def expect(f) -> float:
-        return sum(integrate.quad(lambda t: density(t) * f(t), a, b, epsabs=0, epsrel=1e-11, limit=200)[0]
-                   for a, b in [(0, 0.1), (0.1, 0.3), (0.3, np.inf)])
+        return sum(
+            integrate.quad(lambda t: density(t) * f(t), a, b, epsabs=0, epsrel=1e-11, limit=200)[0]
+            for a, b in [(0, 0.1), (0.1, 0.3), (0.3, np.inf)]
+        )
 
     evidence = expect(lambda t: 1.0)
     post = _posterior()
@@ -153,20 +226,24 @@ def test_sample_and_shrinkage_agree() -> None:
     assert draws["beta"].shape == (n, 2) and draws["theta"].shape == (n, 19)
     assert "theta_new" not in draws
     shrink = post.shrinkage()
-    targets = {"intercept": (post.mean("intercept"), post.sd("intercept")),
-               "weeks_c": (post.mean("weeks_c"), post.sd("weeks_c")),
-               "tau": (post.mean("tau"), post.sd("tau"))}
+    targets = {
+        "intercept": (post.mean("intercept"), post.sd("intercept")),
+        "weeks_c": (post.mean("weeks_c"), post.sd("weeks_c")),
+        "tau": (post.mean("tau"), post.sd("tau")),
+    }
     targets.update({f"theta{i}": (shrink["mean"].iloc[i], shrink["sd"].iloc[i]) for i in (0, 3)})
     for name, (mean, sd) in targets.items():
         x = draws["theta"][:, int(name[5:])] if name.startswith("theta") else draws[name]
         assert abs(x.mean() - mean) <= MCSE_MULTIPLE * x.std() / math.sqrt(n), name
         assert abs(x.std() - sd) <= MCSE_MULTIPLE * x.std() * math.sqrt(
-            (np.mean((x - x.mean()) ** 4) / x.var() ** 2 - 1) / (4 * n)), name
+            (np.mean((x - x.mean()) ** 4) / x.var() ** 2 - 1) / (4 * n)
+        ), name
 
 
 def test_default_coefficient_names() -> None:
-    post = exact_posterior(DATA["yi"], DATA["vi"], tau_prior=TAU_PRIOR, X=_design(),
-                           beta_mean=BETA_MEAN, beta_cov=BETA_COV)
+    post = exact_posterior(
+        DATA["yi"], DATA["vi"], tau_prior=TAU_PRIOR, X=_design(), beta_mean=BETA_MEAN, beta_cov=BETA_COV
+    )
     assert post.coef_names == ["intercept", "x1"]
     assert post.summary("x1") == pytest.approx(_posterior().summary("weeks_c"), abs=1e-12)
 

@@ -8,7 +8,7 @@ moderator ``weeks_c = min(weeks, 3)``. Model: bmr's uncentred design ``[1, weeks
 (``center=False``), beta ~ N(0, diag(10^2, 10^2)) (intercept prior ``normal:0:10``, slope
 ``normal:0:10`` per unit), tau ~ HalfNormal(0.5).
 
-tests/test_reference_bayesmeta_bmr.py checks models.exact directly; this module checks the
+tests/test_reference_bayesmeta_bmr.py checks models.exact.posterior directly; this module checks the
 analysis layer on top of it: dataset loading, design coding, prior construction and summaries.
 """
 
@@ -19,11 +19,10 @@ import functools
 import pytest
 
 from analysis.config import DATA_DIR
-from analysis.dataset import load_dataset
-from analysis.fit import PriorSet
-from analysis.meta_regression import fit_meta_regression
-from analysis.meta_regression_result import MetaRegressionResult
-from models.priors import PriorSpec
+from analysis.dataset.load import load_dataset
+from analysis.fitting.meta_regression import fit_meta_regression
+from analysis.results.meta_regression import MetaRegressionResult
+from models.priors import PriorSet, PriorSpec
 from tests.tolerances import EXACT_MU_ABS, EXACT_TAU_ABS
 
 BMR = {
@@ -42,9 +41,16 @@ COEFS = ["intercept", "weeks_c"]
 @functools.cache
 def _fit() -> MetaRegressionResult:
     priors = PriorSet(mu=PriorSpec.parse("normal:0:10"), tau=PriorSpec.parse("halfnormal:0.5"))
-    return fit_meta_regression(load_dataset(DATA_DIR / "raudenbush1985"), "iq_smd", moderators=["weeks_c"],
-                               engine="exact", priors=priors, beta_prior_sd=10.0, slope_prior_scale="unit",
-                               center=False)
+    return fit_meta_regression(
+        load_dataset(DATA_DIR / "raudenbush1985"),
+        "iq_smd",
+        moderators=["weeks_c"],
+        engine="exact",
+        priors=priors,
+        beta_prior_sd=10.0,
+        slope_prior_scale="unit",
+        center=False,
+    )
 
 
 def test_design_and_priors_are_bmrs() -> None:
@@ -68,6 +74,8 @@ def test_tau_summary(stat: str) -> None:
 def test_slope_and_intercept_views_agree() -> None:
     result = _fit()
     (slope,) = result.slopes
-    assert {k: slope[k] for k in ("mean", "sd", "q025", "q975")} == {k: result.beta["weeks_c"][k] for k in ("mean", "sd", "q025", "q975")}
+    assert {k: slope[k] for k in ("mean", "sd", "q025", "q975")} == {
+        k: result.beta["weeks_c"][k] for k in ("mean", "sd", "q025", "q975")
+    }
     assert slope["prob_benefit"] == slope["prob_gt_0"] < 0.001  # longer contact: smaller expectancy effect
     assert result.summaries["mu"]["mean"] == result.beta["intercept"]["mean"]

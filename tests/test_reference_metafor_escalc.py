@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from analysis.config import DATA_DIR
-from analysis.dataset import load_dataset
-from analysis.effects import compute_effects
-from analysis.smd import hedges_g
+from analysis.dataset.effects import compute_effects
+from analysis.dataset.load import load_dataset
+from analysis.dataset.smd import hedges_g
 from tests.tolerances import EFFECT_SIZE_ABS
 
 # study, n1i, m1i, sd1i, n2i, m2i, sd2i, yi (metafor), vi (metafor)

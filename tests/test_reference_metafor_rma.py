@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from analysis.config import DATA_DIR
-from analysis.dataset import load_dataset
-from analysis.fit import PriorSet, fit_random_effects
-from models.priors import PriorSpec
+from analysis.dataset.load import load_dataset
+from analysis.fitting.random_effects import fit_random_effects
+from models.priors import PriorSet, PriorSpec
 from tests.tolerances import BAYES_VS_REML_SE_FRACTION
 
 # dataset folder, outcome, REML mu, REML se

@@ -13,26 +13,37 @@ from __future__ import annotations
 import pytest
 
 from analysis.config import DATA_DIR
-from analysis.dataset import load_dataset
-from analysis.fit import PriorSet
-from analysis.meta_regression import fit_meta_regression
-from models.priors import PriorSpec
+from analysis.dataset.load import load_dataset
+from analysis.fitting.meta_regression import fit_meta_regression
+from models.priors import PriorSet, PriorSpec
 from tests.tolerances import BAYES_VS_REML_SE_FRACTION
 
 # dataset folder, outcome, moderator, REML coefficients (intercept, slope), REML standard errors
 METAFOR_REML_MODS = [
-    ("raudenbush1985", "iq_smd", "weeks_c", [0.407186717222019, -0.157245020428549],
-     [0.0870389140847108, 0.0358316980391941]),
-    ("bcg", "tb_log_rr", "ablat", [0.251464294374285, -0.0291016609280148],
-     [0.249103666389133, 0.00719555475708091]),
+    (
+        "raudenbush1985",
+        "iq_smd",
+        "weeks_c",
+        [0.407186717222019, -0.157245020428549],
+        [0.0870389140847108, 0.0358316980391941],
+    ),
+    ("bcg", "tb_log_rr", "ablat", [0.251464294374285, -0.0291016609280148], [0.249103666389133, 0.00719555475708091]),
 ]
 FLAT = PriorSet(mu=PriorSpec.parse("normal:0:100"), tau=PriorSpec.parse("uniform:0:10"))
 
 
 @pytest.mark.parametrize(("folder", "outcome", "moderator", "coef", "se"), METAFOR_REML_MODS)
 def test_posterior_medians_near_metafor_reml(folder, outcome, moderator, coef, se):
-    result = fit_meta_regression(load_dataset(DATA_DIR / folder), outcome, moderators=[moderator], engine="exact",
-                                 priors=FLAT, beta_prior_sd=100.0, slope_prior_scale="unit", center=False)
+    result = fit_meta_regression(
+        load_dataset(DATA_DIR / folder),
+        outcome,
+        moderators=[moderator],
+        engine="exact",
+        priors=FLAT,
+        beta_prior_sd=100.0,
+        slope_prior_scale="unit",
+        center=False,
+    )
     assert list(result.design.coef_names) == ["intercept", moderator]
     for name, reml, reml_se in zip(result.design.coef_names, coef, se, strict=True):
         summary = result.beta[name]

@@ -32,10 +32,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.multivariate import fit_multivariate_data
-from analysis.multivariate_data import multivariate_data_from_effects
-from models.multivariate import MultivariatePriors
-from models.priors import PriorSpec
+from analysis.fitting.multivariate import fit_multivariate_data
+from analysis.fitting.multivariate_data import multivariate_data_from_effects
+from models.priors import PriorSet, PriorSpec
 from tests.tolerances import (
     GATE_DIVERGENCES_MAX,
     GATE_ESS_BULK_MIN,
@@ -65,20 +64,23 @@ REML_SE = {"AL": 0.0879052686790708, "PD": 0.0588488447197095}
 REML_TAU2 = {"AL": 0.0326514436906204, "PD": 0.0117331439423139}
 REML_RHO = 0.608796250431759
 
-PRIORS = MultivariatePriors(mu=PriorSpec.parse("normal:0:1"), tau=PriorSpec.parse("halfnormal:0.5"), eta=2.0)
+PRIORS = PriorSet(mu=PriorSpec.parse("normal:0:1"), tau=PriorSpec.parse("halfnormal:0.5"), lkj_eta=2.0)
 
 
 @pytest.fixture(scope="module")
 def fit():
-    data = multivariate_data_from_effects(pd.read_csv(io.StringIO(BERKEY_CSV)), cov_columns=("v1i", "v2i"),
-                                          dataset="berkey1998", measure="MD (mm)")
+    data = multivariate_data_from_effects(
+        pd.read_csv(io.StringIO(BERKEY_CSV)), cov_columns=("v1i", "v2i"), dataset="berkey1998", measure="MD (mm)"
+    )
     assert data.outcome_ids == ["AL", "PD"]
     return fit_multivariate_data(data, priors=PRIORS, seed=1998)
 
 
 def test_converges(fit):
     d = fit.diagnostics
-    assert d.divergences <= GATE_DIVERGENCES_MAX and d.r_hat_max <= GATE_R_HAT_MAX and d.ess_bulk_min >= GATE_ESS_BULK_MIN, d
+    assert (
+        d.divergences <= GATE_DIVERGENCES_MAX and d.r_hat_max <= GATE_R_HAT_MAX and d.ess_bulk_min >= GATE_ESS_BULK_MIN
+    ), d
 
 
 @pytest.mark.parametrize("outcome", ["AL", "PD"])

@@ -11,11 +11,11 @@ import tempfile
 
 import pytest
 
-from analysis.diagnostics import Diagnostics
-from analysis.fit import SamplerSettings
-from analysis.pipeline import run_analysis
-from analysis.report import write_run_report
-from analysis.report_md import build_report_markdown
+from analysis.fitting.sampling import SamplerSettings
+from analysis.report.markdown import build_report_markdown
+from analysis.report.write import write_run_report
+from analysis.results.diagnostics import Diagnostics
+from analysis.run.pipeline import run_analysis
 from tests.helpers import write_dataset
 
 # 4 chains: the fixture's Tb_Sp has k = 1, whose (mu, tau) posterior samples at ~20-35% efficiency
@@ -34,16 +34,37 @@ def run_and_report(tmp_path_factory):
 
 def test_report_files_complete(run_and_report):
     run, out = run_and_report
-    for name in ("report.md", "report.html", "manifest.json", "tables/effects.csv", "tables/pooled_summary.csv",
-                 "tables/comparison.csv", "tables/ppc_statistics.csv", "tables/power_scaling.csv", "tables/prior_grid.csv",
-                 "fits/nuts.json", "fits/exact.json", "figures/risk_of_bias.png", "figures/pooled_summary.svg"):
+    for name in (
+        "report.md",
+        "report.html",
+        "manifest.json",
+        "tables/effects.csv",
+        "tables/pooled_summary.csv",
+        "tables/comparison.csv",
+        "tables/ppc_statistics.csv",
+        "tables/power_scaling.csv",
+        "tables/prior_grid.csv",
+        "fits/nuts.json",
+        "fits/exact.json",
+        "figures/risk_of_bias.png",
+        "figures/pooled_summary.svg",
+    ):
         assert (out / name).is_file(), name
     for oid in run.outcomes:
         for stem in ("forest", "ppc", "ppc_stats", "psense", "prior_grid", "compare"):
             assert (out / "figures" / f"{stem}_{oid}.png").stat().st_size > 5_000, (stem, oid)
         assert (out / "posteriors" / f"{oid}.nc").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest) >= {"dataset", "packages", "git_revision", "seeds", "priors", "sampler", "run_time_seconds", "fits"}
+    assert set(manifest) >= {
+        "dataset",
+        "packages",
+        "git_revision",
+        "seeds",
+        "priors",
+        "sampler",
+        "run_time_seconds",
+        "fits",
+    }
     assert len(manifest["dataset"]["sha256"]) == 64 and manifest["packages"]["pymc"]
     assert not list(out.parent.glob(".reports.tmp-*"))  # staging folder gone
 
@@ -52,8 +73,17 @@ def test_report_markdown_states_provenance_priors_intervals(run_and_report):
     run, out = run_and_report
     text = (out / "report.md").read_text()
     assert text.index("SIMULATED DATA") < text.index("## Methods")
-    for needle in ("μ ~ normal:0:3", "τ ~ halfnormal:1", "95% equal-tailed (eti95)", "frequentist REML", "frequentist DL",
-                   "Posterior predictive checks", "Prior sensitivity", "Risk of bias (SYRCLE)", "Convergence diagnostics"):
+    for needle in (
+        "μ ~ normal:0:3",
+        "τ ~ halfnormal:1",
+        "95% equal-tailed (eti95)",
+        "frequentist REML",
+        "frequentist DL",
+        "Posterior predictive checks",
+        "Prior sensitivity",
+        "Risk of bias (SYRCLE)",
+        "Convergence diagnostics",
+    ):
         assert needle in text, needle
     # every image the report links exists
     for src in re.findall(r"\]\((figures/[^)]+)\)", text):
@@ -63,7 +93,9 @@ def test_report_markdown_states_provenance_priors_intervals(run_and_report):
 def test_failed_fit_is_flagged_at_the_top(run_and_report):
     run, _ = run_and_report
     oid, artifacts = next(iter(run.outcomes.items()))
-    bad = dataclasses.replace(artifacts.nuts, diagnostics=Diagnostics(r_hat_max=1.2, ess_bulk_min=50, ess_tail_min=40, divergences=7))
+    bad = dataclasses.replace(
+        artifacts.nuts, diagnostics=Diagnostics(r_hat_max=1.2, ess_bulk_min=50, ess_tail_min=40, divergences=7)
+    )
     broken = dataclasses.replace(run, outcomes={**run.outcomes, oid: dataclasses.replace(artifacts, nuts=bad)})
     text = build_report_markdown(broken)
     assert broken.failed == [oid]
@@ -71,22 +103,42 @@ def test_failed_fit_is_flagged_at_the_top(run_and_report):
     assert "**FAILED**" in text
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)"
+)
 def test_html_report_in_headless_chromium(run_and_report):
     """Load report.html in a real browser: every figure must be decoded and visible."""
     _, out = run_and_report
     probe = out.parent / "probe.html"
-    script = ("<script>window.addEventListener('load',()=>{const r=[...document.images].map(i=>{const b=i.getBoundingClientRect();"
-              "const s=getComputedStyle(i);return {alt:i.alt,ok:i.complete&&i.naturalWidth>0,w:b.width,h:b.height,"
-              "vis:s.visibility!=='hidden'&&s.display!=='none'}});const p=document.createElement('pre');p.id='probe';"
-              "p.textContent=JSON.stringify(r);document.body.appendChild(p);});</script>")
+    script = (
+        "<script>window.addEventListener('load',()=>{const r=[...document.images].map(i=>{"
+        "const b=i.getBoundingClientRect();"
+        "const s=getComputedStyle(i);return {alt:i.alt,ok:i.complete&&i.naturalWidth>0,w:b.width,h:b.height,"
+        "vis:s.visibility!=='hidden'&&s.display!=='none'}});const p=document.createElement('pre');p.id='probe';"
+        "p.textContent=JSON.stringify(r);document.body.appendChild(p);});</script>"
+    )
     probe.write_text((out / "report.html").read_text().replace("</body>", script + "</body>"))
     with tempfile.TemporaryDirectory() as profile:
         done = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
-            capture_output=True, text=True, timeout=120)
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                probe.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     match = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
     assert match, done.stderr[-2000:]
     images = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))

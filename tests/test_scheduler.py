@@ -1,4 +1,4 @@
-"""The job scheduler of ``evmeta run`` (analysis.pipeline._Scheduler), driven without processes.
+"""The job scheduler of ``evmeta run`` (analysis.run.pipeline._Scheduler), driven without processes.
 
 Rules: every outcome is fitted in the "fits" pool, one after another (so that each model
 structure compiles once per run); the multivariate job and figures go to the "other" pool; the
@@ -7,7 +7,10 @@ fits pool renders figures only once no fit is left; no pool ever has more jobs t
 
 from __future__ import annotations
 
-from analysis.pipeline import OutcomeAnalysis, OutcomeJob, _Scheduler, run_multivariate_job, run_outcome_figures, run_outcome_fits
+from analysis.fitting.sampling import SamplerSettings
+from analysis.results.outcome import OutcomeAnalysis
+from analysis.run.pipeline import OutcomeJob, _Scheduler, run_multivariate_job, run_outcome_figures, run_outcome_fits
+from models.priors import PriorSet
 
 
 class Done:
@@ -21,7 +24,10 @@ class Done:
 
 
 def _job(outcome: str, kind: str = "outcome") -> OutcomeJob:
-    return OutcomeJob("data", outcome, {}, {}, 1, f"key-{outcome}", kind=kind)
+    # the scheduler reads only outcome and kind: no dataset is needed to drive it
+    return OutcomeJob(
+        outcome, f"key-{outcome}", 1, dataset=None, table=None, priors=PriorSet(), sampler=SamplerSettings(), kind=kind
+    )
 
 
 def _analysis() -> OutcomeAnalysis:

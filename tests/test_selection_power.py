@@ -1,4 +1,4 @@
-"""Power study of the small-study models for the simulated design (:mod:`analysis.selection_power`).
+"""Power study of the small-study models for the simulated design (:mod:`analysis.studies.selection_power`).
 
 Fast tests (two simulated datasets fitted in full, ~15 s with the nutpie compile): the per-seed
 frame's columns and values against an independent reading of the simulated dataset and its
@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import simulate_design as D
-from analysis.selection_power import (
+from analysis.dataset import simulate_design as D
+from analysis.dataset.simulate import DEFAULT_SEED, simulate_dataset
+from analysis.studies.selection_power import (
     COLUMNS,
     FIT_SEED,
     _check_counterfactual,
@@ -22,7 +23,6 @@ from analysis.selection_power import (
     power_table,
     simulate_and_fit,
 )
-from analysis.simulate import DEFAULT_SEED, simulate_dataset
 
 SEED = 1
 
@@ -50,7 +50,9 @@ def test_per_seed_frame_matches_the_simulated_dataset(seed1):
     omitted = truth["selection"]["omitted_studies"]
     assert tbn["selected"] and by["selected"].sum() == 1
     assert tbn["n_omitted"] == len(omitted) and tbn["k"] == tbn["k_planned"] - len(omitted) and tbn["k_planned"] == 9
-    assert (by.drop(index="Tb_N")["n_omitted"] == 0).all() and (by.drop(index="Tb_N")["k"] == by.drop(index="Tb_N")["k_planned"]).all()
+    assert (by.drop(index="Tb_N")["n_omitted"] == 0).all() and (
+        by.drop(index="Tb_N")["k"] == by.drop(index="Tb_N")["k_planned"]
+    ).all()
     # benefit orientation: Tb_Sp (direction -1) has a positive population mu and a positive pooled estimate
     assert by.loc["Tb_Sp", "direction"] == -1 and by.loc["Tb_Sp", "mu_true"] == pytest.approx(-D.MU["Tb_Sp"])
     assert (by["mu_unadjusted"] > 0).all() and (by["mu_selection"] > 0).all()
@@ -91,21 +93,66 @@ def _hand_made() -> pd.DataFrame:
     tbn_unadj, tbn_all = [1.7, 1.5, 1.9, 1.6], [1.5, 1.6, 1.6, 1.6]
     planned_mean, sel_mu = [1.4, 1.5, 1.6, 1.7], [1.6, 1.5, 1.7, 1.6]
     for i, seed in enumerate(range(1, 5)):
-        rows.append({"seed": seed, "outcome": "Tb_N", "selected": True, "analysed": True, "n_omitted": i,
-                     "prob_selection": tbn_prob[i], "pet_n_prob": 0.5, "pet_se_prob": 0.99, "pet_n_excludes0": i == 0,
-                     "pet_se_excludes0": True, "mu_true": 1.6, "mu_unadjusted": tbn_unadj[i],
-                     "mu_unadjusted_all_planned": tbn_all[i], "mean_true_planned": planned_mean[i],
-                     "mean_true_reported": planned_mean[i] + 0.1, "mu_selection": sel_mu[i],
-                     "mu_headline": tbn_unadj[i] - 0.5, "selection_converged": i != 3})
+        rows.append(
+            {
+                "seed": seed,
+                "outcome": "Tb_N",
+                "selected": True,
+                "analysed": True,
+                "n_omitted": i,
+                "prob_selection": tbn_prob[i],
+                "pet_n_prob": 0.5,
+                "pet_se_prob": 0.99,
+                "pet_n_excludes0": i == 0,
+                "pet_se_excludes0": True,
+                "mu_true": 1.6,
+                "mu_unadjusted": tbn_unadj[i],
+                "mu_unadjusted_all_planned": tbn_all[i],
+                "mean_true_planned": planned_mean[i],
+                "mean_true_reported": planned_mean[i] + 0.1,
+                "mu_selection": sel_mu[i],
+                "mu_headline": tbn_unadj[i] - 0.5,
+                "selection_converged": i != 3,
+            }
+        )
         for j, outcome in enumerate(("BMD", "Tb_Sp")):
-            rows.append({"seed": seed, "outcome": outcome, "selected": False, "analysed": True, "n_omitted": 0,
-                         "prob_selection": other_prob[i][j], "pet_n_prob": 0.2, "pet_se_prob": 0.85,
-                         "pet_n_excludes0": (i, j) == (2, 1), "pet_se_excludes0": False, "mu_true": 1.0,
-                         "mu_unadjusted": 1.0, "mu_unadjusted_all_planned": 1.0, "mean_true_planned": 1.0,
-                         "mean_true_reported": 1.0, "mu_selection": 0.9, "mu_headline": 0.8, "selection_converged": True})
-    rows.append({"seed": 4, "outcome": "Ct_Th", "selected": False, "analysed": False, "n_omitted": 0,
-                 "mu_true": 1.0, "mean_true_planned": 1.0, "selection_converged": False, "prob_selection": 0.99,
-                 "pet_n_excludes0": True, "pet_se_excludes0": True})
+            rows.append(
+                {
+                    "seed": seed,
+                    "outcome": outcome,
+                    "selected": False,
+                    "analysed": True,
+                    "n_omitted": 0,
+                    "prob_selection": other_prob[i][j],
+                    "pet_n_prob": 0.2,
+                    "pet_se_prob": 0.85,
+                    "pet_n_excludes0": (i, j) == (2, 1),
+                    "pet_se_excludes0": False,
+                    "mu_true": 1.0,
+                    "mu_unadjusted": 1.0,
+                    "mu_unadjusted_all_planned": 1.0,
+                    "mean_true_planned": 1.0,
+                    "mean_true_reported": 1.0,
+                    "mu_selection": 0.9,
+                    "mu_headline": 0.8,
+                    "selection_converged": True,
+                }
+            )
+    rows.append(
+        {
+            "seed": 4,
+            "outcome": "Ct_Th",
+            "selected": False,
+            "analysed": False,
+            "n_omitted": 0,
+            "mu_true": 1.0,
+            "mean_true_planned": 1.0,
+            "selection_converged": False,
+            "prob_selection": 0.99,
+            "pet_n_excludes0": True,
+            "pet_se_excludes0": True,
+        }
+    )
     return pd.DataFrame(rows).reindex(columns=list(COLUMNS))
 
 

@@ -7,12 +7,14 @@ import io
 import matplotlib.pyplot as plt
 import pytest
 
-from analysis.checks import posterior_predictive_check
+from analysis.checks.predictive import posterior_predictive_check
+from analysis.checks.sensitivity import MU_GRID, TAU_GRID, power_scaling, prior_grid
 from analysis.config import DATA_DIR
-from analysis.dataset import load_dataset
-from analysis.fit import SamplerSettings, fit_random_effects
-from analysis.plots_checks import ppc_density_plot, ppc_statistics_plot, prior_grid_plot, psense_plot
-from analysis.sensitivity import MU_GRID, TAU_GRID, power_scaling, prior_grid
+from analysis.dataset.load import load_dataset
+from analysis.fitting.random_effects import fit_random_effects
+from analysis.fitting.sampling import SamplerSettings
+from analysis.plots.predictive import ppc_density_plot, ppc_statistics_plot
+from analysis.plots.sensitivity import prior_grid_plot, psense_plot
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,11 @@ def test_power_scaling_uses_only_top_level_priors(fit):
     assert (table[["prior", "likelihood"]] >= 0).all().all()
     # the likelihood of 9 large trials dominates mu: the likelihood, not the prior, drives it
     assert table.at["mu", "likelihood"] > table.at["mu", "prior"]
-    assert set(table["diagnosis"]) <= {"ok", "potential prior-data conflict", "potential strong prior / weak likelihood"}
+    assert set(table["diagnosis"]) <= {
+        "ok",
+        "potential prior-data conflict",
+        "potential strong prior / weak likelihood",
+    }
 
 
 def test_prior_grid_exact_refits():
@@ -47,8 +53,12 @@ def test_prior_grid_exact_refits():
 def test_check_figures_render(fit):
     check = posterior_predictive_check(fit)
     power_scaling(fit)
-    figures = [ppc_density_plot(fit), ppc_statistics_plot(fit, check), psense_plot(fit),
-               prior_grid_plot(prior_grid(load_dataset(DATA_DIR / "normand1999"), "length_of_stay"))]
+    figures = [
+        ppc_density_plot(fit),
+        ppc_statistics_plot(fit, check),
+        psense_plot(fit),
+        prior_grid_plot(prior_grid(load_dataset(DATA_DIR / "normand1999"), "length_of_stay")),
+    ]
     for fig in figures:
         fig.savefig(io.BytesIO(), format="png")
         plt.close(fig)

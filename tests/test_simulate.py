@@ -1,4 +1,4 @@
-"""Tests of the simulated flagship dataset (``analysis.simulate``): contract, determinism,
+"""Tests of the simulated flagship dataset (``analysis.dataset.simulate``): contract, determinism,
 atomic writing, the Tb.N reporting selection and recovery of the true effects."""
 
 from __future__ import annotations
@@ -14,14 +14,25 @@ import pytest
 from scipy.special import gammaln
 
 import analysis.atomic as atomic_mod
-import analysis.simulate as sim_mod
-from analysis.simulate import DEFAULT_SEED, SimulatedDataset, simulate_dataset, write_dataset
+import analysis.dataset.simulate as sim_mod
+from analysis.dataset.simulate import DEFAULT_SEED, SimulatedDataset, simulate_dataset, write_dataset
 
 FILES = ("dataset.toml", "studies.csv", "arms.csv", "truth.json")
 REPO_DATA = Path(__file__).resolve().parents[1] / "data" / "bmsc_ev_osteoporosis"
 TRUTH_KEYS = {
-    "seed", "generator", "note", "mu", "tau", "tau_residual", "moderators", "between_study_correlation",
-    "within_animal_correlation", "study_effects", "selection", "n_animals", "n_studies",
+    "seed",
+    "generator",
+    "note",
+    "mu",
+    "tau",
+    "tau_residual",
+    "moderators",
+    "between_study_correlation",
+    "within_animal_correlation",
+    "study_effects",
+    "selection",
+    "n_animals",
+    "n_studies",
 }
 #: Recovery bound in standard errors (normal approximation): 3 SE gives a false-alarm rate of
 #: about 0.3% per check for a correct generator, while a wrong sign, a unit or SEM/SD mix-up
@@ -79,6 +90,7 @@ def _study_g(arms: pd.DataFrame, outcome: str) -> pd.DataFrame:
 
 # --- determinism -----------------------------------------------------------------------------------
 
+
 def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
     a = write_dataset(simulate_dataset(7), tmp_path / "a")
     b = write_dataset(simulate_dataset(7), tmp_path / "b")
@@ -101,11 +113,12 @@ def test_committed_dataset_is_reproducible(tmp_path: Path) -> None:
 
 # --- data contract ----------------------------------------------------------------------------------
 
+
 def test_dataset_toml(written: Path) -> None:
     meta = tomllib.loads((written / "dataset.toml").read_text(encoding="utf-8"))
     assert meta["name"] == "bmsc_ev_osteoporosis" and meta["provenance"] == "simulated"
     assert meta["citation"].startswith("SIMULATED") and meta["effect_measure"] == "SMD"
-    assert meta["seed"] == DEFAULT_SEED and meta["generator"] == "analysis.simulate"
+    assert meta["seed"] == DEFAULT_SEED and meta["generator"] == "analysis.dataset.simulate"
     assert list(meta["outcomes"]) == ["BMD", "BV_TV", "Tb_N", "Tb_Sp", "Tb_Th", "Ct_Th", "ultimate_load"]
     assert {k: v["direction"] for k, v in meta["outcomes"].items() if v["direction"] == -1} == {"Tb_Sp": -1}
     assert meta["moderators"]["species"] == {"type": "categorical", "reference": "rat", "levels": ["rat", "mouse"]}
@@ -181,6 +194,7 @@ def test_truth_keys(truth: dict) -> None:
 
 # --- Tb.N outcome-reporting selection --------------------------------------------------------------
 
+
 def test_tb_n_missing_for_selection_affected_studies(arms: pd.DataFrame, truth: dict) -> None:
     sel = truth["selection"]
     reporting = set(arms.loc[arms["outcome"] == "Tb_N", "study"])
@@ -192,6 +206,7 @@ def test_tb_n_missing_for_selection_affected_studies(arms: pd.DataFrame, truth: 
 
 
 # --- atomic writing --------------------------------------------------------------------------------
+
 
 def test_existing_folder_needs_overwrite(tmp_path: Path) -> None:
     out = write_dataset(simulate_dataset(1), tmp_path / "ds")
@@ -240,6 +255,7 @@ def test_failed_overwrite_keeps_the_old_dataset(tmp_path: Path, monkeypatch: pyt
 
 
 # --- recovery of the truth -------------------------------------------------------------------------
+
 
 def test_bmd_average_g_recovers_mu(arms: pd.DataFrame, truth: dict) -> None:
     """The simple average of the studies' observed Hedges' g estimates mu_BMD.

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.arm_level import fit_arm_level
 from analysis.config import DATA_DIR, DEFAULT_DATASET
-from analysis.dataset import load_dataset
-from analysis.fit import fit_random_effects
+from analysis.dataset.load import load_dataset
+from analysis.fitting.arm_level import fit_arm_level
+from analysis.fitting.random_effects import fit_random_effects
 from tests.tolerances import (
     ARM_VS_NORMAL_LARGE_N_MU_ABS,
     ARM_VS_NORMAL_LARGE_N_TAU_REL,

@@ -20,15 +20,15 @@ import pandas as pd
 import pytest
 
 from analysis.config import DEFAULT_DATASET
-from analysis.dataset import Outcome, load_dataset
-from analysis.fit import SamplerSettings
-from analysis.multivariate import (
+from analysis.dataset.load import Outcome, load_dataset
+from analysis.fitting.multivariate import (
     RHO_WITHIN_GRID,
     fit_multivariate,
     fit_multivariate_data,
     rho_within_sensitivity,
 )
-from analysis.multivariate_data import MultivariateData, multivariate_data_from_effects
+from analysis.fitting.multivariate_data import MultivariateData, multivariate_data_from_effects
+from analysis.fitting.sampling import SamplerSettings
 from models.multivariate import within_covariance
 from tests.tolerances import GATE_DIVERGENCES_MAX, GATE_ESS_BULK_MIN, GATE_R_HAT_MAX
 
@@ -79,15 +79,24 @@ def simulate_multivariate(*, k: int = 30, n_sparse: int = 7, seed: int = SIM_SEE
     yi[n_sparse:, 2] = np.nan
     S[np.isnan(yi)[:, :, None] | np.isnan(yi)[:, None, :]] = np.nan
     outcomes = tuple(Outcome(id=o, label=f"outcome {o}", unit="SD", direction=1) for o in "ABC")
-    return MultivariateData(dataset="simulated_recovery", provenance="simulated", measure="SMD",
-                            study=tuple(f"Sim{i:02d}" for i in range(k)), outcomes=outcomes, yi=yi, S=S,
-                            within=f"assumed within-study correlation rho_w = {SIM_RHO_WITHIN} (true value)",
-                            rho_within=SIM_RHO_WITHIN)
+    return MultivariateData(
+        dataset="simulated_recovery",
+        provenance="simulated",
+        measure="SMD",
+        study=tuple(f"Sim{i:02d}" for i in range(k)),
+        outcomes=outcomes,
+        yi=yi,
+        S=S,
+        within=f"assumed within-study correlation rho_w = {SIM_RHO_WITHIN} (true value)",
+        rho_within=SIM_RHO_WITHIN,
+    )
 
 
 def _assert_gates(result):
     d = result.diagnostics
-    assert d.divergences <= GATE_DIVERGENCES_MAX and d.r_hat_max <= GATE_R_HAT_MAX and d.ess_bulk_min >= GATE_ESS_BULK_MIN, d
+    assert (
+        d.divergences <= GATE_DIVERGENCES_MAX and d.r_hat_max <= GATE_R_HAT_MAX and d.ess_bulk_min >= GATE_ESS_BULK_MIN
+    ), d
     assert not result.retried
 
 
@@ -102,12 +111,16 @@ def test_default_dataset_converges(default_fit):
 
 
 def test_berkey1998_converges_at_default_settings():
-    data = multivariate_data_from_effects(pd.read_csv(io.StringIO(BERKEY_CSV)), cov_columns=("v1i", "v2i"), dataset="berkey1998")
+    data = multivariate_data_from_effects(
+        pd.read_csv(io.StringIO(BERKEY_CSV)), cov_columns=("v1i", "v2i"), dataset="berkey1998"
+    )
     _assert_gates(fit_multivariate_data(data, seed=1))
 
 
 def test_same_seed_same_numbers():
-    data = multivariate_data_from_effects(pd.read_csv(io.StringIO(BERKEY_CSV)), cov_columns=("v1i", "v2i"), dataset="berkey1998")
+    data = multivariate_data_from_effects(
+        pd.read_csv(io.StringIO(BERKEY_CSV)), cov_columns=("v1i", "v2i"), dataset="berkey1998"
+    )
     short = SamplerSettings(draws=500, tune=500, chains=2)
     first, again = (fit_multivariate_data(data, seed=5, sampler=short) for _ in range(2))
     assert json.dumps(first.to_dict()) == json.dumps(again.to_dict())

@@ -14,9 +14,9 @@ import arviz as az
 import pytest
 
 from analysis.config import DATA_DIR, DEFAULT_DATASET
-from analysis.dataset import load_dataset
-from analysis.fit import PriorSet, fit_random_effects
-from models.priors import PriorSpec
+from analysis.dataset.load import load_dataset
+from analysis.fitting.random_effects import fit_random_effects
+from models.priors import PriorSet, PriorSpec
 from tests.tolerances import GATE_DIVERGENCES_MAX, GATE_ESS_BULK_MIN, GATE_R_HAT_MAX, MCSE_MULTIPLE
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,9 @@ def _assert_agrees(dataset, outcome, priors, seed):
     nuts = fit_random_effects(dataset, outcome, engine="nuts", priors=priors, seed=seed)
     exact = fit_random_effects(dataset, outcome, engine="exact", priors=priors)
     d = nuts.diagnostics
-    assert d.divergences <= GATE_DIVERGENCES_MAX and d.r_hat_max <= GATE_R_HAT_MAX and d.ess_bulk_min >= GATE_ESS_BULK_MIN, d
+    assert (
+        d.divergences <= GATE_DIVERGENCES_MAX and d.r_hat_max <= GATE_R_HAT_MAX and d.ess_bulk_min >= GATE_ESS_BULK_MIN
+    ), d
     mcse = az.mcse(nuts.posterior, var_names=list(PARAMS), method="mean")
     node = mcse["posterior"] if "posterior" in mcse.children else mcse
     for param in PARAMS:

@@ -2,7 +2,7 @@
 
 Simulation design (animal level, ``simulate_meta``): each candidate study draws n per group
 uniformly in 4..15, a true effect theta_i ~ N(delta, 0.3^2) and n control and n treated animals
-~ N(0, 1) and N(theta_i, 1); Hedges' g and its variance come from analysis.smd. With selection, a
+~ N(0, 1) and N(theta_i, 1); Hedges' g and its variance come from analysis.dataset.smd. With selection, a
 study whose one-sided t-test (direction of benefit) has p > 0.025 is published with probability
 0.1; studies are drawn until k = 25 are published. Seeds are explicit (0..19 fast, 0..7 slow).
 
@@ -36,17 +36,16 @@ from matplotlib.figure import Figure
 from scipy import integrate, stats
 
 from analysis.config import DATA_DIR, DEFAULT_DATASET
-from analysis.dataset import Outcome, load_dataset
-from analysis.effects import compute_effects
-from analysis.fit import PriorSet, SamplerSettings
-from analysis.plots_funnel import funnel_plot, predictive_region
-from analysis.small_study import (
-    SmallStudyPriors,
+from analysis.dataset.effects import compute_effects
+from analysis.dataset.load import Outcome, load_dataset
+from analysis.dataset.smd import hedges_g
+from analysis.fitting.sampling import SamplerSettings
+from analysis.fitting.small_study import (
     fit_small_study,
     fit_small_study_effects,
 )
-from analysis.smd import hedges_g
-from models.priors import PriorSpec
+from analysis.plots.small_study import funnel_plot, predictive_region
+from models.priors import PriorSet, PriorSpec
 from models.small_study import (
     DEFAULT_CUTPOINTS,
     build_selection_model,
@@ -66,8 +65,9 @@ SIM_OUTCOME = Outcome(id="sim", label="simulated outcome", unit="", direction=1)
 N_SEEDS_FAST, N_SEEDS_SLOW = 20, 8
 
 
-def simulate_meta(seed: int, *, delta: float, select: bool, k: int = 25, tau: float = 0.3,
-                  keep_nonsignificant: float = 0.1) -> pd.DataFrame:
+def simulate_meta(
+    seed: int, *, delta: float, select: bool, k: int = 25, tau: float = 0.3, keep_nonsignificant: float = 0.1
+) -> pd.DataFrame:
     """Animal-level simulation of k published two-group studies (see the module docstring)."""
     rng = np.random.default_rng(seed)
     rows, candidate = [], 0
@@ -92,9 +92,13 @@ def test_selection_density_integrates_to_one_and_matches_pymc(seed):
     rng = np.random.default_rng(seed)
     mu, tau, omega = rng.normal(0.5, 0.5), rng.uniform(0.05, 0.8), [1.0, *rng.uniform(0.1, 3.0, 2)]
     for v in (0.05, 0.3):
+
         def dens(y: float, v: float = v) -> float:
-            return np.exp(selection_log_likelihood(np.array([y]), np.array([v]), mu=mu, tau=tau, omega=omega,
-                                                   cutpoints=DEFAULT_CUTPOINTS))[0]
+            return np.exp(
+                selection_log_likelihood(
+                    np.array([y]), np.array([v]), mu=mu, tau=tau, omega=omega, cutpoints=DEFAULT_CUTPOINTS
+                )
+            )[0]
 
         total, _ = integrate.quad(dens, -15, 15, points=[0.0, 1.959964 * np.sqrt(v)], limit=200)
         assert total == pytest.approx(1.0, abs=1e-7)
@@ -151,14 +155,17 @@ def test_effect_level_data_without_n_skip_the_n_models(bcg):
     assert any("sqrt(1/n~)" in note for note in bcg.notes)
     out = json.loads(json.dumps(bcg.to_dict(), allow_nan=False))
     assert out["model"] == "small-study" and out["selection"] is None and out["studies"][0]["n_tilde"] is None
-    assert out["egger"]["zval"] == pytest.approx(-0.803329112070106, rel=1e-4)  # metafor regtest, as in its reference test
+    assert out["egger"]["zval"] == pytest.approx(
+        -0.803329112070106, rel=1e-4
+    )  # metafor regtest, as in its reference test
 
 
 def test_pet_intercept_is_the_egger_limit_estimate_under_flat_priors():
     """With near-flat priors the Bayesian PET-sei is metafor's regtest meta-regression (loosely, as BAYES_VS_REML)."""
     dataset = load_dataset(DATA_DIR / "bcg")
-    flat = SmallStudyPriors(intercept=PriorSpec.parse("normal:0:100"), slope=PriorSpec.parse("normal:0:100"),
-                            tau=PriorSpec.parse("uniform:0:10"))
+    flat = PriorSet(
+        mu=PriorSpec.parse("normal:0:100"), slope=PriorSpec.parse("normal:0:100"), tau=PriorSpec.parse("uniform:0:10")
+    )
     result = fit_small_study(dataset, "tb_log_rr", priors=flat, selection=False)
     pet, egger = result.regressions["PET-sei"], result.egger
     se = (egger.limit_ci_ub - egger.limit_ci_lb) / (2 * 1.959964)
@@ -166,14 +173,23 @@ def test_pet_intercept_is_the_egger_limit_estimate_under_flat_priors():
 
 
 def test_accepts_the_random_effects_prior_set():
-    """The CLI passes a PriorSet (--mu-prior/--tau-prior): it sets beta0 (and selection mu) and tau."""
+    """The CLI passes the PriorSet of --mu-prior/--tau-prior: it sets beta0 (and selection mu) and tau."""
     dataset = load_dataset(DATA_DIR / "bcg")
     priors = PriorSet(mu=PriorSpec.parse("normal:0:2"), tau=PriorSpec.parse("halfcauchy:0.5"))
-    result = fit_small_study(dataset, "tb_log_rr", engine="exact", priors=priors, seed=1, sampler=SamplerSettings(),
-                             table=compute_effects(dataset), progressbar=False, selection=False)
+    result = fit_small_study(
+        dataset,
+        "tb_log_rr",
+        engine="exact",
+        priors=priors,
+        seed=1,
+        sampler=SamplerSettings(),
+        table=compute_effects(dataset),
+        progressbar=False,
+        selection=False,
+    )
     assert result.priors["beta0 (and selection mu)"] == "normal:0:2" and result.priors["tau"] == "halfcauchy:0.5"
-    with pytest.raises(TypeError, match="priors"):
-        SmallStudyPriors.coerce("normal:0:2")
+    with pytest.raises(ValueError, match="slope"):
+        PriorSet(slope=PriorSpec.parse("halfnormal:1"))
     with pytest.raises(ValueError, match="engine"):
         fit_small_study(dataset, "tb_log_rr", engine="laplace")
 
@@ -230,14 +246,21 @@ def test_se_based_asymmetry_is_the_smd_artefact_on_the_default_data():
 def _regression_runs(delta: float, select: bool) -> pd.DataFrame:
     rows = []
     for seed in range(N_SEEDS_FAST):
-        r = fit_small_study_effects(simulate_meta(seed, delta=delta, select=select), outcome=SIM_OUTCOME, selection=False, seed=seed)
+        r = fit_small_study_effects(
+            simulate_meta(seed, delta=delta, select=select), outcome=SIM_OUTCOME, selection=False, seed=seed
+        )
         head = r.regressions[r.headline].intercept
         n_models = [r.regressions[n].slope for n in ("PET-sqrt_inv_n", "PEESE-inv_n")]
-        rows.append({"re": r.random_effects["mu"]["mean"], "adjusted": head["mean"],
-                     "covered": head["q025"] <= delta <= head["q975"],
-                     "re_covered": r.random_effects["mu"]["q025"] <= delta <= r.random_effects["mu"]["q975"],
-                     "no_bias_found": all(s["q025"] <= 0.0 <= s["q975"] for s in n_models),
-                     "pet_sei": r.regressions["PET-sei"].intercept["mean"]})
+        rows.append(
+            {
+                "re": r.random_effects["mu"]["mean"],
+                "adjusted": head["mean"],
+                "covered": head["q025"] <= delta <= head["q975"],
+                "re_covered": r.random_effects["mu"]["q025"] <= delta <= r.random_effects["mu"]["q975"],
+                "no_bias_found": all(s["q025"] <= 0.0 <= s["q975"] for s in n_models),
+                "pet_sei": r.regressions["PET-sei"].intercept["mean"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -315,8 +338,14 @@ def _selection_runs(delta: float, select: bool) -> pd.DataFrame:
         r = fit_small_study_effects(simulate_meta(seed, delta=delta, select=select), outcome=SIM_OUTCOME, seed=seed)
         s = r.selection
         _assert_gates(s.diagnostics)
-        rows.append({"re": r.random_effects["mu"]["mean"], "adjusted": s.mu["mean"], "p_selection": s.prob_selection,
-                     "covered": s.mu["q025"] <= delta <= s.mu["q975"]})
+        rows.append(
+            {
+                "re": r.random_effects["mu"]["mean"],
+                "adjusted": s.mu["mean"],
+                "p_selection": s.prob_selection,
+                "covered": s.mu["q025"] <= delta <= s.mu["q975"],
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.dataset import load_dataset
-from analysis.problems import DatasetError, errors, warnings_of
-from analysis.validate import validate_dataset
+from analysis.dataset.load import load_dataset
+from analysis.dataset.problems import DatasetError, errors, warnings_of
+from analysis.dataset.validate import validate_dataset
 from tests.helpers import ARMS, STUDIES, TOML, replace_line, write_dataset
 
 
@@ -140,7 +140,9 @@ def test_empty_and_non_utf8_files(tmp_path):
 
 
 def test_every_problem_is_listed_not_just_the_first(tmp_path):
-    arms = replace_line(replace_line(ARMS, 3, "A2020,ovx,control,BMD,x,0.03,,1,"), 10, "C2022,ovx,control,BMD,0.21,-1,,10,")
+    arms = replace_line(
+        replace_line(ARMS, 3, "A2020,ovx,control,BMD,x,0.03,,1,"), 10, "C2022,ovx,control,BMD,0.21,-1,,10,"
+    )
     found = _errors(tmp_path, arms=arms)
     assert {(p.line, p.column) for p in found} == {(3, "mean"), (3, "n"), (10, "sd")}
 
@@ -165,7 +167,9 @@ def test_warning_sd_larger_than_positive_mean(tmp_path):
 
 
 def test_warning_large_g_with_sem_sized_sd(tmp_path):
-    arms = replace_line(replace_line(ARMS, 10, "C2022,ovx,control,BMD,0.21,0.004,,10,"), 11, "C2022,ev,treatment,BMD,0.24,0.004,,10,")
+    arms = replace_line(
+        replace_line(ARMS, 10, "C2022,ovx,control,BMD,0.21,0.004,,10,"), 11, "C2022,ev,treatment,BMD,0.24,0.004,,10,"
+    )
     found = warnings_of(validate_dataset(write_dataset(tmp_path, arms=arms)))
     assert _located(found, "arms.csv", 11, "sd") and "SEM" in found[0].message
     assert not warnings_of(validate_dataset(write_dataset(tmp_path)))

@@ -56,7 +56,7 @@ CLOSED_FORM_LIMIT_ABS = 1e-5
 # out, which shifts elpd_i by O(1)) without failing on Monte Carlo noise.
 PSIS_ELPD_ABS = 0.05
 
-# --- multivariate model (analysis/multivariate.py, models/multivariate.py) ---------------------
+# --- multivariate model (analysis/fitting/multivariate.py, models/multivariate.py) ---------------------
 # PyTensor's marginal log density of the observed effects versus scipy.stats.multivariate_normal
 # on a hand-built case: both are float64 closed forms of the same density (Cholesky vs scipy's
 # eigendecomposition), so they agree to rounding; 1e-8 absolute on a sum of ~4 terms of O(1).

@@ -1,0 +1,226 @@
+"""Effect-size tables: one row per treatment-vs-control comparison and outcome (metafor's ``escalc`` step).
+
+Arm-level datasets get Hedges' g and metafor's "LS" variance (:mod:`analysis.dataset.smd`); SEM was
+already converted to SD on loading. Treatment arms that share a control arm form a
+*covariance group*: their sampling covariance is kept (Gleser & Olkin 2009) instead of
+silently reusing the control animals as if they were independent.
+
+For the univariate models each study contributes one effect per outcome:
+:func:`study_effects` combines a study's comparisons by generalised least squares with their
+full sampling covariance, :math:`y = w^\\top y_c / w^\\top 1`, :math:`v = 1 / 1^\\top V^{-1} 1`,
+:math:`w = V^{-1} 1`, i.e. it treats the arms as estimates of the same study effect
+:math:`\\theta_i` and counts the control animals once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis.dataset.load import Dataset
+from analysis.dataset.smd import hedges_g, shared_control_covariance
+
+EFFECT_COLUMNS = [
+    "study",
+    "outcome",
+    "comparison",
+    "control_arm",
+    "yi",
+    "vi",
+    "sei",
+    "n_treatment",
+    "n_control",
+    "direction",
+    "cov_group",
+]
+
+
+@dataclass(frozen=True)
+class EffectTable:
+    """Comparisons of a dataset and the sampling covariance within each covariance group.
+
+    Attributes
+    ----------
+    data : pandas.DataFrame
+        Columns :data:`EFFECT_COLUMNS`; ``cov_group`` is ``study/outcome/control`` for
+        comparisons that share a control arm with another comparison, else empty.
+    covariance : dict
+        ``cov_group -> (comparisons, matrix)`` for every group of two or more comparisons.
+    """
+
+    data: pd.DataFrame
+    covariance: dict[str, tuple[tuple[str, ...], np.ndarray]]
+    #: Per-outcome results of :func:`study_effects` (a table is never changed once built).
+    _per_study: dict[str, pd.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def covariance_long(self) -> pd.DataFrame:
+        """Off-diagonal sampling covariances as a long table (one row per pair of comparisons)."""
+        rows = []
+        for group, (names, cov) in sorted(self.covariance.items()):
+            first = self.data[self.data["cov_group"] == group].iloc[0]  # ids may contain "/": never split the key
+            for a in range(len(names)):
+                for b in range(a + 1, len(names)):
+                    rows.append(
+                        {
+                            "study": first["study"],
+                            "outcome": first["outcome"],
+                            "comparison_1": names[a],
+                            "comparison_2": names[b],
+                            "cov": cov[a, b],
+                        }
+                    )
+        return pd.DataFrame(rows, columns=["study", "outcome", "comparison_1", "comparison_2", "cov"])
+
+
+def compute_effects(dataset: Dataset) -> EffectTable:
+    """Compute the effect-size table of a validated dataset.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        Output of :func:`analysis.dataset.load.load_dataset`.
+
+    Returns
+    -------
+    EffectTable
+        Hedges' g per comparison for arm-level data; the given ``yi``/``vi`` for
+        effect-level data. Sign: treatment minus control in natural units; ``direction``
+        says whether positive is benefit (1) or harm (-1).
+    """
+    if dataset.level == "effects":
+        return _effects_from_table(dataset)
+    pairs = _comparison_pairs(dataset.arms)
+    yi, vi = hedges_g(pairs["mean_t"], pairs["sd_t"], pairs["n_t"], pairs["mean_c"], pairs["sd_c"], pairs["n_c"])
+    data = pd.DataFrame(
+        {
+            "study": pairs["study"],
+            "outcome": pairs["outcome"],
+            "comparison": pairs["arm"],
+            "control_arm": pairs["control"],
+            "yi": yi,
+            "vi": vi,
+            "sei": np.sqrt(vi),
+            "n_treatment": pairs["n_t"].astype(int),
+            "n_control": pairs["n_c"].astype(int),
+        }
+    )
+    data["direction"] = data["outcome"].map({k: o.direction for k, o in dataset.outcomes.items()}).astype(int)
+    data["cov_group"] = ""
+    covariance = {}
+    for (study, outcome, control), idx in data.groupby(["study", "outcome", "control_arm"], sort=True).groups.items():
+        if len(idx) < 2:
+            continue
+        group = f"{study}/{outcome}/{control}"
+        rows = data.loc[idx]
+        cov = shared_control_covariance(rows["yi"], rows["vi"], rows["n_treatment"], float(rows["n_control"].iloc[0]))
+        covariance[group] = (tuple(rows["comparison"]), cov)
+        data.loc[idx, "cov_group"] = group
+    return EffectTable(data=data[EFFECT_COLUMNS].reset_index(drop=True), covariance=covariance)
+
+
+def _comparison_pairs(arms: pd.DataFrame) -> pd.DataFrame:
+    """Join each treatment row to its control row (named in ``control_arm`` or the study's only control)."""
+    treat = arms[arms["role"] == "treatment"].copy()
+    ctrl = arms[arms["role"] == "control"]
+    sole = ctrl.groupby(["study", "outcome"])["arm"].first()
+    named = treat["control_arm"].where(treat["control_arm"] != "")
+    treat["control"] = named.fillna(
+        pd.Series(sole.reindex(pd.MultiIndex.from_frame(treat[["study", "outcome"]])).to_numpy(), index=treat.index)
+    )
+    merged = treat.merge(
+        ctrl[["study", "outcome", "arm", "mean", "sd", "n"]].rename(columns={"arm": "control"}),
+        on=["study", "outcome", "control"],
+        suffixes=("_t", "_c"),
+        validate="many_to_one",
+    )
+    return merged.reset_index(drop=True)
+
+
+def _effects_from_table(dataset: Dataset) -> EffectTable:
+    eff = dataset.effects
+    data = pd.DataFrame(
+        {
+            "study": eff["study"],
+            "outcome": eff["outcome"],
+            "comparison": eff["comparison"],
+            "control_arm": "",
+            "yi": eff["yi"],
+            "vi": eff["vi"],
+            "sei": eff["sei"],
+            "n_treatment": eff["n_treatment"],
+            "n_control": eff["n_control"],
+        }
+    )
+    data["direction"] = data["outcome"].map({k: o.direction for k, o in dataset.outcomes.items()}).astype(int)
+    data["cov_group"] = ""
+    return EffectTable(data=data[EFFECT_COLUMNS].reset_index(drop=True), covariance={})
+
+
+def study_effects(table: EffectTable, outcome: str) -> pd.DataFrame:
+    """One effect per study for ``outcome``, combining a study's comparisons by GLS.
+
+    Parameters
+    ----------
+    table : EffectTable
+        Output of :func:`compute_effects`.
+    outcome : str
+        Outcome id.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``study, yi, vi, sei, n_comparisons, n_treatment, n_control`` in study order
+        of first appearance; empty if no study reports the outcome.
+    """
+    if outcome not in table._per_study:
+        rows = table.data[table.data["outcome"] == outcome]
+        out = [_combine_study(table, study, part) for study, part in rows.groupby("study", sort=False)]
+        columns = ["study", "yi", "vi", "sei", "n_comparisons", "n_treatment", "n_control"]
+        table._per_study[outcome] = pd.DataFrame(out, columns=columns)
+    return table._per_study[outcome].copy()
+
+
+def _combine_study(table: EffectTable, study: str, part: pd.DataFrame) -> dict:
+    cov = np.diag(part["vi"].to_numpy(dtype=float))
+    position = {name: i for i, name in enumerate(part["comparison"])}
+    for group in set(part["cov_group"]) - {""}:
+        names, block = table.covariance[group]
+        ix = [position[n] for n in names]
+        cov[np.ix_(ix, ix)] = block
+    w = np.linalg.solve(cov, np.ones(len(part)))
+    vi = 1.0 / w.sum()
+    yi = float(w @ part["yi"].to_numpy(dtype=float)) * vi
+    n_control = (
+        part.drop_duplicates("control_arm")["n_control"].sum()
+        if part["control_arm"].ne("").all()
+        else part["n_control"].sum()
+    )
+    return {
+        "study": study,
+        "yi": yi,
+        "vi": vi,
+        "sei": float(np.sqrt(vi)),
+        "n_comparisons": len(part),
+        "n_treatment": part["n_treatment"].sum(),
+        "n_control": n_control,
+    }
+
+
+def outcome_effects(dataset: Dataset, table: EffectTable, outcome: str) -> pd.DataFrame:
+    """One effect per study for ``outcome`` (see :func:`study_effects`).
+
+    Raises
+    ------
+    ValueError
+        If the outcome is not declared in the dataset or no study reports it.
+    """
+    if outcome not in dataset.outcomes:
+        raise ValueError(
+            f"outcome {outcome!r} is not declared in {dataset.name}; declared: {', '.join(dataset.outcomes)}"
+        )
+    effects = study_effects(table, outcome)
+    if effects.empty:
+        raise ValueError(f"no study of {dataset.name} reports outcome {outcome!r}")
+    return effects

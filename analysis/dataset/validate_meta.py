@@ -1,0 +1,166 @@
+"""Checks of ``dataset.toml`` and ``studies.csv`` (the dataset's declarations and study table)."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+from analysis.dataset.problems import Problem
+from analysis.dataset.read import (
+    STUDIES_NAME,
+    TOML_NAME,
+    csv_line,
+    header_line,
+    parse_number,
+)
+
+PROVENANCES = ("extracted", "simulated", "published-example")
+MODERATOR_TYPES = ("categorical", "numeric")
+ROB_VALUES = ("low", "high", "unclear")
+REQUIRED_META = ("name", "title", "provenance", "citation")
+#: Characters an outcome id may not contain: it names output files (``forest_<ID>.png``, ``<ID>.nc``).
+_UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def _toml_problem(key: str, message: str) -> Problem:
+    return Problem("error", TOML_NAME, None, key, message)
+
+
+def check_meta(meta: dict) -> list[Problem]:
+    """Check the top-level keys and the outcome and moderator tables of ``dataset.toml``."""
+    problems = [_toml_problem(k, "required key missing") for k in REQUIRED_META if k not in meta]
+    for key in REQUIRED_META:
+        if key in meta and not isinstance(meta[key], str):
+            problems.append(_toml_problem(key, "must be a string"))
+    if isinstance(meta.get("provenance"), str) and meta["provenance"] not in PROVENANCES:
+        problems.append(_toml_problem("provenance", f"must be one of {', '.join(PROVENANCES)}"))
+    if not isinstance(meta.get("effect_measure", "SMD"), str):
+        problems.append(_toml_problem("effect_measure", "must be a string"))
+    outcomes = meta.get("outcomes")
+    if not isinstance(outcomes, dict) or not outcomes:
+        problems.append(_toml_problem("outcomes", "at least one [outcomes.<ID>] table is required"))
+    else:
+        for oid, spec in outcomes.items():
+            problems += _check_outcome_id(oid) + _check_outcome(oid, spec)
+    moderators = meta.get("moderators", {})
+    if not isinstance(moderators, dict):
+        problems.append(_toml_problem("moderators", "must be a table of [moderators.<name>] tables"))
+    else:
+        for name, spec in moderators.items():
+            problems += _check_moderator(name, spec)
+    return problems
+
+
+def _check_outcome_id(oid: str) -> list[Problem]:
+    """Outcome ids name output files and must match CSV cells (which are stripped)."""
+    if oid and oid == oid.strip() and oid not in (".", "..") and not _UNSAFE_ID.search(oid):
+        return []
+    return [
+        _toml_problem(
+            f"outcomes.{oid}",
+            f"outcome id {oid!r} is not usable: it must be non-empty, without "
+            "surrounding spaces, '/', '\\' or control characters (it names output files)",
+        )
+    ]
+
+
+def _check_outcome(oid: str, spec: object) -> list[Problem]:
+    key = f"outcomes.{oid}"
+    if not isinstance(spec, dict):
+        return [_toml_problem(key, "must be a table")]
+    problems = []
+    if not isinstance(spec.get("label", oid), str):
+        problems.append(_toml_problem(f"{key}.label", "must be a string"))
+    if not isinstance(spec.get("unit", ""), str):
+        problems.append(_toml_problem(f"{key}.unit", "must be a string"))
+    direction = spec.get("direction")
+    if direction is None:
+        problems.append(_toml_problem(f"{key}.direction", "required: 1 if higher is better, -1 if lower is better"))
+    elif isinstance(direction, bool) or direction not in (1, -1):
+        problems.append(_toml_problem(f"{key}.direction", f"must be 1 or -1, got {direction!r}"))
+    return problems
+
+
+def _check_moderator(name: str, spec: object) -> list[Problem]:
+    key = f"moderators.{name}"
+    if not isinstance(spec, dict):
+        return [_toml_problem(key, "must be a table")]
+    kind = spec.get("type")
+    if kind not in MODERATOR_TYPES:
+        return [_toml_problem(f"{key}.type", f"must be one of {', '.join(MODERATOR_TYPES)}, got {kind!r}")]
+    problems = []
+    if kind == "categorical":
+        if not isinstance(spec.get("reference"), str):
+            problems.append(_toml_problem(f"{key}.reference", "categorical moderators need a reference level"))
+        levels = spec.get("levels")
+        if levels is not None and not (isinstance(levels, list) and all(isinstance(v, str) for v in levels)):
+            problems.append(_toml_problem(f"{key}.levels", "must be a list of strings"))
+        elif levels is not None and spec.get("reference") not in levels:
+            problems.append(_toml_problem(f"{key}.reference", "reference level is not among the declared levels"))
+    return problems
+
+
+def check_studies(studies: pd.DataFrame, meta: dict | None) -> list[Problem]:
+    """Check ``studies.csv``: ids, declared moderators (type and levels) and risk-of-bias cells."""
+    if "study" not in studies.columns:
+        return [Problem("error", STUDIES_NAME, header_line(studies), "study", "required column missing")]
+    if studies.empty:
+        return [Problem("error", STUDIES_NAME, None, None, "no data rows (one row per study is required)")]
+    problems = []
+    for idx, sid in studies["study"].items():
+        if sid == "":
+            problems.append(Problem("error", STUDIES_NAME, csv_line(idx), "study", "missing study id"))
+    dup = studies["study"].duplicated(keep="first") & (studies["study"] != "")
+    for idx in studies.index[dup]:
+        problems.append(
+            Problem("error", STUDIES_NAME, csv_line(idx), "study", f"duplicated study id {studies.at[idx, 'study']!r}")
+        )
+    moderators = (meta or {}).get("moderators", {})
+    if isinstance(moderators, dict):
+        for name, spec in moderators.items():
+            if isinstance(spec, dict):
+                problems += _check_moderator_column(studies, name, spec)
+    for col in [c for c in studies.columns if c.startswith("rob_")]:
+        for idx, value in studies[col].items():
+            if value.lower() not in ROB_VALUES:
+                problems.append(
+                    Problem(
+                        "error",
+                        STUDIES_NAME,
+                        csv_line(idx),
+                        col,
+                        f"risk of bias must be low/high/unclear, got {value!r}",
+                    )
+                )
+    return problems
+
+
+def _check_moderator_column(studies: pd.DataFrame, name: str, spec: dict) -> list[Problem]:
+    if name not in studies.columns:
+        return [
+            Problem("error", STUDIES_NAME, header_line(studies), name, f"declared moderator {name!r} has no column")
+        ]
+    problems = []
+    levels = spec.get("levels") if isinstance(spec.get("levels"), list) else None
+    for idx, value in studies[name].items():
+        line = csv_line(idx)
+        if value == "":
+            problems.append(Problem("error", STUDIES_NAME, line, name, "missing moderator value"))
+        elif spec.get("type") == "numeric" and parse_number(value) is None:
+            problems.append(
+                Problem("error", STUDIES_NAME, line, name, f"numeric moderator has non-numeric value {value!r}")
+            )
+        elif spec.get("type") == "categorical" and levels is not None and value not in levels:
+            problems.append(
+                Problem("error", STUDIES_NAME, line, name, f"level {value!r} not in declared levels {levels}")
+            )
+    if spec.get("type") == "categorical":
+        present = set(studies[name]) - {""}
+        if len(present) > 1 and spec.get("reference") not in present:
+            problems.append(
+                Problem(
+                    "warning", STUDIES_NAME, None, name, f"reference level {spec.get('reference')!r} occurs in no study"
+                )
+            )
+    return problems

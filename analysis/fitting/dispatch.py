@@ -1,0 +1,86 @@
+"""One place that turns a fit request (model, engine, priors, moderator, seed) into the right fit.
+
+The CLI builds a :class:`FitRequest` from its arguments; :func:`fit_outcome` validates it and
+dispatches to the model's fitting function, so every model is reachable the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from analysis.dataset.effects import EffectTable
+from analysis.dataset.load import Dataset
+from analysis.fitting.random_effects import fit_random_effects
+from analysis.fitting.sampling import SamplerSettings
+from analysis.results.fit_result import OutcomeFit
+from models.priors import PriorSet
+
+PER_OUTCOME_MODELS = ("random-effects", "meta-regression", "small-study")
+MODELS = (*PER_OUTCOME_MODELS, "multivariate")
+#: "normal": Hedges' g as normal with known variance; "arm": exact likelihood of the arm summaries
+#: (analysis.fitting.arm_level).
+LIKELIHOODS = ("normal", "arm")
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """What to fit: the model, its engine, priors, sampler settings and model-specific options."""
+
+    model: str = "random-effects"
+    engine: str = "nuts"
+    priors: PriorSet = PriorSet()
+    seed: int = 1
+    sampler: SamplerSettings = SamplerSettings()
+    moderator: str | None = None
+    progressbar: bool = False
+    likelihood: str = "normal"
+
+    def __post_init__(self) -> None:
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
+        if self.likelihood == "arm" and (self.model != "random-effects" or self.engine != "nuts"):
+            raise ValueError("--likelihood arm is available for --model random-effects with --engine nuts")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.model == "meta-regression" and not self.moderator:
+            raise ValueError("--model meta-regression needs --moderator NAME (or --moderator all)")
+        if self.moderator and self.model != "meta-regression":
+            raise ValueError("--moderator applies to --model meta-regression only")
+
+
+def fit_outcome(dataset: Dataset, outcome: str, request: FitRequest, *, table: EffectTable) -> OutcomeFit:
+    """Fit one outcome as requested; returns the model's result object (``to_dict()``, ``str()``).
+
+    Raises
+    ------
+    ValueError
+        On an unknown outcome or moderator, or a model that is not fitted per outcome.
+    """
+    common = {
+        "priors": request.priors,
+        "seed": request.seed,
+        "sampler": request.sampler,
+        "table": table,
+        "progressbar": request.progressbar,
+    }
+    if request.model == "random-effects" and request.likelihood == "arm":
+        from analysis.fitting.arm_level import fit_arm_level
+
+        return fit_arm_level(dataset, outcome, **common)
+    if request.model == "random-effects":
+        return fit_random_effects(dataset, outcome, engine=request.engine, **common)
+    if request.model == "meta-regression":
+        from analysis.fitting.meta_regression import fit_meta_regression
+
+        if request.moderator != "all" and request.moderator not in dataset.moderators:
+            raise ValueError(
+                f"moderator {request.moderator!r} is not declared in {dataset.name}; "
+                f"declared: {', '.join(dataset.moderators) or 'none'}"
+            )
+        moderators = "all" if request.moderator == "all" else [request.moderator]
+        return fit_meta_regression(dataset, outcome, moderators=moderators, engine=request.engine, **common)
+    if request.model == "small-study":
+        from analysis.fitting.small_study import fit_small_study
+
+        return fit_small_study(dataset, outcome, engine=request.engine, **common)
+    raise ValueError(f"model {request.model!r} is fitted across outcomes, not per outcome")

@@ -1,0 +1,365 @@
+"""Fitting the multivariate random-effects model across correlated outcomes (DESIGN.md §4).
+
+:func:`fit_multivariate` fits the model of :mod:`models.multivariate` (benefit-oriented effects,
+θ integrated out, R ~ LKJ) with NUTS, checks the convergence gates on mu, tau and the
+off-diagonal of R (retrying once, as the univariate fits), draws every study's θ_i - including
+the outcomes it did not report - from the exact conditional, and sets the pooled effects side by
+side with the univariate exact-engine fits under the same priors (borrowing of strength).
+:func:`rho_within_sensitivity` refits over a grid of assumed within-study correlations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from analysis.dataset.effects import EffectTable, compute_effects
+from analysis.dataset.load import Dataset
+from analysis.fitting.multivariate_data import (
+    DEFAULT_RHO_WITHIN,
+    MultivariateData,
+    multivariate_data_from_dataset,
+)
+from analysis.fitting.random_effects import fit_random_effects
+from analysis.fitting.sampling import SamplerSettings, sample_with_retry
+from analysis.results.diagnostics import diagnose
+from analysis.results.multivariate import SUMMARY_COLUMNS, MultivariateResult
+from analysis.results.summaries import summarize_draws
+from models.exact.posterior import exact_posterior
+from models.multivariate import (
+    build_multivariate_model,
+    draw_theta,
+    draw_theta_new,
+    outcome_pairs,
+)
+from models.priors import PriorSet, PriorSpec
+
+__all__ = [
+    "DEFAULT_RHO_WITHIN",
+    "RHO_WITHIN_GRID",
+    "fit_multivariate",
+    "fit_multivariate_data",
+    "rho_within_sensitivity",
+]
+
+#: Assumed within-study correlations of the sensitivity analysis.
+RHO_WITHIN_GRID: tuple[float, ...] = (0.0, 0.3, 0.6, 0.8)
+#: Separate random stream (after the sampler's) for the conditional draws of θ and θ_new.
+_THETA_STREAM = 2
+
+
+def fit_multivariate(
+    dataset: Dataset,
+    *,
+    outcomes: Sequence[str] | str | None = None,
+    rho_within: float | np.ndarray = DEFAULT_RHO_WITHIN,
+    seed: int = 1,
+    sampler: SamplerSettings | None = None,
+    table: EffectTable | None = None,
+    progressbar: bool = False,
+    within_cov: dict[str, np.ndarray] | None = None,
+    priors: PriorSet | None = None,
+    moderators: Sequence[str] = (),
+    parameterisation: str = "marginal",
+) -> MultivariateResult:
+    """Fit the multivariate random-effects model to several outcomes of a dataset.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        A validated dataset.
+    outcomes : list of str, "all" or None
+        Outcome ids; default ``["BV_TV", "Tb_N", "Tb_Sp", "Tb_Th"]`` (those reported).
+    rho_within : float or numpy.ndarray
+        Assumed within-study correlation of the benefit-oriented effects (scalar or K x K);
+        default :data:`~analysis.fitting.multivariate_data.DEFAULT_RHO_WITHIN` = 0.5.
+    seed : int
+        Seed of every random step (sampler, θ draws).
+    sampler : SamplerSettings, optional
+        NUTS settings (default 4 x 1000 draws, target_accept 0.95).
+    table : EffectTable, optional
+        Precomputed effect table.
+    progressbar : bool
+        Show the sampler's progress display.
+    within_cov : dict, optional
+        ``study -> (K, K)`` known within-study covariance (natural scale, outcome order).
+    priors : PriorSet, optional
+        Default mu_k ~ N(0, 3²), tau_k ~ HalfNormal(1), R ~ LKJ(2).
+    moderators : sequence of str
+        Moderators entering every outcome's mean (centred); mu is then the mean at the average.
+    parameterisation : {"marginal", "noncentred"}
+        See :mod:`models.multivariate`.
+
+    Returns
+    -------
+    MultivariateResult
+        ``univariate`` holds :func:`analysis.fitting.random_effects.fit_random_effects` (exact engine, same priors)
+        per outcome, oriented to the benefit scale.
+    """
+    priors = priors or PriorSet()
+    table = table or compute_effects(dataset)
+    data = multivariate_data_from_dataset(
+        dataset, outcomes=outcomes, rho_within=rho_within, table=table, within_cov=within_cov, moderators=moderators
+    )
+    univariate = _univariate_from_dataset(dataset, table, data, priors)
+    return fit_multivariate_data(
+        data,
+        priors=priors,
+        seed=seed,
+        sampler=sampler,
+        progressbar=progressbar,
+        parameterisation=parameterisation,
+        univariate=univariate,
+    )
+
+
+def fit_multivariate_data(
+    data: MultivariateData,
+    *,
+    priors: PriorSet | None = None,
+    seed: int = 1,
+    sampler: SamplerSettings | None = None,
+    progressbar: bool = False,
+    parameterisation: str = "marginal",
+    univariate: pd.DataFrame | None = None,
+) -> MultivariateResult:
+    """Fit the model to prepared data (e.g. :func:`~analysis.fitting.multivariate_data.multivariate_data_from_effects`).
+
+    Parameters
+    ----------
+    data : MultivariateData
+        Benefit-oriented effects and within-study covariances.
+    priors, seed, sampler, progressbar, parameterisation
+        As in :func:`fit_multivariate`.
+    univariate : pandas.DataFrame, optional
+        Univariate reference per outcome (index outcome; ``k`` and the five summaries); computed
+        with the exact engine on each outcome's reported effects if omitted.
+
+    Returns
+    -------
+    MultivariateResult
+    """
+    priors = priors or PriorSet()
+    sampler = sampler or SamplerSettings()
+    model = build_multivariate_model(
+        data.yi,
+        data.S,
+        study=data.study,
+        outcome=data.outcome_ids,
+        priors=priors,
+        X=data.X,
+        coef_names=data.coef_names,
+        parameterisation=parameterisation,
+    )
+    var_names = ["mu", "tau", "rho"] + (["beta"] if data.X is not None else [])
+    idata, used, retried = sample_with_retry(model, var_names, seed=seed, sampler=sampler, progressbar=progressbar)
+    diagnostics = diagnose(idata, var_names)
+    _add_theta_draws(idata, data, seed, parameterisation)
+    univariate = _univariate_exact(data, priors) if univariate is None else univariate
+    post = idata.posterior
+    mu = _per_outcome(post["mu"], data)
+    return MultivariateResult(
+        dataset=data.dataset,
+        provenance=data.provenance,
+        measure=data.measure,
+        outcomes=data.outcomes,
+        study=data.study,
+        reported=data.reported,
+        priors=priors.multivariate_dict(),
+        within=data.within,
+        rho_within=data.rho_within,
+        mu=mu,
+        tau=_per_outcome(post["tau"], data),
+        theta_new=_per_outcome(post["theta_new"], data),
+        rho=_rho_table(post["rho"], data),
+        R_mean=pd.DataFrame(
+            post["R"].mean(("chain", "draw")).to_numpy(), index=data.outcome_ids, columns=data.outcome_ids
+        ),
+        univariate=univariate,
+        borrowing=_borrowing(mu, univariate),
+        theta=_theta_table(post["theta"], data),
+        diagnostics=diagnostics,
+        beta=_beta_table(post, data),
+        retried=retried,
+        posterior=idata,
+        settings={"seed": seed, **asdict(used), "parameterisation": parameterisation},
+    )
+
+
+def _draws(array: xr.DataArray) -> np.ndarray:
+    """Stack chain and draw into one leading sample axis."""
+    values = array.to_numpy()
+    return values.reshape(-1, *values.shape[2:])
+
+
+def _add_theta_draws(idata: xr.DataTree, data: MultivariateData, seed: int, parameterisation: str) -> None:
+    """Add θ (exact conditional, unless sampled) and θ_new ~ MVN(mu, Σ) draws, from a seeded stream."""
+    rng = np.random.default_rng([seed, _THETA_STREAM])
+    post = idata.posterior
+    shape = post["mu"].shape[:2]
+    mu, tau, R = _draws(post["mu"]), _draws(post["tau"]), _draws(post["R"])
+    sigma = tau[:, :, None] * R * tau[:, None, :]
+    location = mu[:, None, :]
+    if data.X is not None:
+        location = location + np.einsum("sp,npk->nsk", data.X, _draws(post["beta"]))
+    dims = ("chain", "draw", "study", "outcome")
+    if parameterisation == "marginal":
+        theta = draw_theta(data.yi, data.S, location, sigma, rng=rng)
+        idata["posterior/theta"] = xr.DataArray(
+            theta.reshape(*shape, *theta.shape[1:]),
+            dims=dims,
+            coords={"study": list(data.study), "outcome": data.outcome_ids},
+        )
+    new = draw_theta_new(mu, sigma, rng=rng)
+    idata["posterior/theta_new"] = xr.DataArray(
+        new.reshape(*shape, -1), dims=("chain", "draw", "outcome"), coords={"outcome": data.outcome_ids}
+    )
+
+
+def _per_outcome(array: xr.DataArray, data: MultivariateData) -> pd.DataFrame:
+    draws = _draws(array)
+    rows = {o: summarize_draws(draws[:, j]) for j, o in enumerate(data.outcome_ids)}
+    return pd.DataFrame.from_dict(rows, orient="index")[SUMMARY_COLUMNS]
+
+
+def _rho_table(array: xr.DataArray, data: MultivariateData) -> pd.DataFrame:
+    draws = _draws(array)
+    ids = data.outcome_ids
+    pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :]]
+    rows = [{"outcome_1": a, "outcome_2": b, **summarize_draws(draws[:, j])} for j, (a, b) in enumerate(pairs)]
+    return pd.DataFrame(rows, index=outcome_pairs(ids))
+
+
+def _theta_table(array: xr.DataArray, data: MultivariateData) -> pd.DataFrame:
+    draws = _draws(array)
+    rows = []
+    for i, study in enumerate(data.study):
+        for j, o in enumerate(data.outcome_ids):
+            rows.append(
+                {
+                    "study": study,
+                    "outcome": o,
+                    "reported": bool(data.reported[i, j]),
+                    "yi": data.yi[i, j],
+                    "vi": data.S[i, j, j],
+                    **summarize_draws(draws[:, i, j]),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _beta_table(post: xr.DataTree, data: MultivariateData) -> pd.DataFrame | None:
+    if data.X is None:
+        return None
+    draws = _draws(post["beta"])
+    rows = [
+        {"coef": c, "outcome": o, **summarize_draws(draws[:, p, j])}
+        for p, c in enumerate(data.coef_names)
+        for j, o in enumerate(data.outcome_ids)
+    ]
+    return pd.DataFrame(rows)
+
+
+def _borrowing(mu: pd.DataFrame, univariate: pd.DataFrame) -> pd.DataFrame:
+    """Widths of the 95% ETIs of mu_k, multivariate vs univariate, and their ratio."""
+    width_mv = mu["q975"] - mu["q025"]
+    width_uni = univariate["q975"] - univariate["q025"]
+    return pd.DataFrame(
+        {
+            "k": univariate["k"].astype(int),
+            "width_univariate": width_uni,
+            "width_multivariate": width_mv,
+            "width_ratio": width_mv / width_uni,
+        }
+    )
+
+
+def _oriented_prior(mu_prior: PriorSpec, direction: int) -> PriorSpec:
+    """The natural-scale prior of mu equivalent to ``mu_prior`` on the benefit scale."""
+    m, s = mu_prior.params
+    return PriorSpec("normal", (direction * m, s))
+
+
+def _orient_summary(summary: dict[str, float], direction: int) -> dict[str, float]:
+    if direction > 0:
+        return dict(summary)
+    return {
+        "mean": -summary["mean"],
+        "sd": summary["sd"],
+        "median": -summary["median"],
+        "q025": -summary["q975"],
+        "q975": -summary["q025"],
+    }
+
+
+def _univariate_from_dataset(
+    dataset: Dataset, table: EffectTable, data: MultivariateData, priors: PriorSet
+) -> pd.DataFrame:
+    """Univariate exact fits (:func:`analysis.fitting.random_effects.fit_random_effects`), benefit-oriented."""
+    rows = {}
+    for o in data.outcomes:
+        prior = PriorSet(mu=_oriented_prior(priors.mu, o.direction), tau=priors.tau)
+        fit = fit_random_effects(dataset, o.id, engine="exact", priors=prior, table=table)
+        rows[o.id] = {"k": fit.k, **_orient_summary(fit.summaries["mu"], o.direction)}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _univariate_exact(data: MultivariateData, priors: PriorSet) -> pd.DataFrame:
+    """Univariate exact-engine posterior of mu per outcome from the (benefit-oriented) reported effects."""
+    rows = {}
+    for j, o in enumerate(data.outcome_ids):
+        seen = data.reported[:, j]
+        post = exact_posterior(data.yi[seen, j], data.S[seen, j, j], tau_prior=priors.tau, mu_prior=priors.mu)
+        rows[o] = {"k": int(seen.sum()), **post.summary("mu")}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def rho_within_sensitivity(
+    dataset: Dataset,
+    *,
+    grid: Sequence[float] = RHO_WITHIN_GRID,
+    outcomes: Sequence[str] | str | None = None,
+    seed: int = 1,
+    sampler: SamplerSettings | None = None,
+    table: EffectTable | None = None,
+    priors: PriorSet | None = None,
+) -> pd.DataFrame:
+    """Refit the multivariate model for each assumed within-study correlation ρ_w.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        A validated dataset.
+    grid : sequence of float
+        Values of ρ_w (benefit scale), default (0, 0.3, 0.6, 0.8).
+    outcomes, seed, sampler, table, priors
+        As in :func:`fit_multivariate`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ρ_w, parameter (``mu``, ``tau``, ``rho``) and outcome (or pair ``A~B``):
+        ``rho_within, parameter, outcome, mean, sd, median, q025, q975, converged``.
+    """
+    priors = priors or PriorSet()
+    table = table or compute_effects(dataset)
+    rows = []
+    for rho_w in grid:
+        data = multivariate_data_from_dataset(dataset, outcomes=outcomes, rho_within=float(rho_w), table=table)
+        fit = fit_multivariate_data(data, priors=priors, seed=seed, sampler=sampler)
+        for name in ("mu", "tau", "rho"):
+            for label, row in getattr(fit, name).iterrows():
+                rows.append(
+                    {
+                        "rho_within": float(rho_w),
+                        "parameter": name,
+                        "outcome": label,
+                        **{c: float(row[c]) for c in SUMMARY_COLUMNS},
+                        "converged": fit.converged,
+                    }
+                )
+    return pd.DataFrame(rows)

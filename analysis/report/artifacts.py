@@ -1,0 +1,84 @@
+"""What the report is made of: each outcome's analysis rendered to bytes, tables and text.
+
+An :class:`OutcomeArtifacts` is what the report needs of one outcome, with no live model or
+posterior object in it, so it can be computed in a worker process, pickled into the cache and
+assembled into the report later (:mod:`analysis.report.write`); :class:`RunResult` gathers them
+for a whole run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from analysis.dataset.effects import EffectTable
+from analysis.dataset.load import Dataset
+from analysis.fitting.sampling import SamplerSettings
+from analysis.results.random_effects import MetaAnalysisResult
+from models.priors import PriorSet
+
+
+@dataclass
+class OutcomeArtifacts:
+    """Everything the report shows of one outcome (plain data: picklable, cacheable)."""
+
+    outcome: str
+    nuts: MetaAnalysisResult
+    exact: MetaAnalysisResult
+    markdown: list[str]
+    figures: dict[str, dict[str, bytes]]
+    tables: dict[str, pd.DataFrame]
+    jsons: dict[str, dict]
+    posterior_nc: bytes | None
+    timings: dict[str, float] = field(default_factory=dict)
+    cache_hit: bool = False
+
+
+@dataclass
+class MultivariateArtifacts:
+    """The multivariate model across outcomes, rendered (plain data: picklable, cacheable)."""
+
+    outcomes: tuple[str, ...]
+    converged: bool
+    markdown: list[str]
+    figures: dict[str, dict[str, bytes]]
+    tables: dict[str, pd.DataFrame]
+    json: dict
+    posterior_nc: bytes | None
+    timings: dict[str, float] = field(default_factory=dict)
+    cache_hit: bool = False
+
+
+@dataclass
+class RunResult:
+    """Everything ``evmeta run`` computed, ready for the report."""
+
+    dataset: Dataset
+    table: EffectTable
+    outcomes: dict[str, OutcomeArtifacts]
+    skipped: dict[str, str]
+    seed: int
+    priors: PriorSet
+    sampler: SamplerSettings
+    timings: dict[str, float] = field(default_factory=dict)
+    key: str = ""
+    multivariate: MultivariateArtifacts | None = None
+
+    @property
+    def nuts(self) -> list[MetaAnalysisResult]:
+        """The NUTS random-effects fit of every analysed outcome (without draws)."""
+        return [a.nuts for a in self.outcomes.values()]
+
+    @property
+    def exact(self) -> list[MetaAnalysisResult]:
+        """The exact-engine fit of every analysed outcome."""
+        return [a.exact for a in self.outcomes.values()]
+
+    @property
+    def failed(self) -> list[str]:
+        """Outcomes whose NUTS fit failed a convergence gate (after the retry)."""
+        failed = [r.outcome.id for r in self.nuts if not r.converged]
+        return failed + (
+            ["multivariate model"] if self.multivariate is not None and not self.multivariate.converged else []
+        )

@@ -1,0 +1,53 @@
+"""File names of the report's figures: the one place that both the writers and the report text use.
+
+A figure is named by its kind and, for per-outcome figures, the outcome id (``forest_BMD``); it is
+written as ``figures/<stem>.png`` and ``.svg`` and the report links the PNG.
+"""
+
+from __future__ import annotations
+
+FIGURES_DIR = "figures"
+#: The format the report (Markdown and HTML) embeds.
+LINKED_FORMAT = "png"
+
+#: Per-outcome figure kinds: file-name prefix -> the report's caption (alt text).
+OUTCOME_FIGURES = {
+    "forest": "Forest plot of {outcome}",
+    "ppc": "Posterior predictive density of {outcome}",
+    "ppc_stats": "Posterior predictive test statistics of {outcome}",
+    "psense": "Power-scaling of {outcome}",
+    "prior_grid": "Prior grid of {outcome}",
+    "compare": "Comparison of fits of {outcome}",
+    "subgroups": "Subgroups of {outcome}",
+    "funnel": "Funnel plot of {outcome}",
+    "influence": "Study influence for {outcome}",
+}
+#: Figures across outcomes: file name -> the report's caption (alt text).
+RUN_FIGURES = {
+    "pooled_summary": "Pooled effects of all outcomes",
+    "risk_of_bias": "SYRCLE risk of bias",
+    "multivariate_borrowing": "Univariate and multivariate pooled effects",
+    "multivariate_correlation": "Between-study correlation matrix R",
+}
+
+
+def figure_stem(kind: str, outcome: str | None = None) -> str:
+    """File stem of a figure: ``kind_outcome`` for per-outcome kinds, ``kind`` for run-wide figures.
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind, or a per-outcome kind without an outcome (and vice versa).
+    """
+    if kind in OUTCOME_FIGURES and outcome is not None:
+        return f"{kind}_{outcome}"
+    if kind in RUN_FIGURES and outcome is None:
+        return kind
+    raise ValueError(f"no figure {kind!r} {'for outcome ' + outcome if outcome else 'across outcomes'}")
+
+
+def figure_link(kind: str, outcome: str | None = None) -> str:
+    """Markdown image of a figure with its caption: ``![Forest plot of BMD](figures/forest_BMD.png)``."""
+    stem = figure_stem(kind, outcome)
+    alt = OUTCOME_FIGURES[kind].format(outcome=outcome) if outcome is not None else RUN_FIGURES[kind]
+    return f"![{alt}]({FIGURES_DIR}/{stem}.{LINKED_FORMAT})"

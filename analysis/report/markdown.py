@@ -1,0 +1,363 @@
+"""Text of ``report.md``: provenance banner, failed-fit flags, methods, pooled results, per-outcome sections."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from analysis.report.artifacts import RunResult
+from analysis.report.figures import figure_link
+from analysis.report.tables import compare_markdown, interval, markdown_table
+from analysis.results.multivariate import MultivariateResult
+from analysis.results.outcome import OutcomeAnalysis
+from analysis.results.random_effects import MetaAnalysisResult
+
+SIMULATED_BANNER = (
+    "> **SIMULATED DATA.** This dataset is a labelled, design-matched simulation, not the published "
+    "per-study numbers. No number in this report is a published result."
+)
+
+
+def header_section(run: RunResult) -> list[str]:
+    """Title, provenance banner and, at the very top, any fit that failed its gates."""
+    ds = run.dataset
+    lines = [f"# evmeta report: {ds.title}", ""]
+    if run.failed:
+        lines += [
+            f"> **CONVERGENCE FAILURE:** the NUTS fit of {', '.join(run.failed)} failed its convergence "
+            "gates after one retry; its numbers below are not reliable.",
+            "",
+        ]
+    if ds.is_simulated:
+        lines += [SIMULATED_BANNER, ""]
+    lines += [
+        f"- dataset: `{ds.name}` (provenance: **{ds.provenance}**)",
+        f"- source: {ds.citation}",
+        f"- studies: {len(ds.studies)}; comparisons: {len(run.table.data)}; data level: {ds.level}",
+    ]
+    if ds.level == "arms":
+        lines.append(f"- animals: {_animal_count(ds)}")
+    lines.append("")
+    if ds.warnings:
+        lines += ["**Data checks** (`evmeta validate` warnings; the data were used):", ""]
+        lines += [
+            f"- `{p.file}{':' + str(p.line) if p.line else ''}` {p.column or ''}: {p.message}" for p in ds.warnings
+        ]
+        lines.append("")
+    return lines
+
+
+def _animal_count(ds) -> int:
+    """Animals in the dataset: each arm counted once (its largest n over outcomes)."""
+    return int(ds.arms.groupby(["study", "arm"])["n"].max().sum())
+
+
+def methods_section(run: RunResult) -> list[str]:
+    """Model, priors, interval kind, engines and sampler settings."""
+    s = run.sampler
+    return [
+        "## Methods",
+        "",
+        "Per outcome, a Bayesian normal–normal random-effects model: y_i ~ N(θ_i, v_i), θ_i ~ N(μ, τ²), "
+        "with Hedges' g (exact J correction, metafor's large-sample variance) as y_i. Comparisons sharing a "
+        "control arm are combined per study by GLS with their sampling covariance.",
+        "",
+        f"- priors: μ ~ {run.priors.mu}, τ ~ {run.priors.tau} (weakly informative defaults for animal SMDs)",
+        "- intervals: 95% equal-tailed (eti95); θ_new is the prediction for a new study; "
+        "I² = τ²/(τ² + s²) with s² the typical within-study variance",
+        "- NUTS (nutpie on the PyMC model, θ integrated out, θ_i drawn from its exact conditional): "
+        f"{s.chains} chains × {s.draws} draws, "
+        f"{s.tune} tuning steps, target_accept {s.target_accept}, "
+        f"seeds {run.seed}..{run.seed + max(len(run.nuts) - 1, 0)}",
+        "- convergence gates: no divergences, r_hat ≤ 1.01, ess_bulk ≥ 400 (one retry: target_accept 0.99, "
+        "twice the tuning and draws)",
+        "- exact engine: quadrature over τ (as R's bayesmeta), used as a cross-check of every NUTS fit",
+        "",
+    ]
+
+
+def pooled_section(results: Sequence[MetaAnalysisResult]) -> list[str]:
+    """The pooled-effects table (one row per outcome) and the summary figure."""
+    rows = [
+        {
+            "outcome": r.outcome.id,
+            "better": "higher" if r.outcome.direction > 0 else "lower",
+            "k": r.k,
+            "μ mean [eti95]": interval(r.summaries["mu"]),
+            "τ median [eti95]": (
+                f"{r.summaries['tau']['median']:.2f} "
+                f"[{r.summaries['tau']['q025']:.2f}, {r.summaries['tau']['q975']:.2f}]"
+            ),
+            "prediction eti95": f"[{r.summaries['theta_new']['q025']:.2f}, {r.summaries['theta_new']['q975']:.2f}]",
+            "I² median": f"{100 * r.summaries['I2']['median']:.0f}%",
+            "P(benefit)": f"{r.prob_benefit:.3f}",
+            "gates": "passed" if r.converged else "**FAILED**",
+        }
+        for r in results
+    ]
+    return ["## Pooled effects (NUTS)", "", markdown_table(pd.DataFrame(rows)), "", figure_link("pooled_summary"), ""]
+
+
+def _ppc_table(analysis: OutcomeAnalysis) -> str:
+    rows = [
+        {
+            "statistic": name,
+            "observed": f"{v['observed']:.3f}",
+            "replicated mean": f"{v['replicated_mean']:.3f}",
+            "ppp": f"{v['ppp']:.3f}",
+            "two-sided": f"{v['ppp_two_sided']:.3f}" if "ppp_two_sided" in v else "",
+        }
+        for name, v in analysis.ppc.statistics.items()
+    ]
+    return markdown_table(pd.DataFrame(rows))
+
+
+def _psense_table(analysis: OutcomeAnalysis) -> str:
+    table = analysis.psense.reset_index(names="parameter")
+    return markdown_table(
+        table.assign(prior=table["prior"].map("{:.3f}".format), likelihood=table["likelihood"].map("{:.3f}".format))
+    )
+
+
+def _grid_table(analysis: OutcomeAnalysis) -> str:
+    g = analysis.prior_grid
+    rows = pd.DataFrame(
+        {
+            "μ prior": g["prior_mu"],
+            "τ prior": g["prior_tau"],
+            "μ mean [eti95]": [
+                f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+                for m, lo, hi in zip(g["mu_mean"], g["mu_q025"], g["mu_q975"], strict=True)
+            ],
+            "τ median [eti95]": [
+                f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+                for m, lo, hi in zip(g["tau_median"], g["tau_q025"], g["tau_q975"], strict=True)
+            ],
+            "P(benefit)": g["prob_benefit"].map("{:.3f}".format),
+        }
+    )
+    return markdown_table(rows)
+
+
+def subgroup_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
+    """Subgroup means, contrasts and slopes (one moderator at a time) with P(benefit) and R²."""
+    if not analysis.subgroups:
+        return []
+    means, effects = [], []
+    for name, fit in analysis.subgroups.items():
+        r2 = f"{100 * fit.R2['R2']:.0f}%"
+        means += [
+            {
+                "moderator": name,
+                "level": g["level"] + (" (ref)" if g["is_reference"] else ""),
+                "k": g["n_studies"],
+                "mean [eti95]": interval(g),
+                "P(benefit)": f"{g['prob_benefit']:.3f}",
+            }
+            for g in fit.subgroups
+        ]
+        effects += [
+            {
+                "moderator": name,
+                "effect": f"{c['level']} − {c['reference']}",
+                "mean [eti95]": interval(c),
+                "P(favours)": f"{c['prob_benefit']:.3f}",
+                "R² (τ² explained)": r2,
+            }
+            for c in fit.contrasts
+        ]
+        effects += [
+            {
+                "moderator": name,
+                "effect": "slope per unit",
+                "mean [eti95]": interval(sl, 3),
+                "P(favours)": f"{sl['prob_benefit']:.3f}",
+                "R² (τ² explained)": r2,
+            }
+            for sl in fit.slopes
+        ]
+    skipped = [f"{k} ({v})" for k, v in analysis.subgroups.skipped.items()]
+    lines = ["#### Subgroups (moderators as covariates, one at a time, exact engine)", ""]
+    if means:
+        lines += [markdown_table(pd.DataFrame(means)), ""]
+    lines += [markdown_table(pd.DataFrame(effects)), "", figure_link("subgroups", oid), ""]
+    return lines + ([f"Not estimable for this outcome: {'; '.join(skipped)}", ""] if skipped else [])
+
+
+def small_study_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
+    """Small-study effects (replacing Egger's test): PET/PEESE, selection model, funnel plot."""
+    if analysis.small_study is None:
+        return []
+    return [
+        "#### Small-study effects (replacing Egger's test)",
+        "",
+        "PET/PEESE meta-regressions on SE and on √(1/ñ) (SMD and SE are correlated in small animal studies, "
+        "which fakes asymmetry; Zwetsloot et al. 2017) and a one-sided step-function selection model.",
+        "",
+        "```",
+        str(analysis.small_study),
+        "```",
+        "",
+        figure_link("funnel", oid),
+        "",
+    ]
+
+
+def influence_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
+    """Study influence (replacing leave-one-out): exact leave-one-study-out refits and PSIS-LOO Pareto k."""
+    if analysis.influence is None:
+        return []
+    return [
+        "#### Study influence (replacing leave-one-out)",
+        "",
+        "```",
+        str(analysis.influence),
+        "```",
+        "",
+        figure_link("influence", oid),
+        "",
+    ]
+
+
+def outcome_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
+    """One outcome: forest plot, fit report, predictive checks, prior sensitivity, comparison."""
+    r = analysis.nuts
+    return [
+        f"### {r.outcome.label} ({oid})",
+        "",
+        figure_link("forest", oid),
+        "",
+        "```",
+        str(r),
+        "```",
+        "",
+        f"**Pooled effect:** μ = {interval(r.summaries['mu'])} (eti95); prediction interval for a new study "
+        f"[{r.summaries['theta_new']['q025']:.2f}, {r.summaries['theta_new']['q975']:.2f}]; "
+        f"P(benefit) = {r.prob_benefit:.3f}.",
+        "",
+        *subgroup_section(oid, analysis),
+        *small_study_section(oid, analysis),
+        *influence_section(oid, analysis),
+        *[f"Note: {note}." for note in analysis.notes],
+        *([""] if analysis.notes else []),
+        "#### Posterior predictive checks",
+        "",
+        "Replicated study effects from the mixed predictive distribution; ppp = P(T(y_rep) ≥ T(y)).",
+        "",
+        _ppc_table(analysis),
+        "",
+        figure_link("ppc", oid),
+        "",
+        figure_link("ppc_stats", oid),
+        "",
+        "#### Prior sensitivity",
+        "",
+        "Power-scaling of the top-level priors (μ, τ); sensitivity ≥ 0.05 is flagged.",
+        "",
+        _psense_table(analysis),
+        "",
+        figure_link("psense", oid),
+        "",
+        "Refits under alternative priors (exact engine):",
+        "",
+        _grid_table(analysis),
+        "",
+        figure_link("prior_grid", oid),
+        "",
+        "#### Bayesian and frequentist estimates side by side",
+        "",
+        compare_markdown(analysis.comparison),
+        "",
+        figure_link("compare", oid),
+        "",
+    ]
+
+
+def outcome_sections(run: RunResult) -> list[str]:
+    """All per-outcome sections (rendered per outcome by :mod:`analysis.report.render`)."""
+    lines = ["## Outcomes", ""]
+    for artifacts in run.outcomes.values():
+        lines += artifacts.markdown
+    return lines
+
+
+def multivariate_section(result: MultivariateResult, sensitivity: pd.DataFrame) -> list[str]:
+    """The multivariate model: report text, borrowing of strength, R heatmap and the ρ_w sensitivity table."""
+    shown = sensitivity.copy()
+    for col in shown.columns:
+        if pd.api.types.is_float_dtype(shown[col]):
+            shown[col] = shown[col].map("{:.3f}".format)
+    return [
+        "## Multivariate model across the microarchitecture outcomes",
+        "",
+        "θ_i ~ MVN(μ, diag(τ) R diag(τ)) on benefit-oriented SMDs (lower-is-better outcomes sign-flipped), "
+        "LKJ prior on R; each study contributes only the outcomes it reports; the within-study correlation ρ_w "
+        "is an assumption (summary data do not reveal it), so it is varied below.",
+        "",
+        "```",
+        str(result),
+        "```",
+        "",
+        figure_link("multivariate_borrowing"),
+        "",
+        figure_link("multivariate_correlation"),
+        "",
+        "Sensitivity to the assumed within-study correlation ρ_w:",
+        "",
+        markdown_table(shown),
+        "",
+    ]
+
+
+def diagnostics_section(run: RunResult) -> list[str]:
+    """Convergence diagnostics of every NUTS fit."""
+    rows = [
+        {
+            "outcome": r.outcome.id,
+            "r_hat max": f"{r.diagnostics.r_hat_max:.3f}",
+            "ess_bulk min": f"{r.diagnostics.ess_bulk_min:.0f}",
+            "ess_tail min": f"{r.diagnostics.ess_tail_min:.0f}",
+            "divergences": r.diagnostics.divergences,
+            "retried": "yes" if r.retried else "no",
+            "gates": "passed" if r.converged else "**FAILED**",
+        }
+        for r in run.nuts
+        if r.diagnostics is not None
+    ]
+    return ["## Convergence diagnostics", "", markdown_table(pd.DataFrame(rows)), ""]
+
+
+def rob_section(run: RunResult) -> list[str]:
+    """The SYRCLE risk-of-bias figure, if the studies table has risk-of-bias columns."""
+    if not any(c.startswith("rob_") for c in run.dataset.studies.columns):
+        return []
+    return ["## Risk of bias (SYRCLE)", "", figure_link("risk_of_bias"), ""]
+
+
+def engine_section(run: RunResult) -> list[str]:
+    """NUTS against the exact engine, per outcome and parameter, in Monte Carlo standard errors."""
+    frames = [a.tables["engine_check"] for a in run.outcomes.values() if "engine_check" in a.tables]
+    if not frames:
+        return []
+    check = pd.concat(frames, ignore_index=True)
+    shown = check.assign(
+        exact_mean=check["exact_mean"].map("{:.4f}".format),
+        nuts_mean=check["nuts_mean"].map("{:.4f}".format),
+        mcse=check["mcse"].map("{:.4f}".format),
+        z_mcse=check["z_mcse"].map("{:.2f}".format),
+        within_4_mcse=check["within_4_mcse"].map({True: "yes", False: "**no**"}),
+    )
+    return ["## NUTS against the exact engine", "", markdown_table(shown), ""]
+
+
+def build_report_markdown(run: RunResult) -> str:
+    """The complete ``report.md`` text of a run."""
+    lines = header_section(run) + methods_section(run) + pooled_section(run.nuts)
+    if run.skipped:
+        lines += ["Outcomes not analysed: " + "; ".join(f"{k} ({v})" for k, v in run.skipped.items()), ""]
+    lines += rob_section(run) + outcome_sections(run)
+    if run.multivariate is not None:
+        lines += run.multivariate.markdown
+    lines += diagnostics_section(run) + engine_section(run)
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,118 @@
+"""Rendering one outcome's analysis (and the multivariate model) to artifacts: figures, tables, text.
+
+Runs in the worker processes of ``evmeta run``; the result (:mod:`analysis.report.artifacts`) holds
+no live model or posterior object, so it can be pickled into the cache.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.plots.compare import compare_forest
+from analysis.plots.forest import forest_plot
+from analysis.plots.influence import influence_plot
+from analysis.plots.meta_regression import subgroup_plot
+from analysis.plots.multivariate import borrowing_plot, correlation_heatmap
+from analysis.plots.predictive import ppc_density_plot, ppc_statistics_plot
+from analysis.plots.sensitivity import prior_grid_plot, psense_plot
+from analysis.plots.small_study import funnel_plot
+from analysis.report.artifacts import MultivariateArtifacts, OutcomeArtifacts
+from analysis.report.figures import figure_stem
+from analysis.report.files import figure_bytes, netcdf_bytes
+from analysis.report.markdown import multivariate_section, outcome_section
+from analysis.results.multivariate import MultivariateResult
+from analysis.results.outcome import OutcomeAnalysis
+from analysis.results.random_effects import stripped
+
+
+def render_figures(analysis: OutcomeAnalysis) -> dict[str, dict[str, bytes]]:
+    """All figures of one outcome as bytes, keyed by file stem."""
+    oid, nuts = analysis.nuts.outcome.id, analysis.nuts
+    figures = {
+        figure_stem("forest", oid): figure_bytes(forest_plot(nuts, measure=nuts.measure)),
+        figure_stem("ppc", oid): figure_bytes(ppc_density_plot(nuts)),
+        figure_stem("ppc_stats", oid): figure_bytes(ppc_statistics_plot(nuts, analysis.ppc)),
+        figure_stem("psense", oid): figure_bytes(psense_plot(nuts)),
+        figure_stem("prior_grid", oid): figure_bytes(prior_grid_plot(analysis.prior_grid)),
+        figure_stem("compare", oid): figure_bytes(
+            compare_forest(
+                {"NUTS": nuts, "exact engine": analysis.exact}
+                | ({"NUTS, arm-level likelihood": analysis.arm} if analysis.arm else {})
+            )
+        ),
+    }
+    if analysis.subgroups:
+        figures[figure_stem("subgroups", oid)] = figure_bytes(subgroup_plot(dict(analysis.subgroups)))
+    if analysis.small_study is not None:
+        figures[figure_stem("funnel", oid)] = figure_bytes(funnel_plot(analysis.small_study))
+    if analysis.influence is not None:
+        figures[figure_stem("influence", oid)] = figure_bytes(influence_plot(analysis.influence))
+    return figures
+
+
+def render_tables(analysis: OutcomeAnalysis) -> dict[str, pd.DataFrame]:
+    """Tables of one outcome (each gets an ``outcome`` column; the report stacks them)."""
+    oid = analysis.nuts.outcome.id
+    tables = {
+        "ppc_statistics": pd.DataFrame(
+            [{"outcome": oid, "statistic": k, **v} for k, v in analysis.ppc.statistics.items()]
+        ),
+        "power_scaling": analysis.psense.reset_index(names="parameter").assign(outcome=oid),
+        "prior_grid": analysis.prior_grid,
+        "comparison": analysis.comparison,
+        f"studies_{oid}": analysis.nuts.studies,
+        "engine_check": analysis.engine_check,
+    }
+    if analysis.subgroups:
+        rows = [
+            {"outcome": oid, "moderator": m, **{k: v for k, v in g.items() if k != "moderator"}}
+            for m, fit in analysis.subgroups.items()
+            for g in fit.subgroups
+        ]
+        tables["subgroups"] = pd.DataFrame(rows)
+    return tables
+
+
+def build_artifacts(analysis: OutcomeAnalysis) -> OutcomeArtifacts:
+    """Render one outcome's analysis (:class:`analysis.results.outcome.OutcomeAnalysis`) to artifacts."""
+    oid = analysis.nuts.outcome.id
+    jsons = {"nuts": analysis.nuts.to_dict(), "exact": analysis.exact.to_dict(), "ppc": analysis.ppc.to_dict()}
+    if analysis.subgroups:
+        jsons["subgroups"] = analysis.subgroups.to_dict()
+    if analysis.small_study is not None:
+        jsons["small_study"] = analysis.small_study.to_dict()
+    if analysis.influence is not None:
+        jsons["influence"] = analysis.influence.to_dict()
+    return OutcomeArtifacts(
+        outcome=oid,
+        nuts=stripped(analysis.nuts),
+        exact=stripped(analysis.exact),
+        markdown=outcome_section(oid, analysis),
+        figures=render_figures(analysis),
+        tables=render_tables(analysis),
+        jsons=jsons,
+        posterior_nc=netcdf_bytes(analysis.nuts),
+    )
+
+
+def build_multivariate_artifacts(result: MultivariateResult, sensitivity: pd.DataFrame) -> MultivariateArtifacts:
+    """Render a :class:`analysis.results.multivariate.MultivariateResult` and its ρ_w sensitivity table."""
+    figures = {
+        figure_stem("multivariate_correlation"): figure_bytes(correlation_heatmap(result)),
+        figure_stem("multivariate_borrowing"): figure_bytes(borrowing_plot(result)),
+    }
+    tables = {
+        "multivariate_mu": result.borrowing,
+        "multivariate_rho": result.rho,
+        "multivariate_rho_within_sensitivity": sensitivity,
+        "multivariate_predictions": result.predictions,
+    }
+    return MultivariateArtifacts(
+        outcomes=tuple(o.id for o in result.outcomes),
+        converged=result.converged,
+        markdown=multivariate_section(result, sensitivity),
+        figures=figures,
+        tables=tables,
+        json=result.to_dict() | {"rho_within_sensitivity": sensitivity.to_dict(orient="records")},
+        posterior_nc=netcdf_bytes(result),
+    )

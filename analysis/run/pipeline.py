@@ -1,0 +1,436 @@
+"""``evmeta run``: the whole analysis of a dataset as cached, parallel per-outcome jobs (no file output).
+
+Per outcome: the random-effects model with NUTS (convergence-gated, retried once) and with
+the exact engine (the cross-check); posterior predictive checks; power-scaling and a prior
+grid; the comparison with the frequentist DL/REML estimates; subgroups as covariates, one
+moderator at a time as the paper did (exact engine); small-study effects (PET/PEESE on SE and on
+sqrt(1/n~), exact; step-function selection model, NUTS) replacing Egger's test; and study
+influence (exact leave-one-study-out refits and PSIS-LOO) replacing leave-one-out.
+Each outcome is one job whose rendered
+artifacts are cached by content hash (:mod:`analysis.run.cache`); jobs that miss the cache run in
+parallel worker processes, fits and figures as separate steps (see :func:`_execute`). The
+report module writes the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+from analysis.checks.compare import compare_table
+from analysis.checks.influence import influence_analysis
+from analysis.checks.predictive import posterior_predictive_check
+from analysis.checks.sensitivity import power_scaling, prior_grid
+from analysis.dataset.effects import EffectTable, compute_effects
+from analysis.dataset.load import Dataset, load_dataset
+from analysis.fitting.arm_level import fit_arm_level
+from analysis.fitting.meta_regression import fit_subgroups_one_at_a_time
+from analysis.fitting.multivariate import fit_multivariate, rho_within_sensitivity
+from analysis.fitting.random_effects import fit_random_effects
+from analysis.fitting.sampling import SamplerSettings
+from analysis.fitting.small_study import fit_small_study
+from analysis.report.artifacts import MultivariateArtifacts, OutcomeArtifacts, RunResult
+from analysis.report.files import json_text
+from analysis.report.render import build_artifacts, build_multivariate_artifacts
+from analysis.results.diagnostics import engine_check
+from analysis.results.outcome import OutcomeAnalysis
+from analysis.results.random_effects import without_model
+from analysis.run import cache
+from models.priors import PriorSet
+
+Progress = Callable[[str], None]
+#: Outcomes of the multivariate model (the correlated microarchitecture measures), run when >= 2 have data.
+MULTIVARIATE_OUTCOMES = ("BV_TV", "Tb_N", "Tb_Sp", "Tb_Th")
+MULTIVARIATE = "__multivariate__"
+#: PET/PEESE regressions and the selection model need at least this many studies.
+MIN_STUDIES_SMALL_STUDY = 3
+
+
+def _silent(message: str) -> None:
+    """Default progress callback: report nothing."""
+
+
+@dataclass(frozen=True)
+class OutcomeJob:
+    """One outcome's work: picklable, so it runs in a worker process on the dataset loaded once by the parent."""
+
+    outcome: str
+    key: str
+    seed: int
+    dataset: Dataset
+    table: EffectTable
+    priors: PriorSet
+    sampler: SamplerSettings
+    kind: str = "outcome"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A planned run: the dataset loaded and validated once, its effect table, the jobs and the run key."""
+
+    dataset: Dataset
+    table: EffectTable
+    jobs: list[OutcomeJob]
+    skipped: dict[str, str]
+    key: str
+    priors: PriorSet
+    sampler: SamplerSettings
+    seed: int
+
+
+def analyse_outcome(
+    dataset: Dataset,
+    table: EffectTable,
+    outcome: str,
+    *,
+    priors: PriorSet,
+    sampler: SamplerSettings,
+    seed: int,
+    progressbar: bool = False,
+) -> OutcomeAnalysis:
+    """Fit, check and compare one outcome (see the module docstring)."""
+    exact = fit_random_effects(dataset, outcome, engine="exact", priors=priors, table=table)
+    nuts = fit_random_effects(
+        dataset, outcome, engine="nuts", priors=priors, seed=seed, sampler=sampler, table=table, progressbar=progressbar
+    )
+    fits = {"NUTS (default priors)": nuts.to_dict(), "exact engine (default priors)": exact.to_dict()}
+    arm = None
+    if dataset.level == "arms":
+        arm = fit_arm_level(dataset, outcome, priors=priors, seed=seed, sampler=sampler, table=table)
+        label = "NUTS, arm-level likelihood" + ("" if arm.converged else " (FAILED convergence gates)")
+        fits[label] = arm.to_dict()
+    comparison = compare_table(fits, frequentist=(nuts.studies["yi"].to_numpy(), nuts.studies["vi"].to_numpy()))
+    subgroups = None
+    if dataset.moderators:
+        subgroups = fit_subgroups_one_at_a_time(dataset, outcome, engine="exact", priors=priors, table=table)
+    analysis = OutcomeAnalysis(
+        nuts=nuts,
+        exact=exact,
+        ppc=posterior_predictive_check(nuts, seed=seed),
+        psense=power_scaling(nuts),
+        prior_grid=prior_grid(dataset, outcome, table=table),
+        comparison=comparison,
+        subgroups=subgroups,
+        engine_check=engine_check([nuts], [exact]),
+        arm=arm,
+    )
+    if nuts.k >= MIN_STUDIES_SMALL_STUDY:
+        analysis.small_study = fit_small_study(
+            dataset, outcome, priors=priors, engine="exact", seed=seed, sampler=sampler, table=table
+        )
+    else:
+        analysis.notes.append(
+            f"small-study models skipped: they need at least {MIN_STUDIES_SMALL_STUDY} studies (k = {nuts.k})"
+        )
+    if nuts.k >= 2:
+        analysis.influence = influence_analysis(
+            dataset, outcome, priors=priors, engine="nuts", seed=seed, table=table, posterior=nuts.posterior
+        )
+    else:
+        analysis.notes.append("influence analysis skipped: leaving out the only study leaves no data")
+    return analysis
+
+
+def run_multivariate_job(job: OutcomeJob) -> MultivariateArtifacts:
+    """Worker entry point of the multivariate model (default outcome set) and its ρ_w sensitivity."""
+    started = time.perf_counter()
+    result = fit_multivariate(job.dataset, seed=job.seed, sampler=job.sampler, table=job.table)
+    # the rho_w grid is a sensitivity table of posterior summaries: half the draws and tuning suffice
+    # (ESS stays well above 400 for mu/tau on these data) and halves the cost of the four refits
+    light = replace(job.sampler, draws=max(job.sampler.draws // 2, 100), tune=max(job.sampler.tune // 2, 100))
+    sensitivity = rho_within_sensitivity(job.dataset, seed=job.seed, sampler=light, table=job.table)
+    fitted = time.perf_counter()
+    artifacts = build_multivariate_artifacts(result, sensitivity)
+    artifacts.timings = {"analysis": fitted - started, "figures": time.perf_counter() - fitted}
+    return artifacts
+
+
+def run_job(job: OutcomeJob) -> OutcomeArtifacts | MultivariateArtifacts:
+    """Worker entry point for any job, fits and figures in one process."""
+    if job.kind == "multivariate":
+        return run_multivariate_job(job)
+    return run_outcome_figures(job, run_outcome_fits(job))
+
+
+def run_outcome_fits(job: OutcomeJob) -> OutcomeAnalysis:
+    """Worker entry point: analyse one outcome (picklable result, no PyMC models)."""
+    started = time.perf_counter()
+    analysis = analyse_outcome(
+        job.dataset, job.table, job.outcome, priors=job.priors, sampler=job.sampler, seed=job.seed
+    )
+    analysis.nuts = without_model(analysis.nuts)
+    analysis.arm = None if analysis.arm is None else without_model(analysis.arm)
+    analysis.seconds = time.perf_counter() - started
+    return analysis
+
+
+def run_outcome_figures(job: OutcomeJob, analysis: OutcomeAnalysis) -> OutcomeArtifacts:
+    """Worker entry point: render one analysed outcome's figures, tables and text."""
+    started = time.perf_counter()
+    artifacts = build_artifacts(analysis)
+    artifacts.timings = {"analysis": analysis.seconds, "figures": time.perf_counter() - started}
+    return artifacts
+
+
+def _jobs(
+    dataset: Dataset, table: EffectTable, *, seed: int, priors: PriorSet, sampler: SamplerSettings
+) -> tuple[list[OutcomeJob], dict[str, str]]:
+    """One job per outcome with data (seed ``seed + j`` for the j-th declared outcome), and the skipped ones."""
+    files = {
+        p.name: p.read_bytes()
+        for p in sorted(dataset.path.iterdir())
+        if p.suffix in (".toml", ".csv") and p.name not in ("arms.csv", "effects.csv")
+    }
+    source = cache.source_digest()
+    common = {"dataset": dataset, "table": table, "priors": priors, "sampler": sampler}
+    jobs, skipped = [], {}
+    for j, outcome in enumerate(dataset.outcomes):
+        rows = table.data[table.data["outcome"] == outcome]
+        raw = dataset.arms if dataset.arms is not None else dataset.effects
+        if rows.empty:
+            skipped[outcome] = "no study reports this outcome"
+            continue
+        settings = {"priors": priors.to_dict(), "sampler": asdict(sampler), "seed": seed + j}
+        key = cache.outcome_key(
+            source=source,
+            dataset_files=files,
+            outcome=outcome,
+            settings=settings,
+            outcome_rows=raw[raw["outcome"] == outcome].to_csv(index=False),
+        )
+        jobs.append(OutcomeJob(outcome, key, seed + j, **common))
+    if sum(o in MULTIVARIATE_OUTCOMES for o in (j.outcome for j in jobs)) >= 2:
+        settings = {"sampler": asdict(sampler), "seed": seed, "model": "multivariate"}
+        raw = dataset.arms if dataset.arms is not None else dataset.effects
+        key = cache.outcome_key(
+            source=source,
+            dataset_files=files,
+            outcome=MULTIVARIATE,
+            settings=settings,
+            outcome_rows=raw[raw["outcome"].isin(MULTIVARIATE_OUTCOMES)].to_csv(index=False),
+        )
+        jobs.append(OutcomeJob(MULTIVARIATE, key, seed, **common, kind="multivariate"))
+    return jobs, skipped
+
+
+def _worker_init(parent: int) -> None:
+    """Worker set-up: leave Ctrl-C to the parent, and exit if the parent dies (no orphan workers)."""
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(os.getpid(),)
+    )
+
+
+def _execute(jobs: list[OutcomeJob], *, workers: int, progress: Progress) -> dict[str, OutcomeArtifacts]:
+    """Run the jobs, in worker processes when there are several; progress as each outcome finishes.
+
+    With ``workers >= 2`` the outcome fits run one after another in a single worker process, so
+    that each model structure is compiled once (:mod:`analysis.fitting.nuts`, ~15 s for the normal,
+    selection and arm-level models) instead of once per worker; the multivariate model and the
+    figures of fitted outcomes run in the other worker(s), and the fitting worker renders
+    figures too once every fit is done. Jobs are handed out only to idle workers, so no queue
+    builds up behind a busy one.
+    """
+    done: dict[str, OutcomeArtifacts] = {}
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            progress(f"{job.outcome}: NUTS + exact fits, checks, sensitivity, subgroups, figures")
+            done[job.outcome] = run_job(job)
+        return done
+    progress(f"{len(jobs)} job(s) on {workers} worker processes (outcome fits in one of them)")
+    pools = {"fits": _pool(1), "other": _pool(workers - 1)}
+    scheduler = _Scheduler(jobs, capacity={"fits": 1, "other": workers - 1})
+    try:
+        while scheduler.unfinished:
+            for pool, fn, args in scheduler.ready():
+                scheduler.started(pools[pool].submit(fn, *args), pool, args[0])
+            finished, _ = wait(scheduler.running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                result = scheduler.finished(future)
+                if isinstance(result, (OutcomeArtifacts, MultivariateArtifacts)):
+                    done[_result_key(result)] = result
+                    progress(
+                        f"[{len(done)}/{len(jobs)}] {_result_key(result)} done "
+                        f"({result.timings['analysis']:.1f} s fits, "
+                        f"{result.timings['figures']:.1f} s figures)"
+                    )
+    except BaseException:
+        for pool in pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    for pool in pools.values():
+        pool.shutdown()
+    return done
+
+
+def _result_key(result: OutcomeArtifacts | MultivariateArtifacts) -> str:
+    """The job name of a finished job's artifacts."""
+    return MULTIVARIATE if isinstance(result, MultivariateArtifacts) else result.outcome
+
+
+class _Scheduler:
+    """Which job runs next on which pool (see :func:`_execute`); no I/O, no processes."""
+
+    def __init__(self, jobs: list[OutcomeJob], *, capacity: dict[str, int]) -> None:
+        self.fits = [j for j in jobs if j.kind == "outcome"]
+        self.multivariate = [j for j in jobs if j.kind == "multivariate"]
+        self.figures: list[tuple[OutcomeJob, OutcomeAnalysis]] = []
+        self.capacity = capacity
+        self.running: dict = {}
+        self.unfinished = len(jobs)
+
+    def ready(self) -> list[tuple[str, Callable, tuple]]:
+        """Jobs to submit now: ``(pool, function, arguments)``, at most one per idle worker."""
+        out, load = [], {pool: sum(p == pool for p, _ in self.running.values()) for pool in self.capacity}
+        while load["fits"] < self.capacity["fits"] and self.fits:
+            out.append(("fits", run_outcome_fits, (self.fits.pop(0),)))
+            load["fits"] += 1
+        while load["other"] < self.capacity["other"] and (self.multivariate or self.figures):
+            out.append(
+                ("other", run_multivariate_job, (self.multivariate.pop(0),))
+                if self.multivariate
+                else ("other", run_outcome_figures, self.figures.pop(0))
+            )
+            load["other"] += 1
+        while load["fits"] < self.capacity["fits"] and not self.fits and self.figures:
+            out.append(("fits", run_outcome_figures, self.figures.pop(0)))
+            load["fits"] += 1
+        return out
+
+    def started(self, future: Future, pool: str, job: OutcomeJob) -> None:
+        """Record a submitted job."""
+        self.running[future] = (pool, job)
+
+    def finished(self, future: Future) -> OutcomeAnalysis | OutcomeArtifacts | MultivariateArtifacts:
+        """Take a finished job's result: a fitted outcome waits for its figures, artifacts are final."""
+        _, job = self.running.pop(future)
+        result = future.result()
+        if isinstance(result, OutcomeAnalysis):
+            self.figures.append((job, result))
+        else:
+            self.unfinished -= 1
+        return result
+
+
+def run_key(jobs: list[OutcomeJob], skipped: dict[str, str]) -> str:
+    """Key of a whole run: the outcome keys and skipped outcomes (what the report is made of)."""
+    digest = hashlib.sha256(cache.source_digest().encode())
+    for job in jobs:
+        digest.update(job.key.encode())
+    digest.update(json_text(skipped).encode())
+    return digest.hexdigest()
+
+
+def plan_run(
+    dataset: Path | Dataset, *, seed: int = 1, priors: PriorSet | None = None, sampler: SamplerSettings | None = None
+) -> RunPlan:
+    """Load and validate the dataset (unless given loaded) and plan its jobs without running them."""
+    priors, sampler = priors or PriorSet(), sampler or SamplerSettings()
+    dataset = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    table = compute_effects(dataset)
+    jobs, skipped = _jobs(dataset, table, seed=seed, priors=priors, sampler=sampler)
+    return RunPlan(
+        dataset=dataset,
+        table=table,
+        jobs=jobs,
+        skipped=skipped,
+        key=run_key(jobs, skipped),
+        priors=priors,
+        sampler=sampler,
+        seed=seed,
+    )
+
+
+def run_analysis(
+    dataset: Path | Dataset,
+    *,
+    seed: int = 1,
+    priors: PriorSet | None = None,
+    sampler: SamplerSettings | None = None,
+    progress: Progress = _silent,
+    workers: int = 2,
+    use_cache: bool = True,
+) -> RunResult:
+    """Run every analysis step on a dataset (no report files are written here).
+
+    Parameters
+    ----------
+    dataset : pathlib.Path or Dataset
+        Dataset folder, or a dataset already loaded with :func:`analysis.dataset.load.load_dataset`.
+    seed : int
+        Base seed; outcome ``j`` (0-based, declaration order) is sampled with seed ``seed + j``,
+        so results do not depend on the number of workers or the cache.
+    priors : PriorSet, optional
+        Priors of mu and tau (defaults if omitted).
+    sampler : SamplerSettings, optional
+        NUTS settings (defaults if omitted).
+    progress : callable
+        Called with a short message at each step.
+    workers : int
+        Worker processes for outcomes that are not cached (1 = in this process).
+    use_cache : bool
+        Load and store per-outcome artifacts in the content-addressed cache.
+    """
+    clock = time.perf_counter()
+    if not isinstance(dataset, Dataset):
+        progress(f"loading and validating {dataset}")
+    plan = plan_run(dataset, seed=seed, priors=priors, sampler=sampler)
+    return execute_plan(plan, progress=progress, workers=workers, use_cache=use_cache, started=clock)
+
+
+def execute_plan(
+    plan: RunPlan,
+    *,
+    progress: Progress = _silent,
+    workers: int = 2,
+    use_cache: bool = True,
+    started: float | None = None,
+) -> RunResult:
+    """Run a planned analysis (:func:`plan_run`): cached outcomes are loaded, the others computed."""
+    clock = time.perf_counter() if started is None else started
+    jobs = plan.jobs
+    cached = {job.outcome: cache.load(job.key) for job in jobs} if use_cache else {}
+    hits = {k: v for k, v in cached.items() if isinstance(v, (OutcomeArtifacts, MultivariateArtifacts))}
+    for artifact in hits.values():
+        artifact.cache_hit = True
+    if hits:
+        progress(f"{len(hits)} outcome(s) unchanged, loaded from the cache: {', '.join(hits)}")
+    fresh = _execute([j for j in jobs if j.outcome not in hits], workers=workers, progress=progress)
+    if use_cache:
+        for job in jobs:
+            if job.outcome in fresh:
+                cache.store(job.key, fresh[job.outcome])
+    everything = {job.outcome: hits.get(job.outcome) or fresh[job.outcome] for job in jobs}
+    multivariate = everything.pop(MULTIVARIATE, None)
+    run = RunResult(
+        dataset=plan.dataset,
+        table=plan.table,
+        outcomes=everything,
+        skipped=plan.skipped,
+        seed=plan.seed,
+        priors=plan.priors,
+        sampler=plan.sampler,
+        key=plan.key,
+        multivariate=multivariate,
+    )
+    run.timings = {"analysis": time.perf_counter() - clock, "cached_outcomes": float(len(hits))}
+    return run

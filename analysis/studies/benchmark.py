@@ -1,0 +1,237 @@
+"""Benchmark of evmeta on the default dataset: ``python -m analysis.studies.benchmark`` (or ``evmeta benchmark``).
+
+Measures, on this machine: the full ``evmeta run`` cold (empty cache) and warm (nothing
+changed), as real subprocesses with their peak memory; the stage timings the cold run records
+in its manifest; compile time versus sampling time of one univariate fit (nutpie, and PyMC's
+own sampler for comparison); and the exact
+engine per outcome. Writes ``reports/benchmark.json`` and prints a Markdown table for the
+README. Timings are measured here, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from analysis.config import DEFAULT_DATASET, REPORTS_DIR
+
+
+def machine() -> dict:
+    """CPU model, core count, memory and Python of this machine."""
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    mem = (
+        next(
+            (
+                int(line.split()[1]) // 1024
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")
+            ),
+            None,
+        )
+        if Path("/proc/meminfo").exists()
+        else None
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_mib": mem,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
+def timed_run(out: Path, cache_dir: Path) -> dict:
+    """Run ``evmeta run`` on the default dataset as a subprocess; wall time and peak RSS of its processes."""
+    env = {**os.environ, "EVMETA_CACHE_DIR": str(cache_dir)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "analysis.cli", "run", str(DEFAULT_DATASET), "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if done.returncode not in (0, 3):
+        raise RuntimeError(f"evmeta run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return {
+        "wall_seconds": round(wall, 2),
+        "peak_rss_mib": round(max(peak, before) / 1024, 1),
+        "exit_code": done.returncode,
+    }
+
+
+def compile_vs_sampling() -> dict:
+    """One univariate NUTS fit (4 chains x 1000 draws, tune 1000): compile once, then fit on the compiled model.
+
+    nutpie compiles the BMD model (``compile_seconds``); the Tb_N model has the same structure,
+    so its fit reuses that compiled model with Tb_N's data swapped in (``sampling_seconds``
+    includes the fingerprint and the data swap). PyMC's own sampler on the same model is timed
+    for comparison (its compile is repeated by every ``pm.sample`` call).
+    """
+    import pymc as pm
+
+    from analysis.dataset.effects import compute_effects, outcome_effects
+    from analysis.dataset.load import load_dataset
+    from analysis.fitting import nuts
+    from models.priors import PriorSet
+    from models.random_effects import build_random_effects_model
+
+    dataset, priors = load_dataset(DEFAULT_DATASET), PriorSet()
+    table = compute_effects(dataset)
+
+    def model(outcome: str) -> pm.Model:
+        effects = outcome_effects(dataset, table, outcome)
+        return build_random_effects_model(
+            effects["yi"].to_numpy(),
+            effects["vi"].to_numpy(),
+            study=list(effects["study"]),
+            tau_prior=priors.tau,
+            beta_priors=[priors.mu],
+        )
+
+    nuts.clear_cache()
+    started = time.perf_counter()
+    nuts.compiled_model(model("BMD"))
+    compiled = time.perf_counter()
+    nuts.sample_nuts(model("Tb_N"), draws=1000, tune=1000, chains=4, target_accept=0.95, seed=1)
+    sampled = time.perf_counter()
+    with model("BMD"):
+        idata = pm.sample(
+            1000,
+            tune=1000,
+            chains=4,
+            cores=1,
+            random_seed=1,
+            progressbar=False,
+            quiet=True,
+            compute_convergence_checks=False,
+            target_accept=0.95,
+            nuts_sampler="pymc",
+        )
+    pymc_total = time.perf_counter() - sampled
+    return {
+        "compile_seconds": round(compiled - started, 3),
+        "sampling_seconds": round(sampled - compiled, 3),
+        "pymc_sampler_total_seconds": round(pymc_total, 3),
+        "pymc_sampler_sampling_seconds": round(float(idata.posterior.attrs["sampling_time"]), 3),
+    }
+
+
+def exact_per_outcome(repeats: int = 20) -> dict:
+    """Median time (ms) of an exact-engine fit with all summaries, per outcome of the default dataset."""
+    from analysis.dataset.effects import compute_effects
+    from analysis.dataset.load import load_dataset
+    from analysis.fitting.random_effects import fit_random_effects
+
+    dataset = load_dataset(DEFAULT_DATASET)
+    table = compute_effects(dataset)
+    out = {}
+    for outcome in dataset.outcomes:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fit_random_effects(dataset, outcome, engine="exact", table=table)
+            times.append(time.perf_counter() - started)
+        out[outcome] = round(1000 * sorted(times)[len(times) // 2], 2)
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The README table of a benchmark result."""
+    m, cold, warm, fit = result["machine"], result["cold"], result["warm"], result["univariate_fit"]
+    exact = result["exact_ms"]
+    rows = [
+        ("full `evmeta run`, cold (empty cache)", f"{cold['wall_seconds']:.1f} s", "≤ 60 s"),
+        ("full `evmeta run`, warm (nothing changed)", f"{warm['wall_seconds']:.1f} s", "≤ 5 s"),
+        ("peak memory of a run (largest process)", f"{cold['peak_rss_mib']:.0f} MiB", ""),
+        (
+            "one NUTS fit, 4 chains × 1000 draws, model already compiled (nutpie)",
+            f"{fit['sampling_seconds']:.2f} s",
+            "≤ 1.5 s",
+        ),
+        ("compiling a model structure (nutpie; once per worker process)", f"{fit['compile_seconds']:.2f} s", ""),
+        (
+            "the same fit with PyMC's own sampler: sampling / with compile",
+            f"{fit['pymc_sampler_sampling_seconds']:.2f} s / {fit['pymc_sampler_total_seconds']:.2f} s",
+            "",
+        ),
+        (
+            "exact engine per outcome (median over outcomes)",
+            f"{sorted(exact.values())[len(exact) // 2]:.1f} ms",
+            "≤ 20 ms",
+        ),
+    ]
+    rows += [(f"cold run stage: {k}", f"{v:.1f} s", "") for k, v in result.get("stages", {}).items()]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_mib']} MiB, Python {m['python']} "
+        f"(1-min load {m['load_average_1min']:.1f} at start)",
+        "",
+        "| measurement | result | target |",
+        "|---|---|---|",
+    ]
+    return "\n".join(lines + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+
+
+def stages_from_manifest(out: Path) -> dict:
+    """Per-stage seconds recorded by the cold run (per-outcome fits and figures, summed over outcomes)."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    fits = manifest["fits"].values()
+    stages = {
+        "outcome fits + checks (CPU-seconds summed over the 7 outcome jobs)": sum(
+            f["timings_seconds"].get("analysis", 0) for f in fits
+        ),
+        "outcome figures (summed over outcomes)": sum(f["timings_seconds"].get("figures", 0) for f in fits),
+    }
+    mv = manifest.get("multivariate") or {}
+    if mv:
+        stages["multivariate model + rho_w sensitivity (one job, incl. its compile)"] = mv["timings_seconds"].get(
+            "analysis", 0.0
+        )
+    stages["analysis wall time (2 worker processes)"] = manifest["timings_seconds"].get("analysis", 0.0)
+    return stages
+
+
+def main() -> int:
+    """Run the benchmark, write ``reports/benchmark.json`` and print the Markdown table."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir, out = Path(tmp) / "cache", Path(tmp) / "report"
+        result = {"machine": machine(), "cold": timed_run(out, cache_dir)}
+        result["stages"] = {k: round(v, 2) for k, v in stages_from_manifest(out).items()}
+        result["stages"]["report writing + process start (wall)"] = round(
+            result["cold"]["wall_seconds"] - result["stages"]["analysis wall time (2 worker processes)"], 2
+        )
+        result["warm"] = timed_run(out, cache_dir)
+    result["univariate_fit"] = compile_vs_sampling()
+    result["exact_ms"] = exact_per_outcome()
+    REPORTS_DIR.mkdir(parents=True, exist_ok=True)
+    from analysis.report.files import write_json
+
+    write_json(REPORTS_DIR / "benchmark.json", result)
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
