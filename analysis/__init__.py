@@ -32,11 +32,15 @@ _EXPORTS: dict[str, str] = {
     "EffectTable": "analysis.dataset.effects",
     "compute_effects": "analysis.dataset.effects",
     "study_effects": "analysis.dataset.effects",
+    "with_measure": "analysis.dataset.effects",
     "simulate_dataset": "analysis.dataset.simulate",
     "write_dataset": "analysis.dataset.simulate",
+    "import_comparisons": "analysis.importing.comparisons",
+    "ImportReport": "analysis.importing.comparisons",
     # priors and sampler settings
     "PriorSpec": "models.priors",
     "PriorSet": "models.priors",
+    "default_priors": "models.priors",
     "SamplerSettings": "analysis.fitting.sampling",
     # models
     "fit_random_effects": "analysis.fitting.random_effects",
@@ -70,6 +74,7 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "EffectTable",
+    "ImportReport",
     "MetaAnalysisResult",
     "PriorSet",
     "PriorSpec",
@@ -77,6 +82,7 @@ __all__ = [
     "compare_forest",
     "compare_table",
     "compute_effects",
+    "default_priors",
     "exact_posterior",
     "fit_arm_level",
     "fit_meta_regression",
@@ -85,6 +91,7 @@ __all__ = [
     "fit_small_study",
     "forest_plot",
     "funnel_plot",
+    "import_comparisons",
     "influence_analysis",
     "influence_plot",
     "load_dataset",
@@ -99,6 +106,7 @@ __all__ = [
     "study_effects",
     "subgroup_plot",
     "validate_dataset",
+    "with_measure",
     "write_dataset",
     "write_run_report",
 ]
@@ -108,7 +116,7 @@ if TYPE_CHECKING:
     from analysis.checks.influence import influence_analysis
     from analysis.checks.predictive import posterior_predictive_check
     from analysis.checks.sensitivity import power_scaling, prior_grid
-    from analysis.dataset.effects import EffectTable, compute_effects, study_effects
+    from analysis.dataset.effects import EffectTable, compute_effects, study_effects, with_measure
     from analysis.dataset.load import Dataset, load_dataset
     from analysis.dataset.problems import DatasetError
     from analysis.dataset.simulate import simulate_dataset, write_dataset
@@ -119,6 +127,7 @@ if TYPE_CHECKING:
     from analysis.fitting.random_effects import fit_random_effects
     from analysis.fitting.sampling import SamplerSettings
     from analysis.fitting.small_study import fit_small_study
+    from analysis.importing.comparisons import ImportReport, import_comparisons
     from analysis.plots.compare import compare_forest
     from analysis.plots.forest import forest_plot, pooled_summary_plot
     from analysis.plots.influence import influence_plot
@@ -129,7 +138,7 @@ if TYPE_CHECKING:
     from analysis.run.pipeline import run_analysis
     from models.exact.posterior import exact_posterior
     from models.frequentist import rma_uni
-    from models.priors import PriorSet, PriorSpec
+    from models.priors import PriorSet, PriorSpec, default_priors
 
 
 def __getattr__(name: str) -> object:

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 
 from analysis.atomic import write_text_atomic
 from analysis.config import DEFAULT_DATASET, REPORTS_DIR
-from analysis.dataset.problems import DatasetError, Problem, errors
+from analysis.dataset.measures import ARM_MEASURES
+from analysis.dataset.problems import DatasetError, NotApplicable, Problem, errors
 from analysis.fitting.dispatch import LIKELIHOODS, MODELS, FitRequest
-from models.priors import PriorSpec
+from models.priors import PriorSet, PriorSpec
 
 if TYPE_CHECKING:
     from analysis.dataset.effects import EffectTable
@@ -71,11 +72,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_effects(args: argparse.Namespace) -> int:
-    """``evmeta effects DATASET [--out FILE]``: the effect-size table (and shared-control covariances)."""
+    """``evmeta effects DATASET [--out FILE] [--measure M]``: the effect-size table (and shared-control covariances)."""
     from analysis.dataset.effects import compute_effects
-    from analysis.dataset.load import load_dataset
 
-    dataset = load_dataset(args.dataset)
+    dataset = _load(args)
     _print_problems(dataset.warnings)
     table = compute_effects(dataset)
     text = table.data.to_csv(index=False, lineterminator="\n", float_format="%.10g")
@@ -103,11 +103,62 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import_comparisons(args: argparse.Namespace) -> int:
+    """``evmeta import comparisons FILE --out DIR``: a comparison sheet (CSV/XLSX) as a dataset folder."""
+    from analysis.importing.comparisons import import_comparisons
+
+    report = import_comparisons(
+        args.file,
+        args.out,
+        columns=args.columns,
+        sheet=args.sheet,
+        encoding=args.encoding,
+        overwrite=args.overwrite,
+    )
+    _print_problems(report.warnings)
+    print(report)
+    return EXIT_OK
+
+
+def _add_import_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="make a dataset folder from an extraction sheet")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    p = kinds.add_parser(
+        "comparisons", help="a sheet with one treatment-vs-control comparison per row (CSV or XLSX; data/README.md)"
+    )
+    p.add_argument("file", type=Path, help="the sheet: .csv or .xlsx")
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    p.add_argument("--columns", type=Path, default=None, help="the map (TOML): columns, outcomes, moderators, ...")
+    p.add_argument("--sheet", default=None, help="worksheet of an XLSX file (default: the first)")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of a CSV file (default utf-8), e.g. latin-1")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    p.set_defaults(func=cmd_import_comparisons)
+
+
 def _prior(text: str) -> PriorSpec:
     try:
         return PriorSpec.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _load(args: argparse.Namespace) -> Dataset:
+    """Load and validate ``args.dataset``, analysed with ``--measure`` if given (everything downstream follows it)."""
+    from analysis.dataset.effects import with_measure
+    from analysis.dataset.load import load_dataset
+
+    dataset = load_dataset(args.dataset)
+    return dataset if getattr(args, "measure", None) is None else with_measure(dataset, args.measure)
+
+
+def _priors(args: argparse.Namespace, measure: str) -> PriorSet:
+    """``--mu-prior``/``--tau-prior`` where given, else the defaults of the effect measure."""
+    from dataclasses import replace
+
+    from models.priors import default_priors
+
+    defaults = default_priors(measure)
+    return replace(defaults, mu=args.mu_prior or defaults.mu, tau=args.tau_prior or defaults.tau)
 
 
 def _progress(message: str) -> None:
@@ -116,12 +167,10 @@ def _progress(message: str) -> None:
 
 def _fit_request(args: argparse.Namespace) -> FitRequest:
     from analysis.fitting.sampling import SamplerSettings
-    from models.priors import PriorSet
 
     return FitRequest(
         model=args.model,
         engine=args.engine,
-        priors=PriorSet(mu=args.mu_prior, tau=args.tau_prior),
         seed=args.seed,
         sampler=SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains),
         moderator=args.moderator,
@@ -132,8 +181,9 @@ def _fit_request(args: argparse.Namespace) -> FitRequest:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """``evmeta fit DATASET --outcome ID | --all``: fit, print the report, write JSON/figures/posteriors."""
+    from dataclasses import replace
+
     from analysis.dataset.effects import compute_effects
-    from analysis.dataset.load import load_dataset
     from analysis.fitting.dispatch import fit_outcome
     from analysis.report.write import write_fit_outputs
 
@@ -141,24 +191,29 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print("evmeta fit: error: give --outcome ID or --all", file=sys.stderr)
         return EXIT_USAGE
     request = _fit_request(args)
-    dataset = load_dataset(args.dataset)
+    dataset = _load(args)
+    request = replace(request, priors=_priors(args, dataset.effect_measure))
     _print_problems(dataset.warnings)
     table = compute_effects(dataset)
     if args.model == "multivariate":
         return _fit_multivariate(args, dataset, table, request)
     outcomes = list(dataset.outcomes) if args.all else [args.outcome]
-    results = []
+    results, skipped = [], {}
     for i, outcome in enumerate(outcomes, start=1):
         _progress(f"[{i}/{len(outcomes)}] {outcome}: {args.model} ({args.engine})")
         try:
             results.append(fit_outcome(dataset, outcome, request, table=table))
-        except ValueError as exc:
+        except NotApplicable as exc:
             if not args.all:
                 raise
+            skipped[outcome] = str(exc)
             _progress(f"{outcome}: skipped ({exc})")
     for result in results:
         print(result, end="\n\n")
-    for path in write_fit_outputs(results, json_path=args.json, out_dir=args.out, all_outcomes=args.all):
+    for outcome, reason in skipped.items():
+        print(f"{outcome}: not fitted: {reason}")
+    written = write_fit_outputs(results, json_path=args.json, out_dir=args.out, all_outcomes=args.all, skipped=skipped)
+    for path in written:
         print(f"wrote {path}")
     return _exit_for(results)
 
@@ -207,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     sampler = SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains)
     _progress(f"loading and validating {args.dataset}")
-    plan = plan_run(args.dataset, seed=args.seed, sampler=sampler)
+    plan = plan_run(_load(args), seed=args.seed, sampler=sampler, engine=args.engine)
     if not args.no_cache and _report_up_to_date(args.out, plan):
         _progress(
             f"{args.out} is up to date (same data, settings and code): nothing to do "
@@ -300,7 +355,6 @@ def cmd_influence(args: argparse.Namespace) -> int:
     from analysis.dataset.load import load_dataset
     from analysis.fitting.sampling import SamplerSettings
     from analysis.report.files import write_json
-    from models.priors import PriorSet
 
     dataset = load_dataset(args.dataset)
     _print_problems(dataset.warnings)
@@ -311,7 +365,7 @@ def cmd_influence(args: argparse.Namespace) -> int:
         results[outcome] = influence_analysis(
             dataset,
             outcome,
-            priors=PriorSet(mu=args.mu_prior, tau=args.tau_prior),
+            priors=_priors(args, dataset.effect_measure),
             engine=args.engine,
             seed=args.seed,
             sampler=SamplerSettings(),
@@ -325,16 +379,14 @@ def cmd_influence(args: argparse.Namespace) -> int:
 
 
 def _add_influence_parser(sub: argparse._SubParsersAction) -> None:
-    from models.priors import DEFAULT_MU_PRIOR, DEFAULT_TAU_PRIOR
-
     p = sub.add_parser("influence", help="study influence: exact leave-one-study-out refits and PSIS-LOO Pareto k")
     p.add_argument("dataset", type=Path)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--outcome")
     which.add_argument("--all", action="store_true")
     p.add_argument("--engine", choices=["nuts", "exact"], default="nuts")
-    p.add_argument("--tau-prior", type=_prior, default=DEFAULT_TAU_PRIOR)
-    p.add_argument("--mu-prior", type=_prior, default=DEFAULT_MU_PRIOR)
+    p.add_argument("--tau-prior", type=_prior, default=None, help="default: the effect measure's (see evmeta fit)")
+    p.add_argument("--mu-prior", type=_prior, default=None, help="default: the effect measure's (see evmeta fit)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(func=cmd_influence)
@@ -349,12 +401,35 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tune", type=int, default=1000)
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--workers", type=int, default=2, help="worker processes for the outcomes (default 2)")
+    _add_measure_option(p)
+    p.add_argument(
+        "--engine",
+        choices=["nuts", "exact"],
+        default="nuts",
+        help="nuts: every analysis (default); exact: the exact engine only, in seconds (no NUTS-based checks)",
+    )
     p.add_argument("--no-cache", action="store_true", help="recompute everything (ignore the .evmeta_cache/)")
     p.set_defaults(func=cmd_run)
 
 
+def _add_measure_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--measure",
+        choices=list(ARM_MEASURES),
+        default=None,
+        help="effect measure of arm-level data (default: effect_measure of dataset.toml): SMD (Hedges' g), "
+        "NMD (normalised mean difference, needs a sham arm per study) or ROM (log ratio of means)",
+    )
+
+
+def _prior_defaults_help() -> str:
+    from models.priors import default_priors
+
+    return "; ".join(f"{m} {default_priors(m).mu}, {default_priors(m).tau}" for m in ARM_MEASURES)
+
+
 def _add_fit_parser(sub: argparse._SubParsersAction) -> None:
-    from models.priors import DEFAULT_MU_PRIOR, DEFAULT_TAU_PRIOR, PRIOR_FORMS
+    from models.priors import PRIOR_FORMS
 
     p = sub.add_parser("fit", help="fit the Bayesian random-effects model to one outcome or all outcomes")
     p.add_argument("dataset", type=Path)
@@ -379,10 +454,16 @@ def _add_fit_parser(sub: argparse._SubParsersAction) -> None:
         default="normal",
         help="normal: Hedges' g ~ N(theta, v); arm: exact likelihood of the arm means and SDs (small n)",
     )
+    _add_measure_option(p)
     p.add_argument(
-        "--tau-prior", type=_prior, default=DEFAULT_TAU_PRIOR, help=f"default {DEFAULT_TAU_PRIOR}; forms: {PRIOR_FORMS}"
+        "--tau-prior",
+        type=_prior,
+        default=None,
+        help=f"default: the effect measure's (see --mu-prior); forms: {PRIOR_FORMS}",
     )
-    p.add_argument("--mu-prior", type=_prior, default=DEFAULT_MU_PRIOR, help=f"default {DEFAULT_MU_PRIOR}")
+    p.add_argument(
+        "--mu-prior", type=_prior, default=None, help=f"defaults (mu, tau) per measure: {_prior_defaults_help()}"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--tune", type=int, default=1000)
@@ -401,8 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a dataset against the data contract")
     p.add_argument("dataset", type=Path)
     p.set_defaults(func=cmd_validate)
-    p = sub.add_parser("effects", help="effect-size table (Hedges' g, one row per comparison and outcome)")
+    p = sub.add_parser("effects", help="effect-size table (one row per comparison and outcome)")
     p.add_argument("dataset", type=Path)
+    _add_measure_option(p)
     p.add_argument("--out", type=Path, default=None, help="CSV file to write (default: standard output)")
     p.set_defaults(func=cmd_effects)
     p = sub.add_parser("simulate", help="write a simulated dataset with the flagship design")
@@ -414,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parser(sub)
     _add_compare_parser(sub)
     _add_influence_parser(sub)
+    _add_import_parser(sub)
     p = sub.add_parser(
         "benchmark",
         help="measure run time (cold/warm), compile vs sampling, exact engine; writes reports/benchmark.json",

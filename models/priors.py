@@ -41,6 +41,8 @@ __all__ = [
     "PRIOR_FORMS",
     "PriorSet",
     "PriorSpec",
+    "default_priors",
+    "measure_scale",
 ]
 
 #: Parameter names per family, in string order.
@@ -340,3 +342,71 @@ class PriorSet:
     def multivariate_dict(self) -> dict[str, str]:
         """Prior strings of the multivariate model."""
         return {"mu": str(self.mu), "tau": str(self.tau), "R": f"lkj:{self.lkj_eta:g}"}
+
+
+#: Size of a between-study difference on each measure's scale relative to SMD (see :func:`measure_scale`).
+_MEASURE_SCALES: dict[str, float] = {"ROM": 0.5, "NMD": 50.0}
+
+
+def measure_scale(measure: str) -> float:
+    """How much larger a between-study difference is on ``measure``'s scale than on the SMD scale.
+
+    Used for the priors of between-study differences whose defaults were set on the SMD scale
+    (the meta-regression slopes): 1 for SMD (and measures without their own defaults), 0.5 for
+    ROM and 50 for NMD, the ratio of the default tau priors of :func:`default_priors`.
+    """
+    return _MEASURE_SCALES.get(measure, 1.0)
+
+
+#: Default priors of mu and tau per effect measure other than SMD (see :func:`default_priors`).
+_MEASURE_PRIORS: dict[str, tuple[str, str]] = {
+    "ROM": ("normal:0:1", "halfnormal:0.5"),
+    "NMD": ("normal:0:100", "halfnormal:50"),
+}
+
+
+def default_priors(measure: str) -> PriorSet:
+    """Default priors on the scale of an effect measure (``dataset.toml`` ``effect_measure``).
+
+    ``mu`` and ``tau`` live on the scale of ``yi``, so their weakly informative defaults depend
+    on the measure. The PET/PEESE slope prior N(0, 5²) is scaled by :func:`measure_scale` (ROM
+    N(0, 2.5²), NMD N(0, 250²)): the headline small-study regressions of arm-level data are on
+    sqrt(1/ñ) and 1/ñ, whose slopes are in units of ``yi``. The selection weights and the LKJ
+    shape are unit-free and keep the :class:`PriorSet` defaults.
+
+    * ``"SMD"`` (Hedges' g) and any measure not listed below (e.g. effect-level log risk
+      ratios): :class:`PriorSet` unchanged, mu ~ N(0, 3²), tau ~ HalfNormal(1)
+      (:data:`DEFAULT_MU_PRIOR`, :data:`DEFAULT_TAU_PRIOR`).
+    * ``"ROM"`` (log ratio of means): mu ~ N(0, 1²), tau ~ HalfNormal(0.5). Preclinical
+      treatment effects on a ratio scale rarely exceed a factor of e^1.5 ≈ 4.5 either way
+      (|log ratio| > 1.5); N(0, 1²) keeps 87% of its mass within ±1.5 and 95% within ±1.96 (a
+      factor 7.1), centred on no effect. A between-study SD of 0.1-0.5 (studies' ratios spread by
+      10-65%) is the plausible range; HalfNormal(0.5) has median 0.34 and 95th percentile 0.98,
+      and gives tau > 1.5 (a 4.5-fold spread) prior probability 0.3%, as HalfNormal(1) does for
+      tau > 3 on the SMD scale.
+    * ``"NMD"`` (normalised mean difference, percent of the model-induced deficit restored):
+      mu ~ N(0, 100²), tau ~ HalfNormal(50). 100% is a complete return to the sham level, and
+      effects beyond ±200% (overshooting the sham by a whole deficit) are implausible:
+      N(0, 100²) puts 68% of its mass within ±100% and 95% within ±196%. A between-study SD of
+      20-50 percentage points (studies of one intervention ranging from little to most of the
+      deficit restored) is the plausible range; HalfNormal(50) has median 34 and 95th
+      percentile 98, and gives tau > 150 prior probability 0.3%. These are the SMD defaults
+      scaled by 100/3 (mu) and 50 (tau): a deficit of about 2-3 control SDs, common in animal
+      models, turns an SMD of 1 into an NMD of 33-50%.
+
+    Parameters
+    ----------
+    measure : str
+        Effect measure of the data (``"SMD"``, ``"ROM"``, ``"NMD"``, ...).
+
+    Returns
+    -------
+    PriorSet
+        The measure's defaults; for SMD exactly ``PriorSet()``.
+    """
+    if measure not in _MEASURE_PRIORS:
+        return PriorSet()
+    mu, tau = _MEASURE_PRIORS[measure]
+    slope_mean, slope_sd = DEFAULT_SLOPE_PRIOR.params
+    slope = PriorSpec("normal", (slope_mean, slope_sd * measure_scale(measure)))
+    return PriorSet(mu=PriorSpec.parse(mu), tau=PriorSpec.parse(tau), slope=slope)

@@ -141,6 +141,8 @@ OBJECT_ALLOWED = {
     ("analysis.report.files", "write_json"),
     ("analysis.dataset.validate_meta", "_check_outcome"),
     ("analysis.dataset.validate_meta", "_check_moderator"),
+    ("analysis.dataset.validate_meta", "_check_published"),
+    ("analysis.dataset.validate_meta", "_is_number"),
     ("analysis.run.cache", "load"),
     ("analysis.run.cache", "store"),
     ("analysis", "__getattr__"),

@@ -127,6 +127,21 @@ STANDARD_PRIORS = {
     "tau ~ halfcauchy:0.5": ("normal:0:3", "halfcauchy:0.5"),
     "vague priors": ("normal:0:10", "uniform:0:5"),
 }
+#: The standard priors per effect measure: for ROM and NMD the SMD set on the scale of the measure's
+#: defaults (:func:`models.priors.default_priors`; rescaled as :data:`analysis.checks.sensitivity.PRIOR_GRIDS`).
+MEASURE_STANDARD_PRIORS = {
+    "SMD": STANDARD_PRIORS,
+    "ROM": {
+        "default priors": ("normal:0:1", "halfnormal:0.5"),
+        "tau ~ halfcauchy:0.25": ("normal:0:1", "halfcauchy:0.25"),
+        "vague priors": ("normal:0:3", "uniform:0:2.5"),
+    },
+    "NMD": {
+        "default priors": ("normal:0:100", "halfnormal:50"),
+        "tau ~ halfcauchy:25": ("normal:0:100", "halfcauchy:25"),
+        "vague priors": ("normal:0:300", "uniform:0:250"),
+    },
+}
 
 
 def standard_comparison(
@@ -138,7 +153,7 @@ def standard_comparison(
     table: EffectTable | None = None,
 ) -> tuple[pd.DataFrame, dict[str, MetaAnalysisResult]]:
     """The standard side-by-side set for one outcome: NUTS and exact engines, alternative priors, the
-    arm-level likelihood (arm-level datasets), DL and REML.
+    arm-level likelihood (arm-level SMD datasets), DL and REML.
 
     Returns
     -------
@@ -149,10 +164,10 @@ def standard_comparison(
     fits["NUTS, default priors"] = fit_random_effects(
         dataset, outcome, engine="nuts", seed=seed, sampler=sampler, table=table
     )
-    for label, (mu, tau) in STANDARD_PRIORS.items():
+    for label, (mu, tau) in MEASURE_STANDARD_PRIORS.get(dataset.effect_measure, STANDARD_PRIORS).items():
         priors = PriorSet(mu=PriorSpec.parse(mu), tau=PriorSpec.parse(tau))
         fits[f"exact, {label}"] = fit_random_effects(dataset, outcome, engine="exact", priors=priors, table=table)
-    if dataset.level == "arms":
+    if dataset.level == "arms" and dataset.effect_measure == "SMD":  # the arm-level likelihood models SMDs
         fits["NUTS, arm-level likelihood"] = fit_arm_level(dataset, outcome, seed=seed, sampler=sampler, table=table)
     studies = fits["NUTS, default priors"].studies
     frame = compare_table(

@@ -30,17 +30,20 @@ import xarray as xr
 
 from analysis.dataset.effects import EffectTable, compute_effects, outcome_effects
 from analysis.dataset.load import Dataset, Outcome
+from analysis.dataset.problems import NotApplicable
 from analysis.fitting.sampling import SamplerSettings, sample_with_retry
 from analysis.results.diagnostics import Diagnostics, diagnose
 from analysis.results.influence import PARETO_K_THRESHOLD, InfluenceResult
 from models.exact.posterior import ExactPosterior, exact_posterior
 from models.frequentist import leave1out, rma_uni
-from models.priors import PriorSet
+from models.priors import PriorSet, default_priors
 from models.random_effects import build_random_effects_model
 
 __all__ = ["ENGINES", "PARETO_K_THRESHOLD", "InfluenceResult", "influence_analysis", "study_influence"]
 
 ENGINES = ("nuts", "exact")
+#: Fewest studies for leave-one-out: each refit keeps at least two.
+MIN_STUDIES = 3
 #: Exact posterior draws for ``engine="exact"`` (4 pseudo-chains of 1000 independent draws).
 EXACT_CHAINS, EXACT_DRAWS = 4, 1000
 _SUMMARY_KEYS = ("mean", "median", "q025", "q975")
@@ -152,7 +155,8 @@ def study_influence(
     outcome : Outcome
         The outcome (labels and direction for the report).
     priors : PriorSet, optional
-        Priors of mu (normal) and tau (default N(0, 3²), HalfNormal(1)).
+        Priors of mu (normal) and tau (default :func:`models.priors.default_priors` of ``measure``;
+        SMD: N(0, 3²), HalfNormal(1)).
     engine : {"nuts", "exact"}
         Source of the posterior draws for PSIS-LOO (the refits are always exact).
     seed : int
@@ -175,9 +179,14 @@ def study_influence(
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if posterior is not None and engine != "nuts":
         raise ValueError("a precomputed posterior is only used with engine='nuts'")
-    if len(effects) < 3 or not {"study", "yi", "vi"} <= set(effects.columns):
-        raise ValueError("influence analysis needs an effects table with study, yi, vi and at least 3 studies")
-    priors, sampler = priors or PriorSet(), sampler or SamplerSettings()
+    if not {"study", "yi", "vi"} <= set(effects.columns):
+        raise ValueError("influence analysis needs an effects table with columns study, yi and vi")
+    if len(effects) < MIN_STUDIES:
+        raise NotApplicable(
+            f"influence analysis needs at least {MIN_STUDIES} studies (leaving one out must leave two), "
+            f"k = {len(effects)}"
+        )
+    priors, sampler = priors or default_priors(measure), sampler or SamplerSettings()
     yi, vi = effects["yi"].to_numpy(dtype=float), effects["vi"].to_numpy(dtype=float)
     study = [str(s) for s in effects["study"]]
     model = build_random_effects_model(yi, vi, study=study, tau_prior=priors.tau, beta_priors=[priors.mu])

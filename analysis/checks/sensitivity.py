@@ -6,8 +6,11 @@
   β of a meta-regression) are scaled, never auxiliary variables. Sensitivity ≥ 0.05 is the
   conventional flag: prior sensitive and likelihood sensitive → possible prior–data conflict;
   prior sensitive but likelihood not → a strong prior or weak likelihood.
-* Prior grid: refits under alternative priors with the exact engine (instant): τ ~ half-normal
-  0.5 / 1 / 2, half-Cauchy 0.5, log-normal(−1, 1) and uniform(0, 5); μ ~ N(0, 1²) and N(0, 10²).
+* Prior grid: refits under alternative priors with the exact engine (instant): for SMD τ ~
+  half-normal 0.5 / 1 / 2, half-Cauchy 0.5, log-normal(−1, 1) and uniform(0, 5); μ ~ N(0, 1²) and
+  N(0, 10²). For ROM and NMD (:data:`PRIOR_GRIDS`) the same grid rescaled to the measure's default
+  priors (:func:`models.priors.default_priors`: τ scale ×0.5 and ×50, μ scale ×1/3 and ×100/3,
+  rounded), so that the grid brackets the defaults on every scale.
 """
 
 from __future__ import annotations
@@ -20,11 +23,23 @@ from analysis.dataset.effects import EffectTable
 from analysis.dataset.load import Dataset
 from analysis.fitting.random_effects import fit_random_effects
 from analysis.results.random_effects import MetaAnalysisResult
-from models.priors import DEFAULT_MU_PRIOR, DEFAULT_TAU_PRIOR, PriorSet, PriorSpec
+from models.priors import PriorSet, PriorSpec, default_priors
 
 PSENSE_THRESHOLD = 0.05
 TAU_GRID = ("halfnormal:0.5", "halfnormal:1", "halfnormal:2", "halfcauchy:0.5", "lognormal:-1:1", "uniform:0:5")
 MU_GRID = ("normal:0:1", "normal:0:10")
+#: ``(tau grid, mu grid)`` per effect measure; other measures use the SMD grid (as their default priors).
+PRIOR_GRIDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "SMD": (TAU_GRID, MU_GRID),
+    "ROM": (
+        ("halfnormal:0.25", "halfnormal:0.5", "halfnormal:1", "halfcauchy:0.25", "lognormal:-1.7:1", "uniform:0:2.5"),
+        ("normal:0:0.3", "normal:0:3"),
+    ),
+    "NMD": (
+        ("halfnormal:25", "halfnormal:50", "halfnormal:100", "halfcauchy:25", "lognormal:2.9:1", "uniform:0:250"),
+        ("normal:0:30", "normal:0:300"),
+    ),
+}
 
 
 def _node(tree):
@@ -75,12 +90,13 @@ def prior_grid(
     outcome: str,
     *,
     table: EffectTable | None = None,
-    tau_priors: tuple[str, ...] = TAU_GRID,
-    mu_priors: tuple[str, ...] = MU_GRID,
+    tau_priors: tuple[str, ...] | None = None,
+    mu_priors: tuple[str, ...] | None = None,
 ) -> pd.DataFrame:
     """Exact refits of one outcome under a grid of alternative priors.
 
-    Each τ prior is combined with the default μ prior, and each μ prior with the default τ prior.
+    Each τ prior is combined with the default μ prior, and each μ prior with the default τ prior
+    (the defaults and the grids, :data:`PRIOR_GRIDS`, of ``dataset.effect_measure`` unless given).
 
     Returns
     -------
@@ -88,8 +104,10 @@ def prior_grid(
         One row per prior combination: ``prior_mu, prior_tau, varied`` and the mean, q025 and
         q975 of μ and τ, the median of τ, and P(benefit).
     """
-    combos = [(DEFAULT_MU_PRIOR, PriorSpec.parse(t), "tau") for t in tau_priors]
-    combos += [(PriorSpec.parse(m), DEFAULT_TAU_PRIOR, "mu") for m in mu_priors]
+    defaults = default_priors(dataset.effect_measure)
+    tau_grid, mu_grid = PRIOR_GRIDS.get(dataset.effect_measure, PRIOR_GRIDS["SMD"])
+    combos = [(defaults.mu, PriorSpec.parse(t), "tau") for t in (tau_grid if tau_priors is None else tau_priors)]
+    combos += [(PriorSpec.parse(m), defaults.tau, "mu") for m in (mu_grid if mu_priors is None else mu_priors)]
     rows = []
     for mu_prior, tau_prior, varied in combos:
         fit = fit_random_effects(

@@ -1,9 +1,11 @@
 """Effect-size tables: one row per treatment-vs-control comparison and outcome (metafor's ``escalc`` step).
 
-Arm-level datasets get Hedges' g and metafor's "LS" variance (:mod:`analysis.dataset.smd`); SEM was
-already converted to SD on loading. Treatment arms that share a control arm form a
-*covariance group*: their sampling covariance is kept (Gleser & Olkin 2009) instead of
-silently reusing the control animals as if they were independent.
+Arm-level datasets get the dataset's ``effect_measure``: Hedges' g and metafor's "LS" variance
+(``"SMD"``, :mod:`analysis.dataset.smd`), the log ratio of means (``"ROM"``) or the normalised
+mean difference (``"NMD"``, :mod:`analysis.dataset.measures`); SEM was already converted to SD on
+loading. Treatment arms that share a control arm form a *covariance group*: their sampling
+covariance is kept (Gleser & Olkin 2009 for SMD; the shared control term for ROM and NMD)
+instead of silently reusing the control animals as if they were independent.
 
 For the univariate models each study contributes one effect per outcome:
 :func:`study_effects` combines a study's comparisons by generalised least squares with their
@@ -14,12 +16,21 @@ full sampling covariance, :math:`y = w^\\top y_c / w^\\top 1`, :math:`v = 1 / 1^
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
 from analysis.dataset.load import Dataset
+from analysis.dataset.measures import (
+    ARM_MEASURES,
+    arm_effects,
+    common_control_covariance,
+    comparison_pairs,
+    measure_problems,
+    with_sham,
+)
+from analysis.dataset.problems import DatasetError, NotApplicable, errors
 from analysis.dataset.smd import hedges_g, shared_control_covariance
 
 EFFECT_COLUMNS = [
@@ -48,10 +59,13 @@ class EffectTable:
         comparisons that share a control arm with another comparison, else empty.
     covariance : dict
         ``cov_group -> (comparisons, matrix)`` for every group of two or more comparisons.
+    measure : str
+        Effect measure of ``yi`` (``"SMD"``, ``"ROM"``, ``"NMD"`` or that of ``effects.csv``).
     """
 
     data: pd.DataFrame
     covariance: dict[str, tuple[tuple[str, ...], np.ndarray]]
+    measure: str = "SMD"
     #: Per-outcome results of :func:`study_effects` (a table is never changed once built).
     _per_study: dict[str, pd.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -74,25 +88,46 @@ class EffectTable:
         return pd.DataFrame(rows, columns=["study", "outcome", "comparison_1", "comparison_2", "cov"])
 
 
-def compute_effects(dataset: Dataset) -> EffectTable:
+def compute_effects(dataset: Dataset, measure: str | None = None) -> EffectTable:
     """Compute the effect-size table of a validated dataset.
 
     Parameters
     ----------
     dataset : Dataset
         Output of :func:`analysis.dataset.load.load_dataset`.
+    measure : {"SMD", "NMD", "ROM"}, optional
+        Effect measure of arm-level data; default ``dataset.effect_measure``. To analyse a
+        dataset with another measure throughout (priors, labels, fits), use :func:`with_measure`.
 
     Returns
     -------
     EffectTable
-        Hedges' g per comparison for arm-level data; the given ``yi``/``vi`` for
-        effect-level data. Sign: treatment minus control in natural units; ``direction``
-        says whether positive is benefit (1) or harm (-1).
+        One row per comparison (Hedges' g, log ratio of means or ``direction * NMD`` for
+        arm-level data; the given ``yi``/``vi`` for effect-level data). Sign: treatment minus
+        control in natural units; ``direction`` says whether positive is benefit (1) or harm (-1).
+
+    Raises
+    ------
+    DatasetError
+        If the arm data cannot give ``measure`` (ROM: a mean <= 0; NMD: no sham arm, or a
+        control mean equal to the sham mean), every problem located as ``arms.csv:LINE [column]``.
+    ValueError
+        For an unknown measure, or a measure other than the declared one for effect-level data.
     """
+    measure = _checked_measure(dataset, dataset.effect_measure if measure is None else measure)
     if dataset.level == "effects":
         return _effects_from_table(dataset)
-    pairs = _comparison_pairs(dataset.arms)
-    yi, vi = hedges_g(pairs["mean_t"], pairs["sd_t"], pairs["n_t"], pairs["mean_c"], pairs["sd_c"], pairs["n_c"])
+    found = errors(measure_problems(dataset.arms, measure, _directions(dataset)))
+    if found:
+        raise DatasetError(str(dataset.path), found)
+    pairs = comparison_pairs(dataset.arms)
+    direction = pairs["outcome"].map(_directions(dataset)).to_numpy(dtype=int)
+    if measure == "SMD":
+        yi, vi = hedges_g(pairs["mean_t"], pairs["sd_t"], pairs["n_t"], pairs["mean_c"], pairs["sd_c"], pairs["n_c"])
+        control_share = np.full(len(pairs), np.nan)
+    else:
+        pairs = with_sham(pairs, dataset.arms) if measure == "NMD" else pairs
+        yi, vi, control_share = arm_effects(pairs, measure, direction)
     data = pd.DataFrame(
         {
             "study": pairs["study"],
@@ -104,9 +139,9 @@ def compute_effects(dataset: Dataset) -> EffectTable:
             "sei": np.sqrt(vi),
             "n_treatment": pairs["n_t"].astype(int),
             "n_control": pairs["n_c"].astype(int),
+            "direction": direction,
         }
     )
-    data["direction"] = data["outcome"].map({k: o.direction for k, o in dataset.outcomes.items()}).astype(int)
     data["cov_group"] = ""
     covariance = {}
     for (study, outcome, control), idx in data.groupby(["study", "outcome", "control_arm"], sort=True).groups.items():
@@ -114,28 +149,67 @@ def compute_effects(dataset: Dataset) -> EffectTable:
             continue
         group = f"{study}/{outcome}/{control}"
         rows = data.loc[idx]
-        cov = shared_control_covariance(rows["yi"], rows["vi"], rows["n_treatment"], float(rows["n_control"].iloc[0]))
+        if measure == "SMD":
+            cov = shared_control_covariance(
+                rows["yi"], rows["vi"], rows["n_treatment"], float(rows["n_control"].iloc[0])
+            )
+        else:
+            cov = common_control_covariance(rows["vi"], float(control_share[idx[0]]))
         covariance[group] = (tuple(rows["comparison"]), cov)
         data.loc[idx, "cov_group"] = group
-    return EffectTable(data=data[EFFECT_COLUMNS].reset_index(drop=True), covariance=covariance)
+    return EffectTable(data=data[EFFECT_COLUMNS].reset_index(drop=True), covariance=covariance, measure=measure)
 
 
-def _comparison_pairs(arms: pd.DataFrame) -> pd.DataFrame:
-    """Join each treatment row to its control row (named in ``control_arm`` or the study's only control)."""
-    treat = arms[arms["role"] == "treatment"].copy()
-    ctrl = arms[arms["role"] == "control"]
-    sole = ctrl.groupby(["study", "outcome"])["arm"].first()
-    named = treat["control_arm"].where(treat["control_arm"] != "")
-    treat["control"] = named.fillna(
-        pd.Series(sole.reindex(pd.MultiIndex.from_frame(treat[["study", "outcome"]])).to_numpy(), index=treat.index)
-    )
-    merged = treat.merge(
-        ctrl[["study", "outcome", "arm", "mean", "sd", "n"]].rename(columns={"arm": "control"}),
-        on=["study", "outcome", "control"],
-        suffixes=("_t", "_c"),
-        validate="many_to_one",
-    )
-    return merged.reset_index(drop=True)
+def with_measure(dataset: Dataset, measure: str) -> Dataset:
+    """The dataset with another arm-level effect measure, checked; everything downstream follows it.
+
+    Fits, priors (:func:`models.priors.default_priors`), plot labels and reports all read
+    ``dataset.effect_measure``, so this is the one switch (``--measure`` of the command line).
+
+    Parameters
+    ----------
+    dataset : Dataset
+        A loaded dataset.
+    measure : {"SMD", "NMD", "ROM"}
+        Effect measure; the dataset itself is returned if it already has it.
+
+    Returns
+    -------
+    Dataset
+        A copy with ``effect_measure = measure`` and the measure's warnings (e.g. NMD: a control
+        arm better than its sham) added to ``warnings``.
+
+    Raises
+    ------
+    DatasetError
+        If the arm data cannot give ``measure`` (every problem located, see :func:`compute_effects`).
+    ValueError
+        For an unknown measure, or effect-level data (their measure is that of ``effects.csv``).
+    """
+    if measure == dataset.effect_measure:
+        return dataset
+    _checked_measure(dataset, measure)
+    problems = measure_problems(dataset.arms, measure, _directions(dataset))
+    if errors(problems):
+        raise DatasetError(str(dataset.path), problems)
+    return replace(dataset, effect_measure=measure, warnings=dataset.warnings + tuple(problems))
+
+
+def _checked_measure(dataset: Dataset, measure: str) -> str:
+    if dataset.level == "effects":
+        if measure != dataset.effect_measure:
+            raise ValueError(
+                f"{dataset.name} gives precomputed effects (effects.csv, effect_measure "
+                f"{dataset.effect_measure!r}): the measure cannot be changed to {measure!r}"
+            )
+        return measure
+    if measure not in ARM_MEASURES:
+        raise ValueError(f"effect measure of arm-level data must be one of {', '.join(ARM_MEASURES)}, got {measure!r}")
+    return measure
+
+
+def _directions(dataset: Dataset) -> dict[str, int]:
+    return {k: o.direction for k, o in dataset.outcomes.items()}
 
 
 def _effects_from_table(dataset: Dataset) -> EffectTable:
@@ -153,9 +227,9 @@ def _effects_from_table(dataset: Dataset) -> EffectTable:
             "n_control": eff["n_control"],
         }
     )
-    data["direction"] = data["outcome"].map({k: o.direction for k, o in dataset.outcomes.items()}).astype(int)
+    data["direction"] = data["outcome"].map(_directions(dataset)).astype(int)
     data["cov_group"] = ""
-    return EffectTable(data=data[EFFECT_COLUMNS].reset_index(drop=True), covariance={})
+    return EffectTable(data=data[EFFECT_COLUMNS].reset_index(drop=True), covariance={}, measure=dataset.effect_measure)
 
 
 def study_effects(table: EffectTable, outcome: str) -> pd.DataFrame:
@@ -213,14 +287,22 @@ def outcome_effects(dataset: Dataset, table: EffectTable, outcome: str) -> pd.Da
 
     Raises
     ------
+    NotApplicable
+        If no study reports the outcome (a ValueError: ``evmeta fit --all`` skips the outcome).
     ValueError
-        If the outcome is not declared in the dataset or no study reports it.
+        If the outcome is not declared in the dataset, or ``table`` was computed with another
+        effect measure than ``dataset.effect_measure``.
     """
     if outcome not in dataset.outcomes:
         raise ValueError(
             f"outcome {outcome!r} is not declared in {dataset.name}; declared: {', '.join(dataset.outcomes)}"
         )
+    if table.measure != dataset.effect_measure:
+        raise ValueError(
+            f"the effect table holds {table.measure} but {dataset.name} is analysed as {dataset.effect_measure}: "
+            f"use with_measure(dataset, {table.measure!r}) so that priors and labels follow the measure"
+        )
     effects = study_effects(table, outcome)
     if effects.empty:
-        raise ValueError(f"no study of {dataset.name} reports outcome {outcome!r}")
+        raise NotApplicable(f"no study of {dataset.name} reports outcome {outcome!r}")
     return effects

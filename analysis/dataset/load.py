@@ -14,10 +14,38 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.dataset.measures import DEFAULT_CI_LEVEL, LINE_COLUMN, sei_from_ci
 from analysis.dataset.problems import DatasetError, Problem, errors
-from analysis.dataset.read import ARMS_NAME, EFFECTS_NAME, STUDIES_NAME, TOML_NAME, numeric_cells, read_raw
+from analysis.dataset.read import ARMS_NAME, EFFECTS_NAME, STUDIES_NAME, TOML_NAME, csv_line, numeric_cells, read_raw
 from analysis.dataset.smd import sd_from_sem
 from analysis.dataset.validate import validate_raw
+
+
+@dataclass(frozen=True)
+class Published:
+    """A published frequentist result for one outcome (``[outcomes.<ID>.published]`` in dataset.toml).
+
+    ``estimate``, ``ci`` and ``i2`` (percent) as printed, with ``digits`` / ``i2_digits`` decimals;
+    ``scale`` is ``"benefit"`` when the paper's sign is positive for a benefit (e.g. control −
+    treatment for a lower-is-better outcome) and ``"natural"`` when it is treatment − control.
+    ``method`` is metafor's ``rma(method=...)``; ``control_n = "split"`` means the paper divided a
+    shared control's n (rounded down) among its comparisons and treated them as independent,
+    ``"as-is"`` that it used each comparison's n unchanged; ``control_n_column`` names a column of
+    the treatment rows of ``arms.csv`` holding the control n the paper used for each comparison,
+    when its split cannot be recomputed from the data (e.g. a shared control digitised twice).
+    """
+
+    source: str
+    estimate: float
+    ci: tuple[float, float]
+    k: int
+    i2: float | None = None
+    method: str = "REML"
+    control_n: str = "as-is"
+    control_n_column: str | None = None
+    scale: str = "natural"
+    digits: int = 2
+    i2_digits: int = 1
 
 
 @dataclass(frozen=True)
@@ -28,6 +56,7 @@ class Outcome:
     label: str
     unit: str
     direction: int
+    published: Published | None = None
 
 
 @dataclass(frozen=True)
@@ -122,9 +151,32 @@ def load_dataset(path: str | Path) -> Dataset:
 
 def _outcomes(meta: dict) -> dict[str, Outcome]:
     return {
-        oid: Outcome(id=oid, label=spec.get("label", oid), unit=spec.get("unit", ""), direction=int(spec["direction"]))
+        oid: Outcome(
+            id=oid,
+            label=spec.get("label", oid),
+            unit=spec.get("unit", ""),
+            direction=int(spec["direction"]),
+            published=_published(spec.get("published")),
+        )
         for oid, spec in meta["outcomes"].items()
     }
+
+
+def _published(spec: dict | None) -> Published | None:
+    if spec is None:
+        return None
+    fields = {
+        key: spec[key]
+        for key in ("i2", "method", "control_n", "control_n_column", "scale", "digits", "i2_digits")
+        if key in spec
+    }
+    return Published(
+        source=spec["source"],
+        estimate=float(spec["estimate"]),
+        ci=(float(spec["ci"][0]), float(spec["ci"][1])),
+        k=int(spec["k"]),
+        **fields,
+    )
 
 
 def _moderators(meta: dict) -> dict[str, Moderator]:
@@ -146,8 +198,9 @@ def _typed_studies(studies: pd.DataFrame, moderators: dict[str, Moderator]) -> p
 
 
 def _typed_arms(arms: pd.DataFrame) -> pd.DataFrame:
-    """Arm rows with float ``mean``, ``sd`` (SEM converted: SD = SEM·sqrt(n)) and int ``n``."""
+    """Arm rows with float ``mean``, ``sd`` (SEM converted: SD = SEM·sqrt(n)), int ``n`` and the editor line."""
     out = arms.copy()
+    out[LINE_COLUMN] = [csv_line(idx) for idx in arms.index]
     out["mean"] = numeric_cells(arms, "mean")
     out["n"] = numeric_cells(arms, "n").astype(int)
     sd, sem = numeric_cells(arms, "sd"), numeric_cells(arms, "sem")
@@ -160,10 +213,21 @@ def _typed_arms(arms: pd.DataFrame) -> pd.DataFrame:
 
 
 def _typed_effects(effects: pd.DataFrame) -> pd.DataFrame:
-    """Effect rows with float ``yi``, ``vi`` and ``sei`` (whichever was given, the other derived)."""
+    """Effect rows with float ``yi``, ``vi`` and ``sei`` (whichever was given, the others derived).
+
+    A row giving a confidence interval instead has ``sei = (ci_upper - ci_lower) / (2 z)``
+    (:func:`analysis.dataset.measures.sei_from_ci`, ``ci_level`` 0.95 when empty).
+    """
     out = effects.copy()
     out["yi"] = numeric_cells(effects, "yi")
     vi, sei = numeric_cells(effects, "vi"), numeric_cells(effects, "sei")
+    level = numeric_cells(effects, "ci_level")
+    ci_sei = sei_from_ci(
+        numeric_cells(effects, "ci_lower"),
+        numeric_cells(effects, "ci_upper"),
+        np.where(np.isnan(level), DEFAULT_CI_LEVEL, level),
+    )
+    sei = np.where(np.isnan(sei), ci_sei, sei)
     out["vi"] = np.where(np.isnan(vi), sei**2, vi)
     out["sei"] = np.sqrt(out["vi"])
     for col in ("n_treatment", "n_control"):

@@ -61,3 +61,12 @@ class DatasetError(ValueError):
         found = errors(problems)
         lines = "\n".join(f"  {p}" for p in found)
         super().__init__(f"dataset {path!r} has {len(found)} error(s):\n{lines}")
+
+
+class NotApplicable(ValueError):
+    """An analysis cannot run on these data: its precondition fails (e.g. too few studies).
+
+    Raised by fitting and checking functions instead of a plain ValueError, so that ``evmeta run``
+    and ``evmeta fit --all`` skip that analysis with the message as its one-line reason while a
+    real error still stops the run.
+    """

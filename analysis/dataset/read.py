@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import codecs
 import csv
+import datetime
 import io
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field
+import zipfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,10 @@ _INTEGER = re.compile(r"^\+?([0-9]+)(\.0*)?$")
 _MAX_INT_DIGITS = 20
 _UTF16_32_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _TOML_WHERE = re.compile(r"at line (\d+), column (\d+)")
+
+
+#: A cell value as openpyxl returns it.
+CellValue = str | int | float | bool | datetime.datetime | datetime.date | datetime.time | datetime.timedelta | None
 
 
 @dataclass
@@ -178,12 +184,19 @@ def read_csv_text(path: Path, problems: list[Problem]) -> pd.DataFrame | None:
     left out of the returned table, so that the other rows can still be checked; the dataset
     is invalid in that case, so nothing is ever computed without them.
     """
-    name = path.name
     data = _read_bytes(path, problems)
-    text = None if data is None else decode_text(data, name, problems)
-    records = None if text is None else _records(text, name, problems)
-    if records is None:
-        return None
+    text = None if data is None else decode_text(data, path.name, problems)
+    return None if text is None else csv_table(text, path.name, problems)
+
+
+def csv_table(text: str, name: str, problems: list[Problem]) -> pd.DataFrame | None:
+    """Parse decoded CSV text as :func:`read_csv_text` does (``name`` locates the problems)."""
+    records = _records(text, name, problems)
+    return None if records is None else _table(records, name, problems)
+
+
+def _table(records: list[tuple[int, list[str]]], name: str, problems: list[Problem]) -> pd.DataFrame | None:
+    """A table of stripped strings from ``(line, cells)`` records, the first one the header."""
     if not records:
         problems.append(Problem("error", name, None, None, "file is empty (a header row is required)"))
         return None
@@ -210,6 +223,110 @@ def read_csv_text(path: Path, problems: list[Problem]) -> pd.DataFrame | None:
     frame = pd.DataFrame([cells for _, cells in kept], columns=header, index=[line - 2 for line, _ in kept], dtype=str)
     frame.attrs["header_line"] = first
     return frame
+
+
+def read_sheet(
+    path: Path, problems: list[Problem], *, sheet: str | None = None, encoding: str = "utf-8"
+) -> pd.DataFrame | None:
+    """Read a spreadsheet as a table of stripped strings: a CSV file or one sheet of an XLSX workbook.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        ``.xlsx``/``.xlsm`` files are read with openpyxl (cached values of formulas); any other
+        file as comma-separated text.
+    problems : list of Problem
+        Located problems are appended here (file name, line or sheet row, column).
+    sheet : str, optional
+        Worksheet of an XLSX file (default: the first one); an error for CSV files.
+    encoding : str, default "utf-8"
+        Text encoding of a CSV file (a UTF-8 byte-order mark is allowed with the default).
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        As :func:`read_csv_text`: the index is ``row - 2``, so :func:`csv_line` gives the CSV
+        line or the spreadsheet row; None if the file cannot be read.
+    """
+    if path.suffix.lower() in (".xlsx", ".xlsm"):
+        return _read_xlsx(path, sheet, problems)
+    if path.suffix.lower() == ".xls":
+        problems.append(Problem("error", path.name, None, None, "old binary .xls workbook: save it as .xlsx or CSV"))
+        return None
+    if sheet is not None:
+        problems.append(Problem("error", path.name, None, None, f"--sheet {sheet!r} applies to XLSX workbooks only"))
+        return None
+    data = _read_bytes(path, problems)
+    if data is None:
+        return None
+    try:
+        utf8 = codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        problems.append(Problem("error", path.name, None, None, f"unknown text encoding {encoding!r}"))
+        return None
+    if utf8:
+        found: list[Problem] = []
+        text = decode_text(data, path.name, found)
+        problems += [replace(p, message=f"{p.message}, or name its encoding (e.g. latin-1)") for p in found]
+    else:
+        text = _decode(data, path.name, encoding, problems)
+    return None if text is None else csv_table(text, path.name, problems)
+
+
+def _decode(data: bytes, name: str, encoding: str, problems: list[Problem]) -> str | None:
+    """Decode text in a named encoding, recording the line of the first undecodable byte."""
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        problems.append(Problem("error", name, line, None, f"not {encoding} text ({exc.reason} at byte {exc.start})"))
+        return None
+
+
+def _cell_text(value: CellValue) -> str:
+    """Text of an XLSX cell value: whole floats without ``.0``, other floats exactly (shortest repr)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    if isinstance(value, datetime.datetime):
+        return value.date().isoformat() if value.time() == datetime.time() else value.isoformat()
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return str(value).strip()
+
+
+def _read_xlsx(path: Path, sheet: str | None, problems: list[Problem]) -> pd.DataFrame | None:
+    """Rows of one worksheet as ``(row, cells)`` records, trailing empty cells trimmed, then a table."""
+    import openpyxl  # imported here: only the importer reads workbooks
+
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        problems.append(Problem("error", path.name, None, None, f"cannot be read as an XLSX workbook ({exc})"))
+        return None
+    try:
+        if sheet is not None and sheet not in book.sheetnames:
+            problems.append(
+                Problem("error", path.name, None, None, f"no sheet {sheet!r}; the sheets are {book.sheetnames}")
+            )
+            return None
+        rows = (book[sheet] if sheet is not None else book.worksheets[0]).iter_rows(min_row=1, values_only=True)
+        records = []
+        for number, values in enumerate(rows, start=1):
+            cells = [_cell_text(v) for v in values]
+            while cells and cells[-1] == "":
+                cells.pop()
+            if cells:
+                records.append((number, cells))
+    finally:
+        book.close()
+    if records:
+        width = len(records[0][1])
+        records = [(line, cells + [""] * (width - len(cells))) for line, cells in records]
+    return _table(records, path.name, problems)
 
 
 def read_toml(path: Path, problems: list[Problem]) -> dict | None:

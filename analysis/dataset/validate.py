@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from analysis.dataset.measures import ARM_MEASURES, measure_problems
 from analysis.dataset.problems import Problem, errors
 from analysis.dataset.read import TOML_NAME, RawDataset, read_raw
 from analysis.dataset.validate_meta import check_meta, check_studies
 from analysis.dataset.validate_rows import (
+    arm_values,
     check_arms,
     check_effects,
     suspicious_arms,
@@ -43,20 +45,40 @@ def validate_raw(raw: RawDataset) -> list[Problem]:
     study_ids = set(raw.studies["study"]) if raw.studies is not None and "study" in raw.studies else None
     outcomes = meta.get("outcomes") if meta is not None else None
     outcome_ids = set(outcomes) if isinstance(outcomes, dict) else None
-    if raw.arms is not None and meta is not None and meta.get("effect_measure", "SMD") != "SMD":
+    measure = meta.get("effect_measure", "SMD") if meta is not None else "SMD"
+    if raw.arms is not None and isinstance(measure, str) and measure not in ARM_MEASURES:
         problems.append(
-            Problem("error", TOML_NAME, None, "effect_measure", "arm-level data (arms.csv) give 'SMD' only")
+            Problem(
+                "error",
+                TOML_NAME,
+                None,
+                "effect_measure",
+                f"arm-level data (arms.csv) give {', '.join(map(repr, ARM_MEASURES))}; got {measure!r}",
+            )
         )
     if raw.arms is not None:
         row_problems = check_arms(raw.arms, study_ids, outcome_ids)
         problems += row_problems
         if not errors(row_problems):
             problems += suspicious_arms(raw.arms)
+            directions = _directions(meta)
+            if measure in ARM_MEASURES and directions is not None:
+                problems += measure_problems(arm_values(raw.arms), measure, directions)
     if raw.effects is not None:
         problems += check_effects(raw.effects, study_ids, outcome_ids)
     if not errors(problems):
         problems += unused_data_warnings(raw)
     return problems
+
+
+def _directions(meta: dict | None) -> dict[str, int] | None:
+    """Outcome id -> direction, or None unless every declared direction is valid (errors reported elsewhere)."""
+    outcomes = None if meta is None else meta.get("outcomes")
+    if not isinstance(outcomes, dict):
+        return None
+    directions = {oid: spec.get("direction") if isinstance(spec, dict) else None for oid, spec in outcomes.items()}
+    ok = all(d in (1, -1) and not isinstance(d, bool) for d in directions.values())
+    return directions if ok else None
 
 
 def validate_dataset(path: str | Path) -> list[Problem]:

@@ -79,6 +79,48 @@ def _check_outcome(oid: str, spec: object) -> list[Problem]:
         problems.append(_toml_problem(f"{key}.direction", "required: 1 if higher is better, -1 if lower is better"))
     elif isinstance(direction, bool) or direction not in (1, -1):
         problems.append(_toml_problem(f"{key}.direction", f"must be 1 or -1, got {direction!r}"))
+    if "published" in spec:
+        problems += _check_published(f"{key}.published", spec["published"])
+    return problems
+
+
+#: Allowed values of the choice keys of ``[outcomes.<ID>.published]``.
+PUBLISHED_CHOICES = {"method": ("REML", "DL", "HE"), "control_n": ("as-is", "split"), "scale": ("natural", "benefit")}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_published(key: str, spec: object) -> list[Problem]:
+    """``[outcomes.<ID>.published]``: a published frequentist result to reproduce."""
+    if not isinstance(spec, dict):
+        return [_toml_problem(key, "must be a table")]
+    problems = []
+    if not isinstance(spec.get("source"), str):
+        problems.append(_toml_problem(f"{key}.source", "required: where the published numbers are printed"))
+    if not _is_number(spec.get("estimate")):
+        problems.append(_toml_problem(f"{key}.estimate", "required: the published pooled estimate (a number)"))
+    ci = spec.get("ci")
+    if not (isinstance(ci, list) and len(ci) == 2 and all(_is_number(v) for v in ci) and ci[0] < ci[1]):
+        problems.append(_toml_problem(f"{key}.ci", "required: [lower, upper] of the published 95% CI, lower < upper"))
+    k = spec.get("k")
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+        problems.append(_toml_problem(f"{key}.k", "required: the number of effects the paper pooled (an integer >= 1)"))
+    if "i2" in spec and not (_is_number(spec["i2"]) and 0 <= spec["i2"] <= 100):
+        problems.append(_toml_problem(f"{key}.i2", "must be a percentage between 0 and 100"))
+    for name, allowed in PUBLISHED_CHOICES.items():
+        if name in spec and spec[name] not in allowed:
+            problems.append(_toml_problem(f"{key}.{name}", f"must be one of {', '.join(allowed)}, got {spec[name]!r}"))
+    for name in ("digits", "i2_digits"):
+        value = spec.get(name, 1)
+        if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 6):
+            problems.append(_toml_problem(f"{key}.{name}", "must be an integer from 0 to 6 (printed decimals)"))
+    if "control_n_column" in spec and not isinstance(spec["control_n_column"], str):
+        problems.append(_toml_problem(f"{key}.control_n_column", "must be the name of an arms.csv column"))
+    known = {"source", "estimate", "ci", "k", "i2", "digits", "i2_digits", "control_n_column", *PUBLISHED_CHOICES}
+    unknown = set(spec) - known
+    problems += [_toml_problem(f"{key}.{name}", "unknown key") for name in sorted(unknown)]
     return problems
 
 

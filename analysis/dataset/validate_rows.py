@@ -7,6 +7,7 @@ import unicodedata
 import numpy as np
 import pandas as pd
 
+from analysis.dataset.measures import DEFAULT_CI_LEVEL, LINE_COLUMN, sei_from_ci
 from analysis.dataset.problems import Problem, errors
 from analysis.dataset.read import (
     ARMS_NAME,
@@ -33,6 +34,15 @@ LARGE_G = 2.0
 SEM_SIZED_CV_RATIO = 0.4
 #: Largest group size accepted: a larger ``n`` in an animal study is a typo (e.g. a mean pasted into n).
 MAX_N = 1_000_000
+#: Bounds of a confidence interval given in ``effects.csv`` in place of ``vi``/``sei``.
+CI_COLUMNS = ("ci_lower", "ci_upper")
+#: A CI is flagged as asymmetric around ``yi`` when its two half-widths differ by more than the
+#: rounding of the printed decimals plus this fraction of the half-width. Intervals of a normal
+#: estimate are symmetric; a real asymmetry means the interval was computed on another scale
+#: (e.g. a ratio's CI reported on the ratio scale while ``yi`` is a log ratio). 1% of the
+#: half-width changes sei by at most 1% (vi by 2%), far below the uncertainty of vi itself in
+#: animal studies of 6-10 animals per group, so smaller differences are not worth a warning.
+CI_ASYMMETRY_REL = 0.01
 
 
 def _missing_columns(frame: pd.DataFrame, file: str, required: tuple[str, ...]) -> list[Problem]:
@@ -262,7 +272,7 @@ def check_effects(effects: pd.DataFrame, study_ids: set[str] | None, outcome_ids
     for idx, value in effects["yi"].items():
         if parse_number(value) is None:
             problems.append(Problem("error", EFFECTS_NAME, csv_line(idx), "yi", f"not a finite number: {value!r}"))
-    problems += _check_exactly_one(effects, EFFECTS_NAME, ("vi", "sei"))
+    problems += _check_effect_precision(effects)
     if not errors(problems) and "sei" in effects.columns:
         sei = numeric_cells(effects, "sei")
         with np.errstate(all="ignore"):
@@ -286,6 +296,157 @@ def check_effects(effects: pd.DataFrame, study_ids: set[str] | None, outcome_ids
     key = ["study", "outcome"] + (["comparison"] if "comparison" in effects.columns else [])
     problems += _check_duplicates(effects, EFFECTS_NAME, key)
     return problems
+
+
+def _check_effect_precision(effects: pd.DataFrame) -> list[Problem]:
+    """Exactly one of ``vi``, ``sei`` or a confidence interval (``ci_lower``, ``ci_upper``, ``ci_level``) per row."""
+    if not any(c in effects.columns for c in (*CI_COLUMNS, "ci_level")):
+        return _check_exactly_one(effects, EFFECTS_NAME, ("vi", "sei"))
+    missing = [c for c in CI_COLUMNS if c not in effects.columns]
+    if missing:
+        column, what = (
+            ("ci_level", "ci_level has no") if len(missing) == 2 else (missing[0], f"{missing[0]} is missing:")
+        )
+        return [
+            Problem(
+                "error",
+                EFFECTS_NAME,
+                header_line(effects),
+                column,
+                f"{what} confidence interval: give both columns ci_lower and ci_upper",
+            )
+        ]
+    given_cols = [c for c in ("vi", "sei") if c in effects.columns]
+    label = "/".join([*given_cols, *CI_COLUMNS])
+    problems = []
+    for idx, row in _records(effects):
+        given = [c for c in given_cols if row[c] != ""] + (["CI"] if row["ci_lower"] or row["ci_upper"] else [])
+        if len(given) != 1:
+            what = f"{' and '.join(given)} given" if given else "none given"
+            message = f"give exactly one of {', '.join(given_cols + ['ci_lower/ci_upper'])} ({what})"
+            problems.append(Problem("error", EFFECTS_NAME, csv_line(idx), label, message))
+        elif given[0] == "CI":
+            problems += _check_ci_row(row, idx)
+        else:
+            bad = _check_positive(row[given[0]], EFFECTS_NAME, given[0], idx)
+            problems += [bad] if bad else []
+            if row.get("ci_level", ""):
+                problems.append(
+                    Problem(
+                        "warning",
+                        EFFECTS_NAME,
+                        csv_line(idx),
+                        "ci_level",
+                        f"ci_level is ignored: the row gives {given[0]}, not a confidence interval",
+                    )
+                )
+    return problems
+
+
+def _check_ci_row(row: dict, idx: int) -> list[Problem]:
+    """A row's confidence interval: both bounds, lower < upper, level in (0, 1), yi inside, symmetric around yi."""
+    line = csv_line(idx)
+    problems = [
+        Problem("error", EFFECTS_NAME, line, col, f"give both bounds of the confidence interval ({col} is empty)")
+        if row[col] == ""
+        else Problem("error", EFFECTS_NAME, line, col, f"not a finite number: {row[col]!r}")
+        for col in CI_COLUMNS
+        if parse_number(row[col]) is None
+    ]
+    level_text = row.get("ci_level", "")
+    level = DEFAULT_CI_LEVEL if level_text == "" else parse_number(level_text)
+    if level is None or not 0.0 < level < 1.0:
+        problems.append(
+            Problem(
+                "error",
+                EFFECTS_NAME,
+                line,
+                "ci_level",
+                f"ci_level must be a number in (0, 1), e.g. 0.95 for a 95% interval; got {level_text!r}",
+            )
+        )
+    if problems:
+        return problems
+    lower, upper = parse_number(row["ci_lower"]), parse_number(row["ci_upper"])
+    if lower >= upper:
+        return [
+            Problem(
+                "error",
+                EFFECTS_NAME,
+                line,
+                "ci_lower",
+                f"ci_lower ({row['ci_lower']}) must be below ci_upper ({row['ci_upper']})",
+            )
+        ]
+    with np.errstate(all="ignore"):
+        vi = float(sei_from_ci(lower, upper, level)) ** 2
+    if not (np.isfinite(vi) and vi > 0):
+        return [
+            Problem(
+                "error",
+                EFFECTS_NAME,
+                line,
+                "ci_lower",
+                "the interval gives a sampling variance ((ci_upper - ci_lower) / (2 z))² that is not a finite "
+                "positive double",
+            )
+        ]
+    yi = parse_number(row["yi"])
+    if yi is None:  # reported by the yi check
+        return []
+    if not lower <= yi <= upper:
+        return [
+            Problem(
+                "error",
+                EFFECTS_NAME,
+                line,
+                "yi",
+                f"yi = {row['yi']} lies outside its confidence interval [{row['ci_lower']}, {row['ci_upper']}]",
+            )
+        ]
+    return _ci_symmetry(row, line, yi, lower, upper)
+
+
+def _ci_symmetry(row: dict, line: int, yi: float, lower: float, upper: float) -> list[Problem]:
+    """A warning when the interval is not symmetric around yi beyond rounding (see :data:`CI_ASYMMETRY_REL`)."""
+    below, above = yi - lower, upper - yi
+    # |below - above| = |2 yi - lower - upper|: each printed number is off by at most half a unit of its last digit
+    rounding = 10.0 ** -_decimals(row["yi"]) + 0.5 * (
+        10.0 ** -_decimals(row["ci_lower"]) + 10.0 ** -_decimals(row["ci_upper"])
+    )
+    if abs(below - above) <= rounding + CI_ASYMMETRY_REL * (below + above) / 2.0:
+        return []
+    return [
+        Problem(
+            "warning",
+            EFFECTS_NAME,
+            line,
+            "ci_lower",
+            f"the confidence interval [{row['ci_lower']}, {row['ci_upper']}] is not symmetric around yi = {row['yi']} "
+            f"(half-widths {below:.4g} below, {above:.4g} above; more than rounding plus {CI_ASYMMETRY_REL:.0%}): "
+            "was it computed on another scale than yi (e.g. a ratio instead of its log)? sei is taken from its width",
+        )
+    ]
+
+
+def _decimals(text: str) -> int:
+    """Decimal places of a number as printed (``"0.25"`` -> 2, ``"12"`` -> 0, ``"1.5e-3"`` -> 4)."""
+    mantissa, _, exponent = text.lower().partition("e")
+    places = len(mantissa.partition(".")[2])
+    return max(places - (int(exponent) if exponent else 0), 0)
+
+
+def arm_values(arms: pd.DataFrame) -> pd.DataFrame:
+    """Arm rows that passed the row checks with float ``mean``, ``sd`` (SEM converted), ``n`` and their line.
+
+    The form :func:`analysis.dataset.measures.measure_problems` checks (the editor line is in
+    :data:`analysis.dataset.measures.LINE_COLUMN`).
+    """
+    out = arms.assign(mean=_by_index(arms, "mean"), sd=_sd_column(arms), n=_by_index(arms, "n"))
+    out[LINE_COLUMN] = [csv_line(idx) for idx in arms.index]
+    if "control_arm" not in out.columns:
+        out["control_arm"] = ""
+    return out
 
 
 def suspicious_arms(arms: pd.DataFrame) -> list[Problem]:

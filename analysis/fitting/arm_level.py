@@ -27,8 +27,10 @@ import pandas as pd
 import pymc as pm
 import xarray as xr
 
-from analysis.dataset.effects import EffectTable, _comparison_pairs, compute_effects, outcome_effects, study_effects
+from analysis.dataset.effects import EffectTable, compute_effects, outcome_effects, study_effects
 from analysis.dataset.load import Dataset
+from analysis.dataset.measures import comparison_pairs
+from analysis.dataset.problems import NotApplicable
 from analysis.fitting.sampling import SamplerSettings, sample_with_retry
 from analysis.results.diagnostics import diagnose
 from analysis.results.random_effects import MetaAnalysisResult
@@ -77,7 +79,7 @@ def outcome_arm_summaries(dataset: Dataset, outcome: str, study: Sequence[str]) 
     ArmSummaries
         One baseline group per control arm that has at least one treatment arm compared with it.
     """
-    pairs = _comparison_pairs(dataset.arms)
+    pairs = comparison_pairs(dataset.arms)
     pairs = pairs[pairs["outcome"] == outcome]
     controls = pairs.drop_duplicates(["study", "control"])
     rows = [
@@ -209,12 +211,18 @@ def fit_arm_level(
     Raises
     ------
     ValueError
-        For effect-level datasets (no arm data), an undeclared or unreported outcome, or an
-        invalid design; all before any sampling.
+        For effect-level datasets (no arm data), an effect measure other than SMD
+        (:class:`~analysis.dataset.problems.NotApplicable`), an undeclared or unreported outcome,
+        or an invalid design; all before any sampling.
     """
     if dataset.level != "arms":
         raise ValueError(
             f"the arm-level likelihood needs arm-level data (arms.csv); {dataset.name} has effect-level data only"
+        )
+    if dataset.effect_measure != "SMD":
+        raise NotApplicable(
+            f"the arm-level likelihood models standardised mean differences (SMD) only; {dataset.name} is "
+            f"analysed as {dataset.effect_measure}: use the normal likelihood (--likelihood normal)"
         )
     priors = priors or PriorSet()
     sampler = sampler or DEFAULT_SAMPLER

@@ -28,7 +28,8 @@ class FitRequest:
 
     model: str = "random-effects"
     engine: str = "nuts"
-    priors: PriorSet = PriorSet()
+    #: None: the defaults of the dataset's effect measure (:func:`models.priors.default_priors`).
+    priors: PriorSet | None = None
     seed: int = 1
     sampler: SamplerSettings = SamplerSettings()
     moderator: str | None = None

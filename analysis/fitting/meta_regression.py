@@ -52,7 +52,7 @@ from models.meta_regression import (
     coef_name,
     slope_prior_sds,
 )
-from models.priors import PriorSet, PriorSpec
+from models.priors import PriorSet, PriorSpec, default_priors, measure_scale
 from models.random_effects import draw_theta, draw_theta_new, i2_draws
 
 __all__ = ["fit_meta_regression", "fit_subgroups_one_at_a_time"]
@@ -92,10 +92,12 @@ def fit_meta_regression(
         NUTS (nutpie, on the PyMC model with θ integrated out) or the exact quadrature engine.
     priors : PriorSet, optional
         ``mu`` is the prior of the intercept, ``tau`` of the residual between-study SD
-        (defaults N(0, 3²) and HalfNormal(1)).
+        (defaults :func:`models.priors.default_priors` of the effect measure; SMD: N(0, 3²) and
+        HalfNormal(1)).
     beta_prior_sd : float, optional
         Prior sd S of the slopes, ``N(0, S²)`` on the scale ``slope_prior_scale``; default
-        1 for one moderator, 0.5 for several (see :mod:`models.meta_regression`).
+        1 for one moderator, 0.5 for several (see :mod:`models.meta_regression`) on the SMD scale,
+        times :func:`models.priors.measure_scale` for other measures (ROM ×0.5, NMD ×50).
     slope_prior_scale : {"standardised", "unit"}
         ``"standardised"``: S per categorical contrast and per two-SD change of a numeric
         moderator (Gelman 2008); ``"unit"``: S per unit of every design column.
@@ -124,13 +126,14 @@ def fit_meta_regression(
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     names = _moderator_names(dataset, moderators)
-    priors, sampler = priors or PriorSet(), sampler or SamplerSettings()
+    priors, sampler = priors or default_priors(dataset.effect_measure), sampler or SamplerSettings()
     effects = outcome_effects(dataset, table or compute_effects(dataset), outcome)
     studies = effects[["study"]].merge(dataset.studies, on="study", how="left", validate="one_to_one")
     design = build_design(
         studies, [dataset.moderators[n] for n in names], center=center, skip_constant=moderators == "all"
     )
     default_sd = DEFAULT_SLOPE_SD_JOINT if len(design.terms) > 1 else DEFAULT_SLOPE_SD_SEPARATE
+    default_sd *= measure_scale(dataset.effect_measure)
     scale = default_sd if beta_prior_sd is None else float(beta_prior_sd)
     slope_sds = slope_prior_sds(design, scale, per=slope_prior_scale)
     yi, vi = effects["yi"].to_numpy(dtype=float), effects["vi"].to_numpy(dtype=float)

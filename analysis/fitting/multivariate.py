@@ -36,7 +36,7 @@ from models.multivariate import (
     draw_theta_new,
     outcome_pairs,
 )
-from models.priors import PriorSet, PriorSpec
+from models.priors import PriorSet, PriorSpec, default_priors
 
 __all__ = [
     "DEFAULT_RHO_WITHIN",
@@ -88,7 +88,8 @@ def fit_multivariate(
     within_cov : dict, optional
         ``study -> (K, K)`` known within-study covariance (natural scale, outcome order).
     priors : PriorSet, optional
-        Default mu_k ~ N(0, 3²), tau_k ~ HalfNormal(1), R ~ LKJ(2).
+        Default :func:`models.priors.default_priors` of the effect measure (SMD: mu_k ~ N(0, 3²),
+        tau_k ~ HalfNormal(1)), R ~ LKJ(2).
     moderators : sequence of str
         Moderators entering every outcome's mean (centred); mu is then the mean at the average.
     parameterisation : {"marginal", "noncentred"}
@@ -100,7 +101,7 @@ def fit_multivariate(
         ``univariate`` holds :func:`analysis.fitting.random_effects.fit_random_effects` (exact engine, same priors)
         per outcome, oriented to the benefit scale.
     """
-    priors = priors or PriorSet()
+    priors = priors or default_priors(dataset.effect_measure)
     table = table or compute_effects(dataset)
     data = multivariate_data_from_dataset(
         dataset, outcomes=outcomes, rho_within=rho_within, table=table, within_cov=within_cov, moderators=moderators
@@ -143,7 +144,7 @@ def fit_multivariate_data(
     -------
     MultivariateResult
     """
-    priors = priors or PriorSet()
+    priors = priors or default_priors(data.measure)
     sampler = sampler or SamplerSettings()
     model = build_multivariate_model(
         data.yi,
@@ -345,7 +346,7 @@ def rho_within_sensitivity(
         One row per ρ_w, parameter (``mu``, ``tau``, ``rho``) and outcome (or pair ``A~B``):
         ``rho_within, parameter, outcome, mean, sd, median, q025, q975, converged``.
     """
-    priors = priors or PriorSet()
+    priors = priors or default_priors(dataset.effect_measure)
     table = table or compute_effects(dataset)
     rows = []
     for rho_w in grid:

@@ -19,7 +19,7 @@ from analysis.results.diagnostics import diagnose
 from analysis.results.random_effects import MetaAnalysisResult
 from analysis.results.summaries import prob_benefit_from_draws, summarize_draws
 from models.exact.posterior import exact_posterior
-from models.priors import PriorSet
+from models.priors import PriorSet, default_priors
 from models.random_effects import build_random_effects_model, draw_theta, draw_theta_new, i2_draws
 
 ENGINES = ("nuts", "exact")
@@ -49,7 +49,8 @@ def fit_random_effects(
     engine : {"nuts", "exact"}
         NUTS (nutpie, on the PyMC model with θ integrated out) or the exact quadrature engine.
     priors : PriorSet, optional
-        Priors of mu and tau (default N(0, 3²) and HalfNormal(1)).
+        Priors of mu and tau (default :func:`models.priors.default_priors` of ``dataset.effect_measure``;
+        SMD: N(0, 3²) and HalfNormal(1)).
     seed : int
         Seed of every random step (sampler, θ draws); the same seed gives the same numbers.
     sampler : SamplerSettings, optional
@@ -65,7 +66,7 @@ def fit_random_effects(
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    priors = priors or PriorSet()
+    priors = priors or default_priors(dataset.effect_measure)
     sampler = sampler or SamplerSettings()
     effects = outcome_effects(dataset, table or compute_effects(dataset), outcome)
     base = {

@@ -26,13 +26,14 @@ from scipy import stats
 
 from analysis.dataset.effects import EffectTable, compute_effects, outcome_effects
 from analysis.dataset.load import Dataset, Outcome
+from analysis.dataset.problems import NotApplicable
 from analysis.fitting.sampling import SamplerSettings, sample_with_retry
 from analysis.results.diagnostics import diagnose
 from analysis.results.small_study import RegressionFit, SelectionFit, SmallStudyResult
 from analysis.results.summaries import summarize_draws
 from models.exact.posterior import exact_posterior
 from models.frequentist import regtest
-from models.priors import PriorSet
+from models.priors import PriorSet, default_priors
 from models.random_effects import build_random_effects_model
 from models.small_study import (
     DEFAULT_CUTPOINTS,
@@ -49,6 +50,8 @@ __all__ = ["fit_small_study", "fit_small_study_effects"]
 ENGINES = ("exact", "nuts")
 #: Number of exact posterior draws kept for plots (funnel lines and predictive region).
 N_DRAWS = 4000
+#: PET/PEESE regressions and the selection model need at least this many studies.
+MIN_STUDIES = 3
 #: Fewer studies than this: small-study methods have very low power (Sterne et al. 2011, BMJ 343:d4002).
 MIN_K_ADVISED = 10
 PET_PEESE_THRESHOLD = 0.975
@@ -235,8 +238,8 @@ def _check_config(effects: pd.DataFrame, engine: str, cutpoints: Sequence[float]
     missing = {"study", "yi", "vi"} - set(effects.columns)
     if missing:
         raise ValueError(f"effects table lacks columns {sorted(missing)}")
-    if len(effects) < 3:
-        raise ValueError(f"small-study models need at least 3 studies, got {len(effects)}")
+    if len(effects) < MIN_STUDIES:
+        raise NotApplicable(f"small-study models need at least {MIN_STUDIES} studies (k = {len(effects)})")
     interval_labels(cutpoints)  # validates the cut-points
 
 
@@ -287,7 +290,7 @@ def fit_small_study_effects(
     SmallStudyResult
     """
     _check_config(effects, engine, cutpoints, outcome.direction)
-    priors, sampler = priors or PriorSet(), sampler or SELECTION_SAMPLER
+    priors, sampler = priors or default_priors(measure), sampler or SELECTION_SAMPLER
     direction, notes = outcome.direction, []
     studies = _study_table(effects, direction, cutpoints)
     if len(studies) < MIN_K_ADVISED:
@@ -374,7 +377,7 @@ def fit_small_study(
         dataset=dataset.name,
         provenance=dataset.provenance,
         measure=dataset.effect_measure,
-        priors=priors or PriorSet(),
+        priors=priors or default_priors(dataset.effect_measure),
         engine=engine,
         selection=selection,
         cutpoints=cutpoints,

@@ -42,14 +42,8 @@ def draws_tree(result: MetaAnalysisResult, *, n: int = 4000, seed: int = 1) -> x
 
 def compare_forest(results: Mapping[str, MetaAnalysisResult]) -> Figure:
     """ArviZ forest plot of μ and τ with a ``model`` dimension (one entry per labelled fit)."""
-    n = min(
-        4000,
-        *(
-            r.posterior.posterior.sizes["chain"] * r.posterior.posterior.sizes["draw"]
-            for r in results.values()
-            if r.posterior is not None
-        ),
-    )
+    sizes = [r.posterior.posterior.sizes for r in results.values() if r.posterior is not None]
+    n = min([4000, *(s["chain"] * s["draw"] for s in sizes)])
     trees = {label: draws_tree(r, n=n) for label, r in results.items()}
     pc = az.plot_forest(
         trees, var_names=["mu", "tau"], combined=True, ci_kind="eti", ci_probs=(0.5, 0.95), backend="matplotlib"

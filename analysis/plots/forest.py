@@ -26,12 +26,19 @@ from matplotlib.patches import Polygon
 from matplotlib.transforms import ScaledTranslation
 
 from analysis.config import INTERVAL_KIND
+from analysis.plots.labels import display_label
 from analysis.results.random_effects import MetaAnalysisResult
 
 #: Normal quantile of the observed-effect confidence intervals (95%, two-sided).
 Z975: float = 1.959964
 #: Axis labels of the effect measures (``dataset.toml`` ``effect_measure``); others are shown as given.
-MEASURE_LABELS: dict[str, str] = {"SMD": "Hedges' g (SMD)", "logRR": "log risk ratio", "logOR": "log odds ratio"}
+MEASURE_LABELS: dict[str, str] = {
+    "SMD": "Hedges' g (SMD)",
+    "NMD": "normalised mean difference (%)",
+    "ROM": "log ratio of means",
+    "logRR": "log risk ratio",
+    "logOR": "log odds ratio",
+}
 COLORS: dict[str, str] = {
     "observed": "#222222",
     "shrunken": "#0072B2",
@@ -185,7 +192,7 @@ def _xlim(lows: Sequence, highs: Sequence) -> tuple[float, float]:
 
 
 def _shorten(label: str) -> str:
-    return label if len(label) <= MAX_LABEL_CHARS else label[: MAX_LABEL_CHARS - 1].rstrip() + "…"
+    return display_label(label, MAX_LABEL_CHARS)
 
 
 # --- marks ----------------------------------------------------------------------------------
@@ -414,7 +421,11 @@ def _simulated_marker(fig: Figure, tax: Axes, ax: Axes) -> None:
 def _forest_titles(fig: Figure, tax: Axes, result: MetaAnalysisResult) -> None:
     o = result.outcome
     better = "higher" if o.direction > 0 else "lower"
-    fig.suptitle(f"{o.label}: Bayesian random-effects meta-analysis (k = {result.k})", fontsize=12, fontweight="bold")
+    fig.suptitle(
+        f"{display_label(o.label)}: Bayesian random-effects meta-analysis (k = {result.k})",
+        fontsize=12,
+        fontweight="bold",
+    )
     fig.axes[0].set_title(
         f"{result.dataset} · outcome {o.id} ({better} is better) · engine {_engine_text(result)}\n"
         f"priors: {_priors_text(result.priors)} · P(benefit) {_prob(result.prob_benefit, relation=True)}",

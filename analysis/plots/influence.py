@@ -16,7 +16,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from analysis.plots.forest import COLORS, MEASURE_LABELS, ROW_INCH
+from analysis.plots.forest import COLORS, MAX_LABEL_CHARS, MEASURE_LABELS, ROW_INCH
+from analysis.plots.labels import display_label
 from analysis.results.influence import PARETO_K_THRESHOLD, InfluenceResult
 
 _FREQ_OFFSET = 0.25
@@ -94,7 +95,7 @@ def influence_plot(result: InfluenceResult) -> Figure:
     kax.set_gid("pareto_k")
     _mu_panel(ax, result, y)
     _k_panel(kax, result, y)
-    ax.set_yticks(y, [str(s) for s in result.table.index])
+    ax.set_yticks(y, [display_label(s, MAX_LABEL_CHARS) for s in result.table.index])
     ax.set_ylim(k - 0.4, -0.6)
     ax.set_ylabel("study left out")
     for axis in (ax, kax):

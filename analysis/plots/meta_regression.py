@@ -22,6 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from analysis.config import INTERVAL_KIND
+from analysis.plots.labels import display_label
 from analysis.results.meta_regression import MetaRegressionResult
 
 __all__ = ["subgroup_plot"]
@@ -78,12 +79,12 @@ def _row_labels(rows: list[tuple[MetaRegressionResult, dict]]) -> list[str]:
     labels, seen = [], set()
     for _, s in rows:
         if "level" not in s:
-            labels.append(f"{s['moderator']} (per unit)")
+            labels.append(f"{display_label(s['moderator'])} (per unit)")
             continue
         if s["moderator"] not in seen:
             seen.add(s["moderator"])
-            labels.append(s["moderator"])
-        labels.append(f"   {s['level']}" + (" (ref)" if s["is_reference"] else ""))
+            labels.append(display_label(s["moderator"]))
+        labels.append(f"   {display_label(s['level'], 40)}" + (" (ref)" if s["is_reference"] else ""))
     return labels
 
 
@@ -187,7 +188,7 @@ def _titles(fig: Figure, fits: list[MetaRegressionResult], *, separate: bool) ->
     better = "higher" if o.direction > 0 else "lower"
     kind = "one moderator at a time" if separate else "moderators jointly"
     engine = "exact (quadrature over τ)" if first.engine == "exact" else "NUTS"
-    fig.suptitle(f"{o.label}: Bayesian meta-regression, {kind}", fontsize=12, fontweight="bold")
+    fig.suptitle(f"{display_label(o.label)}: Bayesian meta-regression, {kind}", fontsize=12, fontweight="bold")
     priors = "; ".join(dict.fromkeys(f.slope_prior_text() for f in fits))
     fig.axes[0].set_title(
         f"{first.dataset} · outcome {o.id} ({better} is better) · k = {first.k}\nengine {engine}",

@@ -8,6 +8,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from analysis.plots.labels import display_label
+
 ROB_COLOURS = {"low": "#1a9641", "unclear": "#fdae61", "high": "#d7191c"}
 ROB_SYMBOLS = {"low": "+", "unclear": "?", "high": "−"}
 
@@ -62,7 +64,7 @@ def _traffic_lights(ax: Axes, studies: pd.DataFrame, cols: list[str]) -> None:
     ax.set_xticks(
         range(len(cols)), [_domain_label(c) for c in cols], rotation=35, ha="left", rotation_mode="anchor", fontsize=8
     )
-    ax.set_yticks(range(len(studies)), studies["study"], fontsize=8)
+    ax.set_yticks(range(len(studies)), [display_label(s, 40) for s in studies["study"]], fontsize=8)
     ax.set_xlim(-0.6, len(cols) - 0.4)
     ax.set_ylim(len(studies) - 0.5, -0.5)
     ax.xaxis.tick_top()

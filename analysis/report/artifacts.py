@@ -24,7 +24,7 @@ class OutcomeArtifacts:
     """Everything the report shows of one outcome (plain data: picklable, cacheable)."""
 
     outcome: str
-    nuts: MetaAnalysisResult
+    nuts: MetaAnalysisResult | None
     exact: MetaAnalysisResult
     markdown: list[str]
     figures: dict[str, dict[str, bytes]]
@@ -33,6 +33,11 @@ class OutcomeArtifacts:
     posterior_nc: bytes | None
     timings: dict[str, float] = field(default_factory=dict)
     cache_hit: bool = False
+
+    @property
+    def primary(self) -> MetaAnalysisResult:
+        """The fit the report leads with: NUTS when it ran, else the exact engine."""
+        return self.exact if self.nuts is None else self.nuts
 
 
 @dataclass
@@ -64,11 +69,13 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     key: str = ""
     multivariate: MultivariateArtifacts | None = None
+    engine: str = "nuts"
+    notes: list[str] = field(default_factory=list)
 
     @property
-    def nuts(self) -> list[MetaAnalysisResult]:
-        """The NUTS random-effects fit of every analysed outcome (without draws)."""
-        return [a.nuts for a in self.outcomes.values()]
+    def primary(self) -> list[MetaAnalysisResult]:
+        """The primary random-effects fit of every analysed outcome (NUTS, or exact with ``--engine exact``)."""
+        return [a.primary for a in self.outcomes.values()]
 
     @property
     def exact(self) -> list[MetaAnalysisResult]:
@@ -78,7 +85,7 @@ class RunResult:
     @property
     def failed(self) -> list[str]:
         """Outcomes whose NUTS fit failed a convergence gate (after the retry)."""
-        failed = [r.outcome.id for r in self.nuts if not r.converged]
+        failed = [r.outcome.id for r in self.primary if not r.converged]
         return failed + (
             ["multivariate model"] if self.multivariate is not None and not self.multivariate.converged else []
         )

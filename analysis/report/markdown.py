@@ -53,31 +53,54 @@ def _animal_count(ds) -> int:
     return int(ds.arms.groupby(["study", "arm"])["n"].max().sum())
 
 
+#: How each effect measure's y_i was computed, for the methods section.
+_MEASURE_TEXT = {
+    "SMD": "Hedges' g (exact J correction, metafor's large-sample variance)",
+    "ROM": "the log ratio of means log(m_t/m_c) (metafor's ROM, delta-method variance)",
+    "NMD": "direction × the normalised mean difference (Vesterinen et al. 2014: the % of the model-induced "
+    "deficit, sham − control, that the treatment restores; sham mean treated as fixed)",
+}
+
+
 def methods_section(run: RunResult) -> list[str]:
     """Model, priors, interval kind, engines and sampler settings."""
-    s = run.sampler
     return [
         "## Methods",
         "",
         "Per outcome, a Bayesian normal–normal random-effects model: y_i ~ N(θ_i, v_i), θ_i ~ N(μ, τ²), "
-        "with Hedges' g (exact J correction, metafor's large-sample variance) as y_i. Comparisons sharing a "
-        "control arm are combined per study by GLS with their sampling covariance.",
+        f"with {_MEASURE_TEXT.get(run.dataset.effect_measure, run.dataset.effect_measure)} as y_i. Comparisons "
+        "sharing a control arm are combined per study by GLS with their sampling covariance.",
         "",
-        f"- priors: μ ~ {run.priors.mu}, τ ~ {run.priors.tau} (weakly informative defaults for animal SMDs)",
+        f"- priors: μ ~ {run.priors.mu}, τ ~ {run.priors.tau} (defaults: weakly informative on the scale of "
+        f"{run.dataset.effect_measure}; see models.priors.default_priors)",
         "- intervals: 95% equal-tailed (eti95); θ_new is the prediction for a new study; "
         "I² = τ²/(τ² + s²) with s² the typical within-study variance",
-        "- NUTS (nutpie on the PyMC model, θ integrated out, θ_i drawn from its exact conditional): "
-        f"{s.chains} chains × {s.draws} draws, "
-        f"{s.tune} tuning steps, target_accept {s.target_accept}, "
-        f"seeds {run.seed}..{run.seed + max(len(run.nuts) - 1, 0)}",
-        "- convergence gates: no divergences, r_hat ≤ 1.01, ess_bulk ≥ 400 (one retry: target_accept 0.99, "
-        "twice the tuning and draws)",
-        "- exact engine: quadrature over τ (as R's bayesmeta), used as a cross-check of every NUTS fit",
+        *_engine_lines(run),
         "",
     ]
 
 
-def pooled_section(results: Sequence[MetaAnalysisResult]) -> list[str]:
+def _engine_lines(run: RunResult) -> list[str]:
+    """How the posteriors were computed: NUTS with its settings and gates, or the exact engine only."""
+    if run.engine == "exact":
+        return [
+            "- exact engine only (`--engine exact`): quadrature over τ (as R's bayesmeta); the analyses that need "
+            "NUTS draws (posterior predictive checks, power-scaling, arm-level likelihood, selection model, "
+            "PSIS-LOO, multivariate model) were not run"
+        ]
+    s = run.sampler
+    return [
+        "- NUTS (nutpie on the PyMC model, θ integrated out, θ_i drawn from its exact conditional): "
+        f"{s.chains} chains × {s.draws} draws, "
+        f"{s.tune} tuning steps, target_accept {s.target_accept}, "
+        f"seeds {run.seed}..{run.seed + max(len(run.primary) - 1, 0)}",
+        "- convergence gates: no divergences, r_hat ≤ 1.01, ess_bulk ≥ 400 (one retry: target_accept 0.99, "
+        "twice the tuning and draws)",
+        "- exact engine: quadrature over τ (as R's bayesmeta), used as a cross-check of every NUTS fit",
+    ]
+
+
+def pooled_section(results: Sequence[MetaAnalysisResult], *, engine: str = "nuts") -> list[str]:
     """The pooled-effects table (one row per outcome) and the summary figure."""
     rows = [
         {
@@ -96,7 +119,8 @@ def pooled_section(results: Sequence[MetaAnalysisResult]) -> list[str]:
         }
         for r in results
     ]
-    return ["## Pooled effects (NUTS)", "", markdown_table(pd.DataFrame(rows)), "", figure_link("pooled_summary"), ""]
+    title = "## Pooled effects (NUTS)" if engine == "nuts" else "## Pooled effects (exact engine)"
+    return [title, "", markdown_table(pd.DataFrame(rows)), "", figure_link("pooled_summary"), ""]
 
 
 def _ppc_table(analysis: OutcomeAnalysis) -> str:
@@ -118,6 +142,59 @@ def _psense_table(analysis: OutcomeAnalysis) -> str:
     return markdown_table(
         table.assign(prior=table["prior"].map("{:.3f}".format), likelihood=table["likelihood"].map("{:.3f}".format))
     )
+
+
+def _reproduction_section(analysis: OutcomeAnalysis) -> list[str]:
+    """The published frequentist result beside evmeta's recomputation of it (reproduce, then re-analyse)."""
+    r = analysis.reproduction
+    if r is None:
+        return []
+    p = r.published
+    route = (
+        "each comparison with the control n the paper used"
+        if p.control_n_column
+        else ("shared controls split among their comparisons" if p.control_n == "split" else "control n as reported")
+    )
+    verdict = "reproduced to the printed precision" if r.matches else "**not** reproduced to the printed precision"
+    return [
+        "#### The published analysis, reproduced",
+        "",
+        f'{p.source}: metafor `rma(method = "{p.method}")` on Hedges\' g, one effect per comparison ({route}, '
+        f"comparisons treated as independent){' on the benefit scale' if p.scale == 'benefit' else ''}: {verdict}.",
+        "",
+        markdown_table(pd.DataFrame(r.rows())),
+        "",
+    ]
+
+
+def _ppc_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
+    if analysis.ppc is None:
+        return []
+    return [
+        "#### Posterior predictive checks",
+        "",
+        "Replicated study effects from the mixed predictive distribution; ppp = P(T(y_rep) ≥ T(y)).",
+        "",
+        _ppc_table(analysis),
+        "",
+        figure_link("ppc", oid),
+        "",
+        figure_link("ppc_stats", oid),
+        "",
+    ]
+
+
+def _psense_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
+    if analysis.psense is None:
+        return []
+    return [
+        "Power-scaling of the top-level priors (μ, τ); sensitivity ≥ 0.05 is flagged.",
+        "",
+        _psense_table(analysis),
+        "",
+        figure_link("psense", oid),
+        "",
+    ]
 
 
 def _grid_table(analysis: OutcomeAnalysis) -> str:
@@ -222,7 +299,7 @@ def influence_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
 
 def outcome_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     """One outcome: forest plot, fit report, predictive checks, prior sensitivity, comparison."""
-    r = analysis.nuts
+    r = analysis.primary
     return [
         f"### {r.outcome.label} ({oid})",
         "",
@@ -239,32 +316,19 @@ def outcome_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         *subgroup_section(oid, analysis),
         *small_study_section(oid, analysis),
         *influence_section(oid, analysis),
-        *[f"Note: {note}." for note in analysis.notes],
-        *([""] if analysis.notes else []),
-        "#### Posterior predictive checks",
-        "",
-        "Replicated study effects from the mixed predictive distribution; ppp = P(T(y_rep) ≥ T(y)).",
-        "",
-        _ppc_table(analysis),
-        "",
-        figure_link("ppc", oid),
-        "",
-        figure_link("ppc_stats", oid),
-        "",
+        *[f"Not run: {reason}." for reason in analysis.skipped.values()],
+        *([""] if analysis.skipped else []),
+        *_ppc_section(oid, analysis),
         "#### Prior sensitivity",
         "",
-        "Power-scaling of the top-level priors (μ, τ); sensitivity ≥ 0.05 is flagged.",
-        "",
-        _psense_table(analysis),
-        "",
-        figure_link("psense", oid),
-        "",
+        *_psense_section(oid, analysis),
         "Refits under alternative priors (exact engine):",
         "",
         _grid_table(analysis),
         "",
         figure_link("prior_grid", oid),
         "",
+        *_reproduction_section(analysis),
         "#### Bayesian and frequentist estimates side by side",
         "",
         compare_markdown(analysis.comparison),
@@ -322,9 +386,11 @@ def diagnostics_section(run: RunResult) -> list[str]:
             "retried": "yes" if r.retried else "no",
             "gates": "passed" if r.converged else "**FAILED**",
         }
-        for r in run.nuts
+        for r in run.primary
         if r.diagnostics is not None
     ]
+    if not rows:
+        return []
     return ["## Convergence diagnostics", "", markdown_table(pd.DataFrame(rows)), ""]
 
 
@@ -353,11 +419,12 @@ def engine_section(run: RunResult) -> list[str]:
 
 def build_report_markdown(run: RunResult) -> str:
     """The complete ``report.md`` text of a run."""
-    lines = header_section(run) + methods_section(run) + pooled_section(run.nuts)
+    lines = header_section(run) + methods_section(run) + pooled_section(run.primary, engine=run.engine)
     if run.skipped:
         lines += ["Outcomes not analysed: " + "; ".join(f"{k} ({v})" for k, v in run.skipped.items()), ""]
     lines += rob_section(run) + outcome_sections(run)
     if run.multivariate is not None:
         lines += run.multivariate.markdown
+    lines += [f"Note: {note}." for note in run.notes] + ([""] if run.notes else [])
     lines += diagnostics_section(run) + engine_section(run)
     return "\n".join(lines).rstrip() + "\n"

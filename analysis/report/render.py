@@ -26,21 +26,18 @@ from analysis.results.random_effects import stripped
 
 
 def render_figures(analysis: OutcomeAnalysis) -> dict[str, dict[str, bytes]]:
-    """All figures of one outcome as bytes, keyed by file stem."""
-    oid, nuts = analysis.nuts.outcome.id, analysis.nuts
-    figures = {
-        figure_stem("forest", oid): figure_bytes(forest_plot(nuts, measure=nuts.measure)),
-        figure_stem("ppc", oid): figure_bytes(ppc_density_plot(nuts)),
-        figure_stem("ppc_stats", oid): figure_bytes(ppc_statistics_plot(nuts, analysis.ppc)),
-        figure_stem("psense", oid): figure_bytes(psense_plot(nuts)),
-        figure_stem("prior_grid", oid): figure_bytes(prior_grid_plot(analysis.prior_grid)),
-        figure_stem("compare", oid): figure_bytes(
-            compare_forest(
-                {"NUTS": nuts, "exact engine": analysis.exact}
-                | ({"NUTS, arm-level likelihood": analysis.arm} if analysis.arm else {})
-            )
-        ),
-    }
+    """All figures of one outcome as bytes, keyed by file stem (figures of skipped analyses are absent)."""
+    primary, nuts = analysis.primary, analysis.nuts
+    oid = primary.outcome.id
+    figures = {figure_stem("forest", oid): figure_bytes(forest_plot(primary, measure=primary.measure))}
+    if nuts is not None:
+        figures[figure_stem("ppc", oid)] = figure_bytes(ppc_density_plot(nuts))
+        figures[figure_stem("ppc_stats", oid)] = figure_bytes(ppc_statistics_plot(nuts, analysis.ppc))
+        figures[figure_stem("psense", oid)] = figure_bytes(psense_plot(nuts))
+    figures[figure_stem("prior_grid", oid)] = figure_bytes(prior_grid_plot(analysis.prior_grid))
+    compared = ({"NUTS": nuts} if nuts is not None else {}) | {"exact engine": analysis.exact}
+    compared |= {"NUTS, arm-level likelihood": analysis.arm} if analysis.arm else {}
+    figures[figure_stem("compare", oid)] = figure_bytes(compare_forest(compared))
     if analysis.subgroups:
         figures[figure_stem("subgroups", oid)] = figure_bytes(subgroup_plot(dict(analysis.subgroups)))
     if analysis.small_study is not None:
@@ -52,17 +49,17 @@ def render_figures(analysis: OutcomeAnalysis) -> dict[str, dict[str, bytes]]:
 
 def render_tables(analysis: OutcomeAnalysis) -> dict[str, pd.DataFrame]:
     """Tables of one outcome (each gets an ``outcome`` column; the report stacks them)."""
-    oid = analysis.nuts.outcome.id
-    tables = {
-        "ppc_statistics": pd.DataFrame(
-            [{"outcome": oid, "statistic": k, **v} for k, v in analysis.ppc.statistics.items()]
-        ),
-        "power_scaling": analysis.psense.reset_index(names="parameter").assign(outcome=oid),
-        "prior_grid": analysis.prior_grid,
-        "comparison": analysis.comparison,
-        f"studies_{oid}": analysis.nuts.studies,
-        "engine_check": analysis.engine_check,
-    }
+    oid = analysis.primary.outcome.id
+    tables = {}
+    if analysis.ppc is not None:
+        rows = [{"outcome": oid, "statistic": k, **v} for k, v in analysis.ppc.statistics.items()]
+        tables["ppc_statistics"] = pd.DataFrame(rows)
+    if analysis.psense is not None:
+        tables["power_scaling"] = analysis.psense.reset_index(names="parameter").assign(outcome=oid)
+    tables |= {"prior_grid": analysis.prior_grid, "comparison": analysis.comparison}
+    tables[f"studies_{oid}"] = analysis.primary.studies
+    if analysis.engine_check is not None:
+        tables["engine_check"] = analysis.engine_check
     if analysis.subgroups:
         rows = [
             {"outcome": oid, "moderator": m, **{k: v for k, v in g.items() if k != "moderator"}}
@@ -70,28 +67,39 @@ def render_tables(analysis: OutcomeAnalysis) -> dict[str, pd.DataFrame]:
             for g in fit.subgroups
         ]
         tables["subgroups"] = pd.DataFrame(rows)
+    if analysis.skipped:
+        tables["skipped_analyses"] = pd.DataFrame(
+            [{"outcome": oid, "analysis": name, "reason": reason} for name, reason in analysis.skipped.items()]
+        )
     return tables
 
 
 def build_artifacts(analysis: OutcomeAnalysis) -> OutcomeArtifacts:
     """Render one outcome's analysis (:class:`analysis.results.outcome.OutcomeAnalysis`) to artifacts."""
-    oid = analysis.nuts.outcome.id
-    jsons = {"nuts": analysis.nuts.to_dict(), "exact": analysis.exact.to_dict(), "ppc": analysis.ppc.to_dict()}
+    oid = analysis.primary.outcome.id
+    jsons = {} if analysis.nuts is None else {"nuts": analysis.nuts.to_dict()}
+    jsons["exact"] = analysis.exact.to_dict()
+    if analysis.ppc is not None:
+        jsons["ppc"] = analysis.ppc.to_dict()
     if analysis.subgroups:
         jsons["subgroups"] = analysis.subgroups.to_dict()
     if analysis.small_study is not None:
         jsons["small_study"] = analysis.small_study.to_dict()
     if analysis.influence is not None:
         jsons["influence"] = analysis.influence.to_dict()
+    if analysis.reproduction is not None:
+        jsons["reproduction"] = analysis.reproduction.to_dict()
+    if analysis.skipped:
+        jsons["skipped"] = dict(analysis.skipped)
     return OutcomeArtifacts(
         outcome=oid,
-        nuts=stripped(analysis.nuts),
+        nuts=None if analysis.nuts is None else stripped(analysis.nuts),
         exact=stripped(analysis.exact),
         markdown=outcome_section(oid, analysis),
         figures=render_figures(analysis),
         tables=render_tables(analysis),
         jsons=jsons,
-        posterior_nc=netcdf_bytes(analysis.nuts),
+        posterior_nc=None if analysis.nuts is None else netcdf_bytes(analysis.nuts),
     )
 
 

@@ -6,7 +6,7 @@ leaves complete files or none.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,19 +35,28 @@ from analysis.results.meta_regression import MetaRegressionResult
 from analysis.results.random_effects import MetaAnalysisResult
 
 
-def fits_json(results: Sequence[OutcomeFit], *, all_outcomes: bool) -> dict:
-    """The JSON object of ``evmeta fit``: one fit's dict, or ``{dataset, fits: {outcome: dict}}``."""
+def fits_json(results: Sequence[OutcomeFit], *, all_outcomes: bool, skipped: Mapping[str, str] | None = None) -> dict:
+    """The JSON object of ``evmeta fit``: one fit's dict, or ``{dataset, fits: {outcome: dict}[, skipped]}``.
+
+    ``skipped`` maps each outcome whose model could not run on its data (``--all``) to the reason.
+    """
     if not all_outcomes and len(results) == 1:
         return results[0].to_dict()
-    return {
+    out = {
         "dataset": results[0].dataset if results else None,
         "provenance": results[0].provenance if results else None,
         "fits": {r.outcome.id: r.to_dict() for r in results},
     }
+    return out | ({"skipped": dict(skipped)} if skipped else {})
 
 
 def write_fit_outputs(
-    results: Sequence[OutcomeFit], *, json_path: Path | None, out_dir: Path | None, all_outcomes: bool
+    results: Sequence[OutcomeFit],
+    *,
+    json_path: Path | None,
+    out_dir: Path | None,
+    all_outcomes: bool,
+    skipped: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Write what ``evmeta fit`` produces and return the paths written.
 
@@ -62,10 +71,12 @@ def write_fit_outputs(
         study effects as CSV) and ``posteriors/`` (NetCDF DataTrees of NUTS fits).
     all_outcomes : bool
         Whether the fits came from ``--all`` (changes the JSON layout).
+    skipped : mapping of str to str, optional
+        Outcomes not fitted because the model's precondition fails on their data, with the reason.
     """
     written: list[Path] = []
     if json_path is not None:
-        written.append(write_json(json_path, fits_json(results, all_outcomes=all_outcomes)))
+        written.append(write_json(json_path, fits_json(results, all_outcomes=all_outcomes, skipped=skipped)))
     if out_dir is not None and results:
         written += write_fit_figures(results, Path(out_dir) / FIGURES_DIR)
         written += write_fit_tables(results, Path(out_dir) / "tables")
@@ -109,7 +120,8 @@ def manifest(run: RunResult, elapsed: float) -> dict:
         "dataset": {"name": ds.name, "path": str(ds.path), "provenance": ds.provenance, "sha256": ds.sha256()},
         "packages": package_versions(),
         "git_revision": git_revision(),
-        "seeds": {r.outcome.id: r.settings.get("seed") for r in run.nuts},
+        "engine": run.engine,
+        "seeds": {r.outcome.id: r.settings.get("seed") for r in run.primary},
         "priors": run.priors.to_dict(),
         "sampler": asdict(run.sampler),
         "interval": INTERVAL_KIND,
@@ -117,10 +129,10 @@ def manifest(run: RunResult, elapsed: float) -> dict:
         "timings_seconds": {k: round(v, 3) for k, v in run.timings.items()},
         "fits": {
             oid: {
-                "engine": a.nuts.engine,
-                "converged": a.nuts.converged,
-                "retried": a.nuts.retried,
-                "diagnostics": None if a.nuts.diagnostics is None else a.nuts.diagnostics.to_dict(),
+                "engine": a.primary.engine,
+                "converged": a.primary.converged,
+                "retried": a.primary.retried,
+                "diagnostics": None if a.primary.diagnostics is None else a.primary.diagnostics.to_dict(),
                 "from_cache": a.cache_hit,
                 "timings_seconds": {k: round(v, 3) for k, v in a.timings.items()},
             }
@@ -157,7 +169,7 @@ def write_artifacts(run: RunResult, stage: Path) -> None:
         write_csv(stage / "tables" / f"{name}.csv", pd.concat(frames, ignore_index=True))
     if run.multivariate is not None:
         write_multivariate(run.multivariate, stage)
-    for kind in ("nuts", "exact", "ppc", "subgroups", "small_study", "influence"):
+    for kind in ("nuts", "exact", "ppc", "subgroups", "small_study", "influence", "reproduction", "skipped"):
         parts = {oid: art.jsons[kind] for oid, art in run.outcomes.items() if kind in art.jsons}
         if parts:
             write_json(
@@ -181,9 +193,9 @@ def write_multivariate(art: MultivariateArtifacts, stage: Path) -> None:
 def write_summary_figures(run: RunResult, folder: Path) -> None:
     """Figures across outcomes: the pooled summary and the SYRCLE risk-of-bias figure."""
     figures = {}
-    if run.nuts:
+    if run.primary:
         figures[figure_stem("pooled_summary")] = figure_bytes(
-            pooled_summary_plot(run.nuts, measure=run.nuts[0].measure)
+            pooled_summary_plot(run.primary, measure=run.primary[0].measure)
         )
     if rob_columns(run.dataset.studies):
         figures[figure_stem("risk_of_bias")] = figure_bytes(
@@ -219,7 +231,7 @@ def write_run_report(run: RunResult, out_dir: Path, *, elapsed: float) -> Path:
             write_csv(stage / "tables" / "effects.covariance.csv", run.table.covariance_long())
         write_artifacts(run, stage)
         write_summary_figures(run, stage / FIGURES_DIR)
-        write_csv(stage / "tables" / "pooled_summary.csv", pooled_table(run.nuts))
+        write_csv(stage / "tables" / "pooled_summary.csv", pooled_table(run.primary))
         write_csv(stage / "tables" / "pooled_summary_exact.csv", pooled_table(run.exact))
         markdown = build_report_markdown(run)
         write_text_atomic(stage / "report.md", markdown)

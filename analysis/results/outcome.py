@@ -10,23 +10,35 @@ from analysis.results.influence import InfluenceResult
 from analysis.results.meta_regression import SubgroupResults
 from analysis.results.predictive import PPCResult
 from analysis.results.random_effects import MetaAnalysisResult
+from analysis.results.reproduction import Reproduction
 from analysis.results.small_study import SmallStudyResult
 
 
 @dataclass
 class OutcomeAnalysis:
-    """Everything computed for one outcome (live objects; rendered by :mod:`analysis.report.render`)."""
+    """Everything computed for one outcome (live objects; rendered by :mod:`analysis.report.render`).
 
-    nuts: MetaAnalysisResult
+    ``nuts`` is None when the run uses the exact engine only (``evmeta run --engine exact``); then
+    the exact fit is the primary one and the analyses that need posterior draws are skipped.
+    ``skipped`` maps each analysis that could not run on these data to its one-line reason.
+    """
+
     exact: MetaAnalysisResult
-    ppc: PPCResult
-    psense: pd.DataFrame
     prior_grid: pd.DataFrame
     comparison: pd.DataFrame
+    nuts: MetaAnalysisResult | None = None
+    ppc: PPCResult | None = None
+    psense: pd.DataFrame | None = None
     subgroups: SubgroupResults | None = None
     engine_check: pd.DataFrame | None = None
     small_study: SmallStudyResult | None = None
     influence: InfluenceResult | None = None
-    notes: list[str] = field(default_factory=list)
+    reproduction: Reproduction | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
     arm: MetaAnalysisResult | None = None
     seconds: float = 0.0
+
+    @property
+    def primary(self) -> MetaAnalysisResult:
+        """The fit the report leads with: NUTS when it ran, else the exact engine."""
+        return self.exact if self.nuts is None else self.nuts

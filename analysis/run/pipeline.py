@@ -23,12 +23,16 @@ from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
-from analysis.checks.compare import compare_table
+import pandas as pd
+
+from analysis.checks.compare import COMPARE_COLUMNS, compare_table
 from analysis.checks.influence import influence_analysis
 from analysis.checks.predictive import posterior_predictive_check
+from analysis.checks.reproduce import reproduce_published
 from analysis.checks.sensitivity import power_scaling, prior_grid
 from analysis.dataset.effects import EffectTable, compute_effects
 from analysis.dataset.load import Dataset, load_dataset
+from analysis.dataset.problems import NotApplicable
 from analysis.fitting.arm_level import fit_arm_level
 from analysis.fitting.meta_regression import fit_subgroups_one_at_a_time
 from analysis.fitting.multivariate import fit_multivariate, rho_within_sensitivity
@@ -42,14 +46,14 @@ from analysis.results.diagnostics import engine_check
 from analysis.results.outcome import OutcomeAnalysis
 from analysis.results.random_effects import without_model
 from analysis.run import cache
-from models.priors import PriorSet
+from models.priors import PriorSet, default_priors
 
 Progress = Callable[[str], None]
 #: Outcomes of the multivariate model (the correlated microarchitecture measures), run when >= 2 have data.
 MULTIVARIATE_OUTCOMES = ("BV_TV", "Tb_N", "Tb_Sp", "Tb_Th")
 MULTIVARIATE = "__multivariate__"
-#: PET/PEESE regressions and the selection model need at least this many studies.
-MIN_STUDIES_SMALL_STUDY = 3
+#: ``evmeta run --engine``: "nuts" (every analysis) or "exact" (the exact engine only: fast, no NUTS draws).
+ENGINES = ("nuts", "exact")
 
 
 def _silent(message: str) -> None:
@@ -68,6 +72,7 @@ class OutcomeJob:
     priors: PriorSet
     sampler: SamplerSettings
     kind: str = "outcome"
+    engine: str = "nuts"
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ class RunPlan:
     priors: PriorSet
     sampler: SamplerSettings
     seed: int
+    engine: str = "nuts"
+    notes: tuple[str, ...] = ()
 
 
 def analyse_outcome(
@@ -92,49 +99,106 @@ def analyse_outcome(
     priors: PriorSet,
     sampler: SamplerSettings,
     seed: int,
+    engine: str = "nuts",
     progressbar: bool = False,
 ) -> OutcomeAnalysis:
-    """Fit, check and compare one outcome (see the module docstring)."""
+    """Fit, check and compare one outcome (see the module docstring).
+
+    With ``engine="exact"`` only the exact engine runs: the analyses that need NUTS draws (posterior
+    predictive checks, power-scaling, the arm-level likelihood, the selection model, PSIS-LOO) are
+    skipped with that reason. An analysis whose precondition fails on these data (too few studies,
+    :class:`~analysis.dataset.problems.NotApplicable`) is skipped with its reason; the run goes on.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     exact = fit_random_effects(dataset, outcome, engine="exact", priors=priors, table=table)
+    fits = {"exact engine (default priors)": exact.to_dict()}
+    analysis = OutcomeAnalysis(
+        exact=exact, prior_grid=prior_grid(dataset, outcome, table=table), comparison=pd.DataFrame()
+    )
+    if engine == "nuts":
+        _nuts_analyses(
+            analysis, dataset, table, outcome, priors=priors, sampler=sampler, seed=seed, progressbar=progressbar
+        )
+        fits = {"NUTS (default priors)": analysis.nuts.to_dict()} | fits
+        if analysis.arm is not None:
+            label = "NUTS, arm-level likelihood" + ("" if analysis.arm.converged else " (FAILED convergence gates)")
+            fits[label] = analysis.arm.to_dict()
+    else:
+        analysis.skipped["NUTS analyses"] = (
+            "the run used the exact engine only (--engine exact): posterior predictive checks, power-scaling, "
+            "the arm-level likelihood, the selection model and PSIS-LOO need NUTS draws"
+        )
+    studies = analysis.primary.studies
+    analysis.comparison = compare_table(fits, frequentist=(studies["yi"].to_numpy(), studies["vi"].to_numpy()))
+    if dataset.outcomes[outcome].published is not None:
+        analysis.reproduction = _optional(
+            analysis, "reproduction of the published result", lambda: reproduce_published(dataset, outcome)
+        )
+    if analysis.reproduction is not None:
+        published = pd.DataFrame(analysis.reproduction.comparison_rows(), columns=COMPARE_COLUMNS)
+        analysis.comparison = pd.concat([analysis.comparison, published], ignore_index=True)
+    if dataset.moderators:
+        analysis.subgroups = fit_subgroups_one_at_a_time(dataset, outcome, engine="exact", priors=priors, table=table)
+    analysis.small_study = _optional(
+        analysis,
+        "small-study models",
+        lambda: fit_small_study(
+            dataset,
+            outcome,
+            priors=priors,
+            engine="exact",
+            seed=seed,
+            sampler=sampler,
+            table=table,
+            selection=engine == "nuts",
+        ),
+    )
+    posterior = None if analysis.nuts is None else analysis.nuts.posterior
+    analysis.influence = _optional(
+        analysis,
+        "influence analysis",
+        lambda: influence_analysis(
+            dataset, outcome, priors=priors, engine=engine, seed=seed, table=table, posterior=posterior
+        ),
+    )
+    return analysis
+
+
+def _nuts_analyses(
+    analysis: OutcomeAnalysis,
+    dataset: Dataset,
+    table: EffectTable,
+    outcome: str,
+    *,
+    priors: PriorSet,
+    sampler: SamplerSettings,
+    seed: int,
+    progressbar: bool,
+) -> None:
+    """The NUTS fit and the checks built on its draws; the arm-level likelihood for arm-level data."""
     nuts = fit_random_effects(
         dataset, outcome, engine="nuts", priors=priors, seed=seed, sampler=sampler, table=table, progressbar=progressbar
     )
-    fits = {"NUTS (default priors)": nuts.to_dict(), "exact engine (default priors)": exact.to_dict()}
-    arm = None
+    analysis.nuts = nuts
+    analysis.ppc = posterior_predictive_check(nuts, seed=seed)
+    analysis.psense = power_scaling(nuts)
+    analysis.engine_check = engine_check([nuts], [analysis.exact])
     if dataset.level == "arms":
-        arm = fit_arm_level(dataset, outcome, priors=priors, seed=seed, sampler=sampler, table=table)
-        label = "NUTS, arm-level likelihood" + ("" if arm.converged else " (FAILED convergence gates)")
-        fits[label] = arm.to_dict()
-    comparison = compare_table(fits, frequentist=(nuts.studies["yi"].to_numpy(), nuts.studies["vi"].to_numpy()))
-    subgroups = None
-    if dataset.moderators:
-        subgroups = fit_subgroups_one_at_a_time(dataset, outcome, engine="exact", priors=priors, table=table)
-    analysis = OutcomeAnalysis(
-        nuts=nuts,
-        exact=exact,
-        ppc=posterior_predictive_check(nuts, seed=seed),
-        psense=power_scaling(nuts),
-        prior_grid=prior_grid(dataset, outcome, table=table),
-        comparison=comparison,
-        subgroups=subgroups,
-        engine_check=engine_check([nuts], [exact]),
-        arm=arm,
-    )
-    if nuts.k >= MIN_STUDIES_SMALL_STUDY:
-        analysis.small_study = fit_small_study(
-            dataset, outcome, priors=priors, engine="exact", seed=seed, sampler=sampler, table=table
+        analysis.arm = _optional(
+            analysis,
+            "arm-level likelihood",
+            lambda: fit_arm_level(dataset, outcome, priors=priors, seed=seed, sampler=sampler, table=table),
         )
-    else:
-        analysis.notes.append(
-            f"small-study models skipped: they need at least {MIN_STUDIES_SMALL_STUDY} studies (k = {nuts.k})"
-        )
-    if nuts.k >= 2:
-        analysis.influence = influence_analysis(
-            dataset, outcome, priors=priors, engine="nuts", seed=seed, table=table, posterior=nuts.posterior
-        )
-    else:
-        analysis.notes.append("influence analysis skipped: leaving out the only study leaves no data")
-    return analysis
+
+
+def _optional[T](analysis: OutcomeAnalysis, name: str, run: Callable[[], T]) -> T | None:
+    """Run one analysis; if its precondition fails on these data, record why and return None."""
+    try:
+        return run()
+    except NotApplicable as exc:
+        analysis.skipped[name] = str(exc)
+        return None
 
 
 def run_multivariate_job(job: OutcomeJob) -> MultivariateArtifacts:
@@ -162,9 +226,9 @@ def run_outcome_fits(job: OutcomeJob) -> OutcomeAnalysis:
     """Worker entry point: analyse one outcome (picklable result, no PyMC models)."""
     started = time.perf_counter()
     analysis = analyse_outcome(
-        job.dataset, job.table, job.outcome, priors=job.priors, sampler=job.sampler, seed=job.seed
+        job.dataset, job.table, job.outcome, priors=job.priors, sampler=job.sampler, seed=job.seed, engine=job.engine
     )
-    analysis.nuts = without_model(analysis.nuts)
+    analysis.nuts = None if analysis.nuts is None else without_model(analysis.nuts)
     analysis.arm = None if analysis.arm is None else without_model(analysis.arm)
     analysis.seconds = time.perf_counter() - started
     return analysis
@@ -179,7 +243,7 @@ def run_outcome_figures(job: OutcomeJob, analysis: OutcomeAnalysis) -> OutcomeAr
 
 
 def _jobs(
-    dataset: Dataset, table: EffectTable, *, seed: int, priors: PriorSet, sampler: SamplerSettings
+    dataset: Dataset, table: EffectTable, *, seed: int, priors: PriorSet, sampler: SamplerSettings, engine: str
 ) -> tuple[list[OutcomeJob], dict[str, str]]:
     """One job per outcome with data (seed ``seed + j`` for the j-th declared outcome), and the skipped ones."""
     files = {
@@ -188,7 +252,7 @@ def _jobs(
         if p.suffix in (".toml", ".csv") and p.name not in ("arms.csv", "effects.csv")
     }
     source = cache.source_digest()
-    common = {"dataset": dataset, "table": table, "priors": priors, "sampler": sampler}
+    common = {"dataset": dataset, "table": table, "priors": priors, "sampler": sampler, "engine": engine}
     jobs, skipped = [], {}
     for j, outcome in enumerate(dataset.outcomes):
         rows = table.data[table.data["outcome"] == outcome]
@@ -196,7 +260,8 @@ def _jobs(
         if rows.empty:
             skipped[outcome] = "no study reports this outcome"
             continue
-        settings = {"priors": priors.to_dict(), "sampler": asdict(sampler), "seed": seed + j}
+        settings = {"priors": priors.to_dict(), "sampler": asdict(sampler), "seed": seed + j, "engine": engine}
+        settings["measure"] = dataset.effect_measure  # --measure may differ from dataset.toml
         key = cache.outcome_key(
             source=source,
             dataset_files=files,
@@ -205,8 +270,9 @@ def _jobs(
             outcome_rows=raw[raw["outcome"] == outcome].to_csv(index=False),
         )
         jobs.append(OutcomeJob(outcome, key, seed + j, **common))
-    if sum(o in MULTIVARIATE_OUTCOMES for o in (j.outcome for j in jobs)) >= 2:
+    if engine == "nuts" and sum(o in MULTIVARIATE_OUTCOMES for o in (j.outcome for j in jobs)) >= 2:
         settings = {"sampler": asdict(sampler), "seed": seed, "model": "multivariate"}
+        settings["measure"] = dataset.effect_measure
         raw = dataset.arms if dataset.arms is not None else dataset.effects
         key = cache.outcome_key(
             source=source,
@@ -341,13 +407,21 @@ def run_key(jobs: list[OutcomeJob], skipped: dict[str, str]) -> str:
 
 
 def plan_run(
-    dataset: Path | Dataset, *, seed: int = 1, priors: PriorSet | None = None, sampler: SamplerSettings | None = None
+    dataset: Path | Dataset,
+    *,
+    seed: int = 1,
+    priors: PriorSet | None = None,
+    sampler: SamplerSettings | None = None,
+    engine: str = "nuts",
 ) -> RunPlan:
     """Load and validate the dataset (unless given loaded) and plan its jobs without running them."""
-    priors, sampler = priors or PriorSet(), sampler or SamplerSettings()
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     dataset = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    priors, sampler = priors or default_priors(dataset.effect_measure), sampler or SamplerSettings()
     table = compute_effects(dataset)
-    jobs, skipped = _jobs(dataset, table, seed=seed, priors=priors, sampler=sampler)
+    jobs, skipped = _jobs(dataset, table, seed=seed, priors=priors, sampler=sampler, engine=engine)
+    notes = () if engine == "nuts" else ("the multivariate model was not fitted: it needs NUTS (--engine nuts)",)
     return RunPlan(
         dataset=dataset,
         table=table,
@@ -357,6 +431,8 @@ def plan_run(
         priors=priors,
         sampler=sampler,
         seed=seed,
+        engine=engine,
+        notes=notes,
     )
 
 
@@ -366,6 +442,7 @@ def run_analysis(
     seed: int = 1,
     priors: PriorSet | None = None,
     sampler: SamplerSettings | None = None,
+    engine: str = "nuts",
     progress: Progress = _silent,
     workers: int = 2,
     use_cache: bool = True,
@@ -383,6 +460,9 @@ def run_analysis(
         Priors of mu and tau (defaults if omitted).
     sampler : SamplerSettings, optional
         NUTS settings (defaults if omitted).
+    engine : {"nuts", "exact"}
+        "nuts": every analysis; "exact": the exact engine only (seconds; the analyses that need NUTS
+        draws and the multivariate model are skipped with a note).
     progress : callable
         Called with a short message at each step.
     workers : int
@@ -393,7 +473,7 @@ def run_analysis(
     clock = time.perf_counter()
     if not isinstance(dataset, Dataset):
         progress(f"loading and validating {dataset}")
-    plan = plan_run(dataset, seed=seed, priors=priors, sampler=sampler)
+    plan = plan_run(dataset, seed=seed, priors=priors, sampler=sampler, engine=engine)
     return execute_plan(plan, progress=progress, workers=workers, use_cache=use_cache, started=clock)
 
 
@@ -431,6 +511,8 @@ def execute_plan(
         sampler=plan.sampler,
         key=plan.key,
         multivariate=multivariate,
+        engine=plan.engine,
+        notes=list(plan.notes),
     )
     run.timings = {"analysis": time.perf_counter() - clock, "cached_outcomes": float(len(hits))}
     return run
