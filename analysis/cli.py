@@ -23,7 +23,7 @@ from analysis.atomic import write_text_atomic
 from analysis.config import DEFAULT_DATASET, REPORTS_DIR
 from analysis.dataset.measures import ARM_MEASURES
 from analysis.dataset.problems import DatasetError, NotApplicable, Problem, errors
-from analysis.fitting.dispatch import LIKELIHOODS, MODELS, FitRequest
+from analysis.fitting.dispatch import LIKELIHOODS, MODELS, SLOPE_SCALES, FitRequest
 from models.priors import PriorSet, PriorSpec
 
 if TYPE_CHECKING:
@@ -176,6 +176,9 @@ def _fit_request(args: argparse.Namespace) -> FitRequest:
         moderator=args.moderator,
         progressbar=sys.stderr.isatty(),
         likelihood=args.likelihood,
+        beta_prior=args.beta_prior,
+        slope_scale=args.slope_scale,
+        center=not args.no_center,
     )
 
 
@@ -439,6 +442,21 @@ def _add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=list(MODELS), default="random-effects")
     p.add_argument(
         "--moderator", default=None, help="meta-regression: a moderator declared in dataset.toml, or 'all' (joint)"
+    )
+    p.add_argument(
+        "--beta-prior",
+        type=_prior,
+        default=None,
+        help="meta-regression: prior normal:0:S of every slope (default S = 1 for one moderator, 0.5 for several)",
+    )
+    p.add_argument(
+        "--slope-scale",
+        choices=list(SLOPE_SCALES),
+        default="standardised",
+        help="meta-regression: S per contrast / two SDs of a numeric moderator (standardised) or per unit",
+    )
+    p.add_argument(
+        "--no-center", action="store_true", help="meta-regression: do not centre numeric moderators (as bayesmeta::bmr)"
     )
     p.add_argument(
         "--outcomes",

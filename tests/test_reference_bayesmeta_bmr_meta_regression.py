@@ -79,3 +79,32 @@ def test_slope_and_intercept_views_agree() -> None:
     }
     assert slope["prob_benefit"] == slope["prob_gt_0"] < 0.001  # longer contact: smaller expectancy effect
     assert result.summaries["mu"]["mean"] == result.beta["intercept"]["mean"]
+
+
+def test_bmr_reproduced_from_the_command_line(tmp_path) -> None:
+    """The same bmr fit through ``evmeta fit`` with --beta-prior, --slope-scale unit and --no-center."""
+    import json
+
+    from analysis.cli import main
+
+    out = tmp_path / "bmr.json"
+    argv = ["fit", str(DATA_DIR / "raudenbush1985"), "--outcome", "iq_smd", "--model", "meta-regression"]
+    argv += [
+        "--moderator",
+        "weeks_c",
+        "--engine",
+        "exact",
+        "--mu-prior",
+        "normal:0:10",
+        "--tau-prior",
+        "halfnormal:0.5",
+    ]
+    argv += ["--beta-prior", "normal:0:10", "--slope-scale", "unit", "--no-center", "--json", str(out)]
+    assert main(argv) == 0
+    fit = json.loads(out.read_text(encoding="utf-8"))
+    assert fit["priors"] == {"intercept": "normal:0:10", "tau": "halfnormal:0.5", "weeks_c": "normal:0:10"}
+    for j, name in enumerate(COEFS):
+        for stat in ("mean", "sd", "q025", "q975"):
+            assert abs(fit["beta"][name][stat] - BMR[f"beta_{stat}"][j]) <= EXACT_MU_ABS
+    assert abs(fit["tau"]["median"] - BMR["tau_median"]) <= EXACT_TAU_ABS
+    assert main([*argv[:-2], "--beta-prior", "halfnormal:1"]) == 1  # slopes need normal:0:S

@@ -13,13 +13,15 @@ from analysis.dataset.load import Dataset
 from analysis.fitting.random_effects import fit_random_effects
 from analysis.fitting.sampling import SamplerSettings
 from analysis.results.fit_result import OutcomeFit
-from models.priors import PriorSet
+from models.priors import PriorSet, PriorSpec
 
 PER_OUTCOME_MODELS = ("random-effects", "meta-regression", "small-study")
 MODELS = (*PER_OUTCOME_MODELS, "multivariate")
 #: "normal": Hedges' g as normal with known variance; "arm": exact likelihood of the arm summaries
 #: (analysis.fitting.arm_level).
 LIKELIHOODS = ("normal", "arm")
+#: Scale of the meta-regression slope prior (:func:`analysis.fitting.meta_regression.fit_meta_regression`).
+SLOPE_SCALES = ("standardised", "unit")
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,21 @@ class FitRequest:
     moderator: str | None = None
     progressbar: bool = False
     likelihood: str = "normal"
+    #: meta-regression: prior N(0, S²) of every slope (None: the default S), its scale and centring.
+    beta_prior: PriorSpec | None = None
+    slope_scale: str = "standardised"
+    center: bool = True
 
     def __post_init__(self) -> None:
+        if self.beta_prior is not None and (self.beta_prior.family != "normal" or self.beta_prior.params[0] != 0):
+            raise ValueError(
+                f"--beta-prior must be normal:0:S (slopes are centred on no effect), got {self.beta_prior}"
+            )
+        if self.slope_scale not in SLOPE_SCALES:
+            raise ValueError(f"slope scale must be one of {', '.join(SLOPE_SCALES)}, got {self.slope_scale!r}")
+        meta_regression_only = self.beta_prior is not None or self.slope_scale != "standardised" or not self.center
+        if meta_regression_only and self.model != "meta-regression":
+            raise ValueError("--beta-prior, --slope-scale and --no-center apply to --model meta-regression only")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
         if self.likelihood == "arm" and (self.model != "random-effects" or self.engine != "nuts"):
@@ -79,7 +94,16 @@ def fit_outcome(dataset: Dataset, outcome: str, request: FitRequest, *, table: E
                 f"declared: {', '.join(dataset.moderators) or 'none'}"
             )
         moderators = "all" if request.moderator == "all" else [request.moderator]
-        return fit_meta_regression(dataset, outcome, moderators=moderators, engine=request.engine, **common)
+        return fit_meta_regression(
+            dataset,
+            outcome,
+            moderators=moderators,
+            engine=request.engine,
+            beta_prior_sd=None if request.beta_prior is None else request.beta_prior.params[1],
+            slope_prior_scale=request.slope_scale,
+            center=request.center,
+            **common,
+        )
     if request.model == "small-study":
         from analysis.fitting.small_study import fit_small_study
 

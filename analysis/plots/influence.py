@@ -12,13 +12,15 @@ answer). Built without pyplot; the figure is neither saved nor shown. ``gid``s: 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from analysis.plots.forest import COLORS, MAX_LABEL_CHARS, MEASURE_LABELS, ROW_INCH
 from analysis.plots.labels import display_label
-from analysis.results.influence import PARETO_K_THRESHOLD, InfluenceResult
+from analysis.results.influence import PARETO_K_THRESHOLD, InfluenceResult, influential_rows
 
 _FREQ_OFFSET = 0.25
 
@@ -74,20 +76,25 @@ def _k_panel(ax: Axes, result: InfluenceResult, y: np.ndarray) -> None:
     ax.tick_params(labelleft=False)
 
 
-def influence_plot(result: InfluenceResult) -> Figure:
+def influence_plot(result: InfluenceResult, max_rows: int | None = None) -> Figure:
     """Leave-one-study-out μ (exact refits and REML) and Pareto k per study.
 
     Parameters
     ----------
     result : InfluenceResult
         Output of :func:`analysis.checks.influence.study_influence`.
+    max_rows : int, optional
+        Draw only the studies whose removal shifts mu most (for large k).
 
     Returns
     -------
     matplotlib.figure.Figure
         Two panels sharing the study rows (first study at the top).
     """
-    k = result.k
+    total, shown = result.k, influential_rows(result, max_rows)
+    if len(shown) < total:
+        result = dataclasses.replace(result, table=shown)
+    k = len(shown)
     y = np.arange(k, dtype=float)
     fig = Figure(figsize=(10.0, 2.4 + ROW_INCH * 1.4 * k), layout="constrained")
     ax, kax = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 1.3]})
@@ -101,7 +108,9 @@ def influence_plot(result: InfluenceResult) -> Figure:
     for axis in (ax, kax):
         axis.grid(True, axis="x", color=COLORS["grid"], lw=0.4, alpha=0.5)
     fig.suptitle(
-        f"Influence: {result.dataset} / {result.outcome.label} (k = {k}; "
+        f"Influence: {result.dataset} / {display_label(result.outcome.label)} (k = {total}"
+        + (f"; the {k} studies whose removal shifts μ most" if k < total else "")
+        + "; "
         f"priors mu ~ {result.priors['mu']}, tau ~ {result.priors['tau']})",
         fontsize=10,
     )

@@ -10,6 +10,9 @@ from matplotlib.patches import Patch
 
 from analysis.plots.labels import display_label
 
+#: More studies than this: the per-study traffic lights are left out of the figure.
+MAX_TRAFFIC_ROWS = 40
+
 ROB_COLOURS = {"low": "#1a9641", "unclear": "#fdae61", "high": "#d7191c"}
 ROB_SYMBOLS = {"low": "+", "unclear": "?", "high": "−"}
 
@@ -23,7 +26,7 @@ def _domain_label(column: str) -> str:
     return column.removeprefix("rob_").replace("_", " ")
 
 
-def rob_summary_plot(studies: pd.DataFrame, *, simulated: bool = False) -> Figure:
+def rob_summary_plot(studies: pd.DataFrame, *, simulated: bool = False, max_rows: int = MAX_TRAFFIC_ROWS) -> Figure:
     """SYRCLE risk-of-bias figure: judgement per study and domain, and the share per domain.
 
     Parameters
@@ -32,6 +35,9 @@ def rob_summary_plot(studies: pd.DataFrame, *, simulated: bool = False) -> Figur
         The dataset's studies table with ``rob_<domain>`` columns (low / unclear / high).
     simulated : bool
         Mark the figure as showing simulated data.
+    max_rows : int
+        With more studies than this the per-study traffic lights are left out (they are in
+        ``studies.csv``) and only the share per domain is drawn.
 
     Raises
     ------
@@ -42,13 +48,17 @@ def rob_summary_plot(studies: pd.DataFrame, *, simulated: bool = False) -> Figur
     if not cols:
         raise ValueError("the studies table has no rob_<domain> columns")
     k = len(studies)
-    fig = Figure(figsize=(max(9.0, 0.55 * len(cols) + 6), 0.32 * k + 0.3 * len(cols) + 3), layout="constrained")
-    ax_light, ax_bar = fig.subplots(2, 1, height_ratios=[max(k, 3), max(len(cols), 3) * 0.8])
-    _traffic_lights(ax_light, studies, cols)
-    _domain_bars(ax_bar, studies, cols)
+    if k > max_rows:
+        fig = Figure(figsize=(max(9.0, 0.55 * len(cols) + 6), 0.3 * len(cols) + 2.5), layout="constrained")
+        _domain_bars(fig.subplots(), studies, cols)
+    else:
+        fig = Figure(figsize=(max(9.0, 0.55 * len(cols) + 6), 0.32 * k + 0.3 * len(cols) + 3), layout="constrained")
+        ax_light, ax_bar = fig.subplots(2, 1, height_ratios=[max(k, 3), max(len(cols), 3) * 0.8])
+        _traffic_lights(ax_light, studies, cols)
+        _domain_bars(ax_bar, studies, cols)
     handles = [Patch(color=c, label=f"{j} risk of bias") for j, c in ROB_COLOURS.items()]
     fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
-    title = "SYRCLE risk of bias"
+    title = "SYRCLE risk of bias" + (f" ({k} studies: share per domain)" if k > max_rows else "")
     fig.suptitle(title + ("  [SIMULATED DATA]" if simulated else ""), color="black")
     return fig
 

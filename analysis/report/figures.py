@@ -13,6 +13,7 @@ LINKED_FORMAT = "png"
 #: Per-outcome figure kinds: file-name prefix -> the report's caption (alt text).
 OUTCOME_FIGURES = {
     "forest": "Forest plot of {outcome}",
+    "caterpillar": "Study effects of {outcome}, sorted, with the pooled effect",
     "ppc": "Posterior predictive density of {outcome}",
     "ppc_stats": "Posterior predictive test statistics of {outcome}",
     "psense": "Power-scaling of {outcome}",
@@ -46,8 +47,18 @@ def figure_stem(kind: str, outcome: str | None = None) -> str:
     raise ValueError(f"no figure {kind!r} {'for outcome ' + outcome if outcome else 'across outcomes'}")
 
 
+#: From this many studies on, the report shows compact summaries and keeps per-study figures as files.
+LARGE_K = 40
+#: Studies listed in the influence figure and text at large k (those whose removal shifts μ most).
+INFLUENCE_ROWS = 25
+
+
+def figure_path(kind: str, outcome: str | None = None, fmt: str = LINKED_FORMAT) -> str:
+    """Path of a figure relative to the report folder: ``figures/forest_BMD.png``."""
+    return f"{FIGURES_DIR}/{figure_stem(kind, outcome)}.{fmt}"
+
+
 def figure_link(kind: str, outcome: str | None = None) -> str:
     """Markdown image of a figure with its caption: ``![Forest plot of BMD](figures/forest_BMD.png)``."""
-    stem = figure_stem(kind, outcome)
     alt = OUTCOME_FIGURES[kind].format(outcome=outcome) if outcome is not None else RUN_FIGURES[kind]
-    return f"![{alt}]({FIGURES_DIR}/{stem}.{LINKED_FORMAT})"
+    return f"![{alt}]({figure_path(kind, outcome)})"

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import pandas as pd
 
 from analysis.report.artifacts import RunResult
-from analysis.report.figures import figure_link
+from analysis.report.figures import INFLUENCE_ROWS, LARGE_K, figure_link, figure_path
 from analysis.report.tables import compare_markdown, interval, markdown_table
+from analysis.results.influence import format_influence
 from analysis.results.multivariate import MultivariateResult
 from analysis.results.outcome import OutcomeAnalysis
 from analysis.results.random_effects import MetaAnalysisResult
@@ -281,6 +282,19 @@ def small_study_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     ]
 
 
+def _forest_lines(oid: str, r: MetaAnalysisResult) -> list[str]:
+    """The forest plot, or at large k a compact summary with the full forest plot as a separate file."""
+    if r.k <= LARGE_K:
+        return [figure_link("forest", oid), ""]
+    return [
+        figure_link("caterpillar", oid),
+        "",
+        f"The forest plot of all {r.k} studies is a tall figure of its own: `{figure_path('forest', oid)}` "
+        f"(and `.svg`); the study effects are in `tables/studies_{oid}.csv`.",
+        "",
+    ]
+
+
 def influence_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     """Study influence (replacing leave-one-out): exact leave-one-study-out refits and PSIS-LOO Pareto k."""
     if analysis.influence is None:
@@ -289,7 +303,7 @@ def influence_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         "#### Study influence (replacing leave-one-out)",
         "",
         "```",
-        str(analysis.influence),
+        format_influence(analysis.influence, max_rows=INFLUENCE_ROWS if analysis.influence.k > LARGE_K else None),
         "```",
         "",
         figure_link("influence", oid),
@@ -303,8 +317,7 @@ def outcome_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     return [
         f"### {r.outcome.label} ({oid})",
         "",
-        figure_link("forest", oid),
-        "",
+        *_forest_lines(oid, r),
         "```",
         str(r),
         "```",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis.plots.compare import compare_forest
-from analysis.plots.forest import forest_plot
+from analysis.plots.forest import caterpillar_plot, forest_plot
 from analysis.plots.influence import influence_plot
 from analysis.plots.meta_regression import subgroup_plot
 from analysis.plots.multivariate import borrowing_plot, correlation_heatmap
@@ -17,7 +17,7 @@ from analysis.plots.predictive import ppc_density_plot, ppc_statistics_plot
 from analysis.plots.sensitivity import prior_grid_plot, psense_plot
 from analysis.plots.small_study import funnel_plot
 from analysis.report.artifacts import MultivariateArtifacts, OutcomeArtifacts
-from analysis.report.figures import figure_stem
+from analysis.report.figures import INFLUENCE_ROWS, LARGE_K, figure_stem
 from analysis.report.files import figure_bytes, netcdf_bytes
 from analysis.report.markdown import multivariate_section, outcome_section
 from analysis.results.multivariate import MultivariateResult
@@ -30,6 +30,8 @@ def render_figures(analysis: OutcomeAnalysis) -> dict[str, dict[str, bytes]]:
     primary, nuts = analysis.primary, analysis.nuts
     oid = primary.outcome.id
     figures = {figure_stem("forest", oid): figure_bytes(forest_plot(primary, measure=primary.measure))}
+    if primary.k > LARGE_K:
+        figures[figure_stem("caterpillar", oid)] = figure_bytes(caterpillar_plot(primary, measure=primary.measure))
     if nuts is not None:
         figures[figure_stem("ppc", oid)] = figure_bytes(ppc_density_plot(nuts))
         figures[figure_stem("ppc_stats", oid)] = figure_bytes(ppc_statistics_plot(nuts, analysis.ppc))
@@ -43,7 +45,8 @@ def render_figures(analysis: OutcomeAnalysis) -> dict[str, dict[str, bytes]]:
     if analysis.small_study is not None:
         figures[figure_stem("funnel", oid)] = figure_bytes(funnel_plot(analysis.small_study))
     if analysis.influence is not None:
-        figures[figure_stem("influence", oid)] = figure_bytes(influence_plot(analysis.influence))
+        rows = INFLUENCE_ROWS if analysis.influence.k > LARGE_K else None
+        figures[figure_stem("influence", oid)] = figure_bytes(influence_plot(analysis.influence, max_rows=rows))
     return figures
 
 

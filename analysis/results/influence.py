@@ -136,8 +136,19 @@ class InfluenceResult:
         return format_influence(self)
 
 
-def format_influence(result: InfluenceResult) -> str:
-    """Report text: the leave-one-out table with PSIS-LOO, exact refits and metafor's leave1out."""
+def influential_rows(result: InfluenceResult, max_rows: int | None) -> pd.DataFrame:
+    """The leave-one-out table, or its ``max_rows`` rows with the largest shift of mu (in study order)."""
+    if max_rows is None or result.k <= max_rows:
+        return result.table
+    keep = result.table["mu_shift"].abs().nlargest(max_rows).index
+    return result.table.loc[result.table.index.isin(keep)]
+
+
+def format_influence(result: InfluenceResult, max_rows: int | None = None) -> str:
+    """Report text: the leave-one-out table with PSIS-LOO, exact refits and metafor's leave1out.
+
+    With ``max_rows``, only that many studies (those whose removal shifts mu most) are listed.
+    """
     o = result.outcome
     banner = "  [SIMULATED DATA]" if result.provenance == "simulated" else ""
     cols = {
@@ -151,7 +162,8 @@ def format_influence(result: InfluenceResult) -> str:
         "freq_estimate": "REML_mu",
         "freq_tau2": "REML_tau2",
     }
-    table = result.table[list(cols)].rename(columns=cols)
+    shown = influential_rows(result, max_rows)
+    table = shown[list(cols)].rename(columns=cols)
     mu, tau = result.full["mu"], result.full["tau"]
     draws = (
         "exact posterior draws (independent)"
@@ -181,7 +193,8 @@ def format_influence(result: InfluenceResult) -> str:
                 f"largest shift of mu: dropping {result.most_influential('mu')}; "
                 f"of tau: dropping {result.most_influential('tau')}"
             ),
-            "rows: the study left out",
+            "rows: the study left out"
+            + ("" if len(shown) == result.k else f" ({len(shown)} of {result.k}: the largest shifts of mu)"),
             "",
             table.to_string(float_format=lambda z: f"{z:.4f}"),
         ]
