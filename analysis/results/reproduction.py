@@ -36,7 +36,7 @@ class Reproduction:
         p = self.published
         same = _rounds_to(self.estimate, p.estimate, p.digits) and self.fit.k == p.k
         same = same and all(_rounds_to(a, b, p.digits) for a, b in zip(self.ci, p.ci))
-        return same and (p.i2 is None or _rounds_to(float(self.fit.I2), p.i2, p.i2_digits))
+        return bool(same and (p.i2 is None or _rounds_to(float(self.fit.I2), p.i2, p.i2_digits)))
 
     def rows(self) -> list[dict]:
         """Rows for the report: the published numbers and the recomputation, side by side."""
@@ -118,7 +118,7 @@ class Reproduction:
 def _rounds_to(value: float, printed: float, digits: int) -> bool:
     """``value`` rounded half away from zero to ``digits`` decimals equals ``printed``."""
     scale = 10.0**digits
-    return abs(np.sign(value) * np.floor(abs(value) * scale + 0.5) / scale - printed) < 0.5 / scale
+    return bool(abs(np.sign(value) * np.floor(abs(value) * scale + 0.5) / scale - printed) < 0.5 / scale)
 
 
 def _ci(ci: tuple[float, float], digits: int) -> str:

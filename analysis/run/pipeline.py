@@ -319,7 +319,8 @@ def _execute(jobs: list[OutcomeJob], *, workers: int, progress: Progress) -> dic
     done: dict[str, OutcomeArtifacts] = {}
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            progress(f"{job.outcome}: NUTS + exact fits, checks, sensitivity, subgroups, figures")
+            fits = "NUTS + exact fits" if job.engine == "nuts" else "exact fits"
+            progress(f"{job.outcome}: {fits}, checks, sensitivity, subgroups, figures")
             done[job.outcome] = run_job(job)
         return done
     progress(f"{len(jobs)} job(s) on {workers} worker processes (outcome fits in one of them)")
