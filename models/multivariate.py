@@ -55,8 +55,25 @@ Two parameterisations of the same posterior are built:
     vs ~1600). The marginal form is the limit of non-centring: the latent :math:`z` is
     integrated out exactly instead of sampled.
 
-Studies are grouped by missingness pattern (:func:`missingness_groups`) so the likelihood is one
-batched ``pm.MvNormal`` per pattern. This module only builds graphs and does conditional draws.
+Size of the graph. The likelihood is **one** batched ``pm.MvNormal`` over all :math:`k` studies
+and :math:`K` outcomes, whatever the missingness (:func:`pad_missing`): an unreported outcome of
+study :math:`i` gets effect 0, mean 0, no covariance with the other outcomes and variance
+:data:`PAD_VARIANCE` :math:`= 1/(2\pi)`, so its factor in the normal density,
+:math:`(2\pi \cdot \tfrac{1}{2\pi})^{-1/2} e^{0} = 1`, is exactly one and the padded density of study
+:math:`i` *equals* the density of its reported outcomes above (the padded covariance is block
+diagonal). The number of nodes of the graph is therefore fixed: it does not depend on :math:`k`,
+:math:`K` or the number :math:`P` of missingness patterns (the marginal form has 348 variables in
+its log density and 618 in its gradient, both for the 4 default outcomes of the flagship dataset, :math:`P = 3`,
+and for all 7, :math:`P = 8`); only its tensors grow, ``(k, K)`` effects and ``(k, K, K)`` covariances,
+and one evaluation costs :math:`k` Cholesky factorisations of :math:`K \times K` matrices,
+:math:`O(kK^3)`. Earlier versions built one ``pm.MvNormal`` per missingness pattern
+(:func:`missingness_groups`), so the graph grew with :math:`P` (461 and 720 variables in the log
+density, 1155 and 3243 in its gradient, for :math:`P = 3` and 8), and PyTensor's graph rewriting then
+ran out of memory: it copies the stack traces kept on graph variables onto their replacements, and on
+that graph a shared constant's trace list tripled at every ``switch(c, 0, 0)`` simplification. With 4
+patterns compiling took 0.3 GB; with 6 or more (7 outcomes of the flagship dataset: 8) it passed 3 GB
+within 20 s and kept growing.
+This module only builds graphs and does conditional draws.
 """
 
 from __future__ import annotations
@@ -76,6 +93,7 @@ from models.priors import DEFAULT_LKJ_ETA, PriorSet, PriorSpec
 __all__ = [
     "DEFAULT_LKJ_ETA",
     "LKJ_FORMS",
+    "PAD_VARIANCE",
     "PARAMETERISATIONS",
     "build_multivariate_model",
     "correlation_matrix",
@@ -84,6 +102,7 @@ __all__ = [
     "marginal_logpdf",
     "missingness_groups",
     "outcome_pairs",
+    "pad_missing",
     "within_covariance",
 ]
 
@@ -188,6 +207,38 @@ def missingness_groups(yi: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.flatnonzero(p), np.array(rows)) for p, rows in patterns.items()]
 
 
+PAD_VARIANCE = 1.0 / (2.0 * np.pi)
+"""Variance of an unreported outcome in the padded likelihood: its normal factor at residual 0 is exactly 1."""
+
+
+def pad_missing(yi: np.ndarray, S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pad unreported outcomes so that one batched normal density equals that of the reported ones.
+
+    Parameters
+    ----------
+    yi : numpy.ndarray
+        ``(k, K)`` effects, NaN where not reported.
+    S : numpy.ndarray
+        ``(k, K, K)`` within-study covariances (entries of unreported outcomes are ignored).
+
+    Returns
+    -------
+    reported : numpy.ndarray
+        ``(k, K)`` 1.0 where reported, 0.0 where not (multiplies the mean, and Σ as an outer product).
+    y : numpy.ndarray
+        ``(k, K)`` effects with 0 where not reported.
+    S_pad : numpy.ndarray
+        ``(k, K, K)``: ``S_i`` on the reported rows and columns, :data:`PAD_VARIANCE` on the
+        diagonal of an unreported outcome and 0 elsewhere, so ``Σ ⊙ (r_i r_iᵀ) + S_pad,i`` is block
+        diagonal with the reported block ``Σ_OO + S_OO`` and a unit-density remainder.
+    """
+    yi, S = np.asarray(yi, dtype=float), np.asarray(S, dtype=float)
+    seen = ~np.isnan(yi)
+    both = seen[:, :, None] & seen[:, None, :]
+    pad = (~seen)[:, :, None] * (PAD_VARIANCE * np.eye(yi.shape[1]))[None]
+    return seen.astype(float), np.where(seen, yi, 0.0), np.where(both, S, 0.0) + pad
+
+
 def outcome_pairs(outcomes: Sequence[str]) -> list[str]:
     """Labels ``"A~B"`` of the off-diagonal elements of R, row-major upper triangle."""
     return [f"{a}~{b}" for a, b in combinations(outcomes, 2)]
@@ -263,8 +314,9 @@ def build_multivariate_model(
         Free: ``mu`` (outcome), ``tau`` (outcome) and ``chol_R`` (LKJ Cholesky factor of R) for
         ``lkj="corr"`` or ``chol_cov`` (packed LKJ Cholesky of Σ) for ``"cholesky_cov"``, optional ``beta`` and, for
         ``"noncentred"``, ``z``; deterministic ``tau`` (outcome), ``R`` (outcome, outcome_bis),
-        ``rho`` (pair) and, for ``"noncentred"``, ``theta`` (study, outcome); observed ``y_p<g>``
-        per missingness pattern ``g``.
+        ``rho`` (pair) and, for ``"noncentred"``, ``theta`` (study, outcome); observed ``y``
+        (study, outcome), padded where not reported (:func:`pad_missing`), and data ``S`` (the
+        padded within-study covariances, marginal form).
     """
     if parameterisation not in PARAMETERISATIONS:
         raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}, got {parameterisation!r}")
@@ -287,7 +339,7 @@ def build_multivariate_model(
         location = _location(priors, X)
         chol = _between_cholesky(priors, K, lkj)
         if parameterisation == "marginal":
-            _marginal_likelihood(yi, S, location, chol, per_study=X is not None)
+            _marginal_likelihood(yi, S, location, chol)
         else:
             _noncentred_likelihood(yi, S, location, chol)
     return model
@@ -331,21 +383,17 @@ def _between_cholesky(priors: PriorSet, K: int, lkj: str) -> pt.TensorVariable:
     return chol
 
 
-def _marginal_likelihood(
-    yi: np.ndarray, S: np.ndarray, location: pt.TensorVariable, chol: pt.TensorVariable, *, per_study: bool
-) -> None:
-    sigma = _matmul(chol, chol.T)
-    for g, (obs, rows) in enumerate(missingness_groups(yi)):
-        loc = location[rows][:, obs] if per_study else pt.broadcast_to(location[:, obs], (rows.size, obs.size))
-        # the within-study covariances are data, so that one compiled model serves every rho_w
-        within = S[np.ix_(rows, obs, obs)]
-        cov = sigma[obs][:, obs][None, :, :] + pm.Data(f"S_p{g}", within, shape=within.shape)
-        pm.MvNormal(f"y_p{g}", mu=loc, cov=cov, observed=yi[np.ix_(rows, obs)])
+def _marginal_likelihood(yi: np.ndarray, S: np.ndarray, location: pt.TensorVariable, chol: pt.TensorVariable) -> None:
+    """``y_i ~ MVN(r_i ⊙ m_i, Σ ⊙ r_i r_iᵀ + S_pad,i)`` for all studies at once (:func:`pad_missing`)."""
+    reported, y, s_pad = pad_missing(yi, S)
+    both = reported[:, :, None] * reported[:, None, :]
+    # the within-study covariances are data, so that one compiled model serves every rho_w
+    cov = _matmul(chol, chol.T)[None, :, :] * both + pm.Data("S", s_pad, shape=s_pad.shape)
+    pm.MvNormal("y", mu=location * reported, cov=cov, observed=y, dims=("study", "outcome"))
 
 
 def _noncentred_likelihood(yi: np.ndarray, S: np.ndarray, location: pt.TensorVariable, chol: pt.TensorVariable) -> None:
     z = pm.Normal("z", 0.0, 1.0, dims=("study", "outcome"))
     theta = pm.Deterministic("theta", location + _matmul(z, chol.T), dims=("study", "outcome"))
-    for g, (obs, rows) in enumerate(missingness_groups(yi)):
-        chol_s = np.linalg.cholesky(S[np.ix_(rows, obs, obs)])
-        pm.MvNormal(f"y_p{g}", mu=theta[rows][:, obs], chol=chol_s, observed=yi[np.ix_(rows, obs)])
+    reported, y, s_pad = pad_missing(yi, S)
+    pm.MvNormal("y", mu=theta * reported, chol=np.linalg.cholesky(s_pad), observed=y, dims=("study", "outcome"))

@@ -10,6 +10,7 @@ and ``test_reference_metafor_rma_mv.py``.
 from __future__ import annotations
 
 import json
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,6 +18,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 from matplotlib.figure import Figure
+from pytensor.graph.traversal import ancestors
 from scipy import stats
 
 import analysis.fitting.multivariate as mv
@@ -28,8 +30,10 @@ from analysis.fitting.multivariate_data import (
     multivariate_data_from_dataset,
     multivariate_data_from_effects,
 )
+from analysis.fitting.nuts import model_fingerprint
 from analysis.fitting.sampling import SamplerSettings
 from analysis.plots.multivariate import borrowing_plot, correlation_heatmap
+from analysis.studies.benchmark import run_measured
 from models.multivariate import (
     build_multivariate_model,
     correlation_matrix,
@@ -37,6 +41,7 @@ from models.multivariate import (
     marginal_logpdf,
     missingness_groups,
     outcome_pairs,
+    pad_missing,
     within_covariance,
 )
 from models.priors import PriorSet
@@ -212,10 +217,59 @@ def test_marginal_logp_equals_scipy(with_moderator):
 def test_graph_builds_with_finite_logp_and_dlogp(data):
     model = build_multivariate_model(data.yi, data.S, study=data.study, outcome=data.outcome_ids)
     assert {"mu", "tau", "chol_R"} <= {v.name for v in model.free_RVs}
-    assert [v.name for v in model.observed_RVs] == ["y_p0", "y_p1", "y_p2"]
+    assert [v.name for v in model.observed_RVs] == ["y"]
     point = model.initial_point()
     logp, dlogp = model.logp_dlogp_function(ravel_inputs=True)(np.concatenate([np.ravel(v) for v in point.values()]))
     assert np.isfinite(logp) and dlogp.shape == (4 + 4 + 6,) and np.all(np.isfinite(dlogp)) and np.any(dlogp != 0)
+
+
+def test_padding_leaves_each_study_density_unchanged():
+    """pad_missing: a padded study's normal density over all K outcomes equals that of its reported ones."""
+    S = within_covariance(V_HAND, 0.4)
+    loc = np.array([0.3, 0.1, -0.2])
+    sigma = np.array([[0.25, 0.1, 0.12], [0.1, 0.16, 0.05], [0.12, 0.05, 0.36]])
+    reported, y, s_pad = pad_missing(Y_HAND, S)
+    assert np.isfinite(y).all() and np.isfinite(s_pad).all()
+    for i in range(len(Y_HAND)):
+        obs = np.flatnonzero(reported[i])
+        cov = sigma * np.outer(reported[i], reported[i]) + s_pad[i]
+        padded = stats.multivariate_normal(reported[i] * loc, cov).logpdf(y[i])
+        assert (
+            abs(padded - marginal_logpdf(Y_HAND[i, obs], loc, sigma, S[i][np.ix_(obs, obs)], obs)) <= MARGINAL_LOGP_ABS
+        )
+
+
+@pytest.mark.parametrize("parameterisation", ["marginal", "noncentred"])
+def test_graph_size_does_not_grow_with_missingness_patterns(dataset, parameterisation):
+    """One likelihood term for any missingness: 4 outcomes (3 patterns) and all 7 (8 patterns) give equal-sized graphs.
+
+    One ``MvNormal`` per pattern made compiling all 7 outcomes exhaust memory (module docstring).
+    """
+    sizes = {}
+    for outcomes in (None, "all"):
+        d = multivariate_data_from_dataset(dataset, outcomes=outcomes)
+        model = build_multivariate_model(
+            d.yi, d.S, study=d.study, outcome=d.outcome_ids, parameterisation=parameterisation
+        )
+        assert [v.name for v in model.observed_RVs] == ["y"]
+        sizes[len(missingness_groups(d.yi))] = len(list(ancestors([model.logp()])))
+    assert list(sizes) == [3, 8] and sizes[3] == sizes[8], sizes
+
+
+def test_one_compiled_model_serves_every_rho_within(dataset):
+    """The padded within-study covariances are data (``S``): the rho_w grid shares one model structure."""
+    prints = set()
+    for rho_w in (0.0, 0.8):
+        d = multivariate_data_from_dataset(dataset, outcomes="all", rho_within=rho_w)
+        prints.add(model_fingerprint(build_multivariate_model(d.yi, d.S, study=d.study, outcome=d.outcome_ids)))
+    assert len(prints) == 1
+
+
+def test_run_measured_reports_the_childs_own_peak_memory():
+    """The benchmark's child-process measurement (used for the all-outcome fit) sees the child's memory only."""
+    child = run_measured([sys.executable, "-c", "b = b'x' * (200 * 2**20)"])
+    assert child["exit_code"] == 0 and not child["timed_out"]
+    assert 200 <= child["peak_rss_mib"] < 400, child
 
 
 @pytest.mark.parametrize(("parameterisation", "lkj"), [("noncentred", "corr"), ("marginal", "cholesky_cov")])

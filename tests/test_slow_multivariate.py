@@ -8,6 +8,9 @@
   reported outcome the multivariate interval of mu is narrower than the univariate one (exact
   engine, same priors) while both still cover the truth.
 * The rho_w sensitivity grid on the flagship dataset: every refit converges.
+* All 7 outcomes of the flagship dataset (8 missingness patterns), as ``evmeta fit`` in a child
+  process: convergence gates, and the child's peak resident memory within the 1.5 GB limit (memory
+  is measured, not timed; the wall time is recorded by the benchmark).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from analysis.fitting.multivariate import (
 )
 from analysis.fitting.multivariate_data import MultivariateData, multivariate_data_from_effects
 from analysis.fitting.sampling import SamplerSettings
+from analysis.studies.benchmark import MULTIVARIATE_ALL_RSS_LIMIT_MIB, multivariate_all_outcomes
 from models.multivariate import within_covariance
 from tests.tolerances import GATE_DIVERGENCES_MAX, GATE_ESS_BULK_MIN, GATE_R_HAT_MAX
 
@@ -151,3 +155,12 @@ def test_rho_within_sensitivity_grid_converges():
     table = rho_within_sensitivity(load_dataset(DEFAULT_DATASET), seed=1)
     assert len(table) == len(RHO_WITHIN_GRID) * (4 + 4 + 6)
     assert table["converged"].all(), table[~table["converged"]]
+
+
+def test_all_outcomes_converge_within_the_memory_limit():
+    run = multivariate_all_outcomes(seed=1)
+    assert run["exit_code"] == 0, run.get("stderr_tail")
+    assert (run["outcomes"], run["studies"]) == (7, 10)
+    assert run["divergences"] <= GATE_DIVERGENCES_MAX and run["r_hat_max"] <= GATE_R_HAT_MAX, run
+    assert run["ess_bulk_min"] >= GATE_ESS_BULK_MIN and not run["retried"], run
+    assert run["peak_rss_mib"] <= MULTIVARIATE_ALL_RSS_LIMIT_MIB, run

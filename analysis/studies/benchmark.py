@@ -3,9 +3,12 @@
 Measures, on this machine: the full ``evmeta run`` cold (empty cache) and warm (nothing
 changed), as real subprocesses with their peak memory; the stage timings the cold run records
 in its manifest; compile time versus sampling time of one univariate fit (nutpie, and PyMC's
-own sampler for comparison); and the exact
-engine per outcome. Writes ``reports/benchmark.json`` and prints a Markdown table for the
-README. Timings are measured here, never asserted in tests.
+own sampler for comparison); the exact
+engine per outcome; and the multivariate model over all outcomes (``evmeta fit --model
+multivariate --outcomes all``) as a child process, with its own peak memory against the limits
+:data:`MULTIVARIATE_ALL_WALL_LIMIT_S` and :data:`MULTIVARIATE_ALL_RSS_LIMIT_MIB`. Writes
+``reports/benchmark.json`` and prints a Markdown table for the README. Timings are measured here,
+never asserted in tests.
 """
 
 from __future__ import annotations
@@ -17,10 +20,20 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from analysis.config import DEFAULT_DATASET, REPORTS_DIR
+
+#: Limits of the all-outcome multivariate fit on this machine (2 cores, shared): wall time and peak RSS.
+MULTIVARIATE_ALL_WALL_LIMIT_S = 120.0
+MULTIVARIATE_ALL_RSS_LIMIT_MIB = 1536.0
+#: Address-space cap of that child process, so that a regression fails the child (MemoryError) instead of
+#: exhausting a machine shared with other work (the fit maps ~2.4 GB of address space; RSS is what is measured).
+CHILD_ADDRESS_SPACE_BYTES = 8 * 2**30
+#: The child is killed after this long (a measurement, not the limit: the limit is checked on the result).
+CHILD_TIMEOUT_S = 900.0
 
 
 def machine() -> dict:
@@ -158,6 +171,129 @@ def exact_per_outcome(repeats: int = 20) -> dict:
     return out
 
 
+def _cap_address_space() -> None:
+    """In the child, before exec: cap its virtual address space at :data:`CHILD_ADDRESS_SPACE_BYTES` (or lower)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = CHILD_ADDRESS_SPACE_BYTES if hard == resource.RLIM_INFINITY else min(hard, CHILD_ADDRESS_SPACE_BYTES)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = CHILD_TIMEOUT_S) -> dict:
+    """Run ``cmd`` as a child process; its wall time, exit code and own peak RSS (``wait4``, not this process's).
+
+    Parameters
+    ----------
+    cmd : list of str
+        Command line.
+    env : dict, optional
+        Environment (default: this process's).
+    timeout : float
+        Seconds after which the child is killed (``timed_out`` is then True).
+
+    Returns
+    -------
+    dict
+        ``wall_seconds``, ``peak_rss_mib`` (largest resident set of the child and the descendants it
+        waited for), ``exit_code``, ``timed_out`` and ``stderr_tail`` (last 2000 characters).
+    """
+    with tempfile.TemporaryFile(mode="w+") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_cap_address_space, start_new_session=True
+        )
+        killed = threading.Event()
+        timer = threading.Timer(timeout, lambda: (killed.set(), proc.kill()))
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        tail = err.read()[-2000:]
+    return {
+        "wall_seconds": round(wall, 2),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "exit_code": proc.returncode,
+        "timed_out": killed.is_set(),
+        "stderr_tail": tail,
+    }
+
+
+def multivariate_all_outcomes(seed: int = 1, *, cold_compile_cache: bool = False) -> dict:
+    """``evmeta fit`` of the multivariate model over all outcomes of the default dataset, in a child process.
+
+    The child starts cold (its own interpreter, imports, model compile, sampling, θ draws and the
+    univariate reference fits), so the wall time is what a user waits for. PyTensor keeps compiled
+    code (C modules and numba's cache) on disk across processes: by default the child uses this
+    machine's, as a user's command would; ``cold_compile_cache`` gives it an empty one, as on the
+    first run after installation (compiling then takes several times longer).
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the fit.
+    cold_compile_cache : bool
+        Run the child with an empty PyTensor compile directory.
+
+    Returns
+    -------
+    dict
+        :func:`run_measured`'s fields (without ``stderr_tail`` unless the fit failed), the number of
+        outcomes and studies, the convergence diagnostics, the limits and ``within_limits``.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "fit.json"
+        cmd = [sys.executable, "-m", "analysis.cli", "fit", str(DEFAULT_DATASET), "--model", "multivariate"]
+        cmd += ["--outcomes", "all", "--seed", str(seed), "--json", str(out)]
+        env = {**os.environ, "EVMETA_CACHE_DIR": str(Path(tmp) / "cache")}
+        if cold_compile_cache:
+            flags = [f for f in env.get("PYTENSOR_FLAGS", "").split(",") if f]
+            env["PYTENSOR_FLAGS"] = ",".join([*flags, f"base_compiledir={Path(tmp) / 'pytensor'}"])
+        measured = run_measured(cmd, env=env)
+        fit = json.loads(out.read_text()) if out.exists() else {}
+    if measured["exit_code"] in (0, 3):
+        measured.pop("stderr_tail")
+    diagnostics = fit.get("diagnostics", {})
+    measured.update(
+        {
+            "outcomes": len(fit.get("outcomes", [])),
+            "studies": fit.get("k"),
+            "converged": bool(fit.get("converged", False)),
+            "r_hat_max": diagnostics.get("r_hat_max"),
+            "ess_bulk_min": diagnostics.get("ess_bulk_min"),
+            "divergences": diagnostics.get("divergences"),
+            "retried": diagnostics.get("retried"),
+            "cold_compile_cache": cold_compile_cache,
+            "wall_limit_seconds": MULTIVARIATE_ALL_WALL_LIMIT_S,
+            "peak_rss_limit_mib": MULTIVARIATE_ALL_RSS_LIMIT_MIB,
+        }
+    )
+    measured["within_limits"] = (
+        measured["exit_code"] in (0, 3)
+        and measured["wall_seconds"] <= MULTIVARIATE_ALL_WALL_LIMIT_S
+        and measured["peak_rss_mib"] <= MULTIVARIATE_ALL_RSS_LIMIT_MIB
+    )
+    return measured
+
+
+#: Benchmark keys of the all-outcome multivariate fit: this machine's compile cache, and an empty one.
+MULTIVARIATE_KEYS = ("multivariate_all", "multivariate_all_cold_compile")
+
+
+def _multivariate_row(mv: dict) -> tuple[str, str, str]:
+    """Markdown row (measurement, result, target) of :func:`multivariate_all_outcomes`."""
+    cache = "empty compile cache (first run)" if mv["cold_compile_cache"] else "compile cache of earlier runs"
+    return (
+        f"multivariate model over all {mv['outcomes']} outcomes (`evmeta fit --model multivariate --outcomes all`, "
+        f"one process, {cache}): wall / peak memory",
+        f"{mv['wall_seconds']:.1f} s / {mv['peak_rss_mib']:.0f} MiB"
+        + ("" if mv["exit_code"] in (0, 3) else f" (failed, exit {mv['exit_code']})"),
+        f"≤ {mv['wall_limit_seconds']:.0f} s / ≤ {mv['peak_rss_limit_mib']:.0f} MiB",
+    )
+
+
 def markdown(result: dict) -> str:
     """The README table of a benchmark result."""
     m, cold, warm, fit = result["machine"], result["cold"], result["warm"], result["univariate_fit"]
@@ -183,6 +319,7 @@ def markdown(result: dict) -> str:
             "≤ 20 ms",
         ),
     ]
+    rows += [_multivariate_row(result[key]) for key in MULTIVARIATE_KEYS if key in result]
     rows += [(f"cold run stage: {k}", f"{v:.1f} s", "") for k, v in result.get("stages", {}).items()]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_mib']} MiB, Python {m['python']} "
@@ -225,6 +362,8 @@ def main() -> int:
         result["warm"] = timed_run(out, cache_dir)
     result["univariate_fit"] = compile_vs_sampling()
     result["exact_ms"] = exact_per_outcome()
+    result["multivariate_all"] = multivariate_all_outcomes()
+    result["multivariate_all_cold_compile"] = multivariate_all_outcomes(cold_compile_cache=True)
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
     from analysis.report.files import write_json
 
