@@ -146,3 +146,17 @@ def test_html_report_in_headless_chromium(run_and_report):
     assert len(images) == len(linked) > 5
     for image in images:
         assert image["ok"] and image["vis"] and image["w"] > 100 and image["h"] > 50, image
+
+
+def test_a_run_keeps_other_reports_and_files_in_its_folder(tmp_path):
+    """``evmeta run`` into reports/ must not delete reports/fst_martins2025/ or benchmark.json (seen once)."""
+    from analysis.report.write import _keep_foreign_files
+
+    out, stage = tmp_path / "reports", tmp_path / "stage"
+    for rel in ("benchmark.json", "report.md", "figures/forest_BMD.png", "other/report.md", "other/figures/a.png"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(rel)
+    stage.mkdir()
+    _keep_foreign_files(out, stage)
+    kept = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
+    assert kept == ["benchmark.json", "other/figures/a.png", "other/report.md"]

@@ -6,6 +6,7 @@ leaves complete files or none.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -207,15 +208,22 @@ def write_summary_figures(run: RunResult, folder: Path) -> None:
 
 
 RUN_TOP_LEVEL = ("report.md", "report.html", "manifest.json")
+#: Folders a run writes; any other folder of the report folder (another dataset's report) is kept.
+RUN_FOLDERS = (FIGURES_DIR, "tables", "fits", "posteriors")
 
 
 def _keep_foreign_files(out_dir: Path, stage: Path) -> None:
-    """Carry over top-level files the run does not make (``benchmark.json``, ``simulation_study.*``)."""
+    """Carry over what the run does not make: top-level files (``benchmark.json``, ``simulation_study.*``)
+    and other folders (e.g. ``reports/fst_martins2025/``, the report of another dataset)."""
     if not out_dir.is_dir():
         return
     for path in out_dir.iterdir():
-        if path.is_file() and not path.name.startswith(".") and path.name not in RUN_TOP_LEVEL:
+        if path.name.startswith("."):
+            continue
+        if path.is_file() and path.name not in RUN_TOP_LEVEL:
             write_bytes_atomic(stage / path.name, path.read_bytes())
+        elif path.is_dir() and path.name not in RUN_FOLDERS:
+            shutil.copytree(path, stage / path.name, symlinks=True)
 
 
 def write_run_report(run: RunResult, out_dir: Path, *, elapsed: float) -> Path:
