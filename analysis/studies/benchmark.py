@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -34,6 +35,8 @@ MULTIVARIATE_ALL_RSS_LIMIT_MIB = 1536.0
 CHILD_ADDRESS_SPACE_BYTES = 8 * 2**30
 #: The child is killed after this long (a measurement, not the limit: the limit is checked on the result).
 CHILD_TIMEOUT_S = 900.0
+#: Seconds between two reads of a child's memory high-water mark.
+HWM_POLL_S = 0.02
 
 
 def machine() -> dict:
@@ -178,8 +181,29 @@ def _cap_address_space() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
 
+def _watch_hwm(pid: int, peak_kib: list[int], done: threading.Event) -> None:
+    """Keep ``peak_kib[0]`` at the child's ``VmHWM`` (KiB) until it exits or ``done`` is set."""
+    status = Path(f"/proc/{pid}/status")
+    while not done.is_set():
+        try:
+            text = status.read_text()
+        except OSError:  # the child is gone (or there is no /proc)
+            return
+        found = re.search(r"^VmHWM:\s+(\d+) kB", text, flags=re.M)
+        if found is None:  # a zombie has no memory lines: the child has exited
+            return
+        peak_kib[0] = max(peak_kib[0], int(found.group(1)))
+        done.wait(HWM_POLL_S)
+
+
 def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = CHILD_TIMEOUT_S) -> dict:
-    """Run ``cmd`` as a child process; its wall time, exit code and own peak RSS (``wait4``, not this process's).
+    """Run ``cmd`` as a child process; its wall time, exit code and own peak RSS (not this process's).
+
+    The peak is the high-water mark ``VmHWM`` of the child's own address space (``/proc/<pid>/status``),
+    read every 20 ms while it runs: it starts afresh at ``exec``, unlike ``wait4``'s ``ru_maxrss``,
+    which also counts the memory of this process copied into the child before ``exec`` (measured:
+    a 200 MiB child reported 453 MiB from inside a 450 MiB test process). Being a high-water mark,
+    only a peak reached in the child's last 20 ms can be missed.
 
     Parameters
     ----------
@@ -193,28 +217,32 @@ def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, timeout: 
     Returns
     -------
     dict
-        ``wall_seconds``, ``peak_rss_mib`` (largest resident set of the child and the descendants it
-        waited for), ``exit_code``, ``timed_out`` and ``stderr_tail`` (last 2000 characters).
+        ``wall_seconds``, ``peak_rss_mib`` (largest resident set of the child process itself, not of
+        its own children), ``exit_code``, ``timed_out`` and ``stderr_tail`` (last 2000 characters).
     """
     with tempfile.TemporaryFile(mode="w+") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_cap_address_space, start_new_session=True
         )
-        killed = threading.Event()
+        killed, done, peak_kib = threading.Event(), threading.Event(), [0]
         timer = threading.Timer(timeout, lambda: (killed.set(), proc.kill()))
+        watcher = threading.Thread(target=_watch_hwm, args=(proc.pid, peak_kib, done), daemon=True)
         timer.start()
+        watcher.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            _, status, _ = os.wait4(proc.pid, 0)
         finally:
             timer.cancel()
+            done.set()
+            watcher.join()
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         tail = err.read()[-2000:]
     return {
         "wall_seconds": round(wall, 2),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(peak_kib[0] / 1024, 1),
         "exit_code": proc.returncode,
         "timed_out": killed.is_set(),
         "stderr_tail": tail,
