@@ -12,6 +12,7 @@ the whole pipeline with NUTS.
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def check_run(folder: Path, out: Path, engine: str) -> None:
     assert code == 0
     report = (out / "report.md").read_text(encoding="utf-8")
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    declared = set(json.loads(json.dumps(toml_outcomes(folder))))
+    declared = set(toml_outcomes(folder))
     analysed = set(manifest["fits"])
     missing = declared - analysed
     assert not missing or "Outcomes not analysed:" in report
@@ -108,8 +109,7 @@ def check_run(folder: Path, out: Path, engine: str) -> None:
 
 
 def toml_outcomes(folder: Path) -> list[str]:
-    import tomllib
-
+    """Outcome ids declared in the dataset's dataset.toml."""
     return list(tomllib.loads((folder / "dataset.toml").read_text(encoding="utf-8"))["outcomes"])
 
 
