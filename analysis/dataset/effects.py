@@ -1,11 +1,13 @@
 """Effect-size tables: one row per treatment-vs-control comparison and outcome (metafor's ``escalc`` step).
 
 Arm-level datasets get the dataset's ``effect_measure``: Hedges' g and metafor's "LS" variance
-(``"SMD"``, :mod:`analysis.dataset.smd`), the log ratio of means (``"ROM"``) or the normalised
-mean difference (``"NMD"``, :mod:`analysis.dataset.measures`); SEM was already converted to SD on
-loading. Treatment arms that share a control arm form a *covariance group*: their sampling
-covariance is kept (Gleser & Olkin 2009 for SMD; the shared control term for ROM and NMD)
-instead of silently reusing the control animals as if they were independent.
+(``"SMD"``, :mod:`analysis.dataset.smd`; ``vtype="AV"`` gives metafor's "AV" variance instead, with
+the weighted mean effect of each outcome's comparisons in place of each g), the log ratio of
+means (``"ROM"``) or the normalised mean difference (``"NMD"``, :mod:`analysis.dataset.measures`);
+SEM was already converted to SD on loading. Treatment arms that share a control arm form a
+*covariance group*: their sampling covariance is kept (Gleser & Olkin 2009 for SMD; the shared
+control term for ROM and NMD) instead of silently reusing the control animals as if they were
+independent.
 
 For the univariate models each study contributes one effect per outcome:
 :func:`study_effects` combines a study's comparisons by generalised least squares with their
@@ -31,7 +33,7 @@ from analysis.dataset.measures import (
     with_sham,
 )
 from analysis.dataset.problems import DatasetError, NotApplicable, errors
-from analysis.dataset.smd import hedges_g, shared_control_covariance
+from analysis.dataset.smd import average_variance, hedges_g, shared_control_covariance
 
 EFFECT_COLUMNS = [
     "study",
@@ -46,6 +48,8 @@ EFFECT_COLUMNS = [
     "direction",
     "cov_group",
 ]
+#: Sampling-variance types of Hedges' g (metafor's ``vtype``): large-sample "LS" (the default) and "AV".
+VTYPES = ("LS", "AV")
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,14 @@ class EffectTable:
         ``cov_group -> (comparisons, matrix)`` for every group of two or more comparisons.
     measure : str
         Effect measure of ``yi`` (``"SMD"``, ``"ROM"``, ``"NMD"`` or that of ``effects.csv``).
+    vtype : str
+        Sampling-variance type of SMDs (:data:`VTYPES`); ``"LS"`` for every other measure.
     """
 
     data: pd.DataFrame
     covariance: dict[str, tuple[tuple[str, ...], np.ndarray]]
     measure: str = "SMD"
+    vtype: str = "LS"
     #: Per-outcome results of :func:`study_effects` (a table is never changed once built).
     _per_study: dict[str, pd.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -88,7 +95,7 @@ class EffectTable:
         return pd.DataFrame(rows, columns=["study", "outcome", "comparison_1", "comparison_2", "cov"])
 
 
-def compute_effects(dataset: Dataset, measure: str | None = None) -> EffectTable:
+def compute_effects(dataset: Dataset, measure: str | None = None, *, vtype: str = "LS") -> EffectTable:
     """Compute the effect-size table of a validated dataset.
 
     Parameters
@@ -98,6 +105,12 @@ def compute_effects(dataset: Dataset, measure: str | None = None) -> EffectTable
     measure : {"SMD", "NMD", "ROM"}, optional
         Effect measure of arm-level data; default ``dataset.effect_measure``. To analyse a
         dataset with another measure throughout (priors, labels, fits), use :func:`with_measure`.
+    vtype : {"LS", "AV"}
+        Sampling variance of Hedges' g, as metafor's ``escalc(measure="SMD", vtype=...)``:
+        ``"LS"`` (default) uses each comparison's own g; ``"AV"`` uses the sample-size-weighted
+        mean g of the outcome's comparisons (:func:`analysis.dataset.smd.average_variance`), in the
+        variances and in the Gleser–Olkin covariances of comparisons sharing a control alike.
+        Only SMD has an "AV" variance here.
 
     Returns
     -------
@@ -112,9 +125,11 @@ def compute_effects(dataset: Dataset, measure: str | None = None) -> EffectTable
         If the arm data cannot give ``measure`` (ROM: a mean <= 0; NMD: no sham arm, or a
         control mean equal to the sham mean), every problem located as ``arms.csv:LINE [column]``.
     ValueError
-        For an unknown measure, or a measure other than the declared one for effect-level data.
+        For an unknown measure, or a measure other than the declared one for effect-level data;
+        for an unknown ``vtype``, or ``"AV"`` with another measure than SMD or effect-level data.
     """
     measure = _checked_measure(dataset, dataset.effect_measure if measure is None else measure)
+    _check_vtype(vtype, measure, dataset.level)
     if dataset.level == "effects":
         return _effects_from_table(dataset)
     found = errors(measure_problems(dataset.arms, measure, _directions(dataset)))
@@ -125,6 +140,9 @@ def compute_effects(dataset: Dataset, measure: str | None = None) -> EffectTable
     if measure == "SMD":
         yi, vi = hedges_g(pairs["mean_t"], pairs["sd_t"], pairs["n_t"], pairs["mean_c"], pairs["sd_c"], pairs["n_c"])
         control_share = np.full(len(pairs), np.nan)
+        y_var = pd.Series(np.asarray(yi, dtype=float), index=pairs.index)  # the g inside (co)variances
+        if vtype == "AV":
+            vi, y_var = _average_variances(pairs, y_var)
     else:
         pairs = with_sham(pairs, dataset.arms) if measure == "NMD" else pairs
         yi, vi, control_share = arm_effects(pairs, measure, direction)
@@ -151,13 +169,38 @@ def compute_effects(dataset: Dataset, measure: str | None = None) -> EffectTable
         rows = data.loc[idx]
         if measure == "SMD":
             cov = shared_control_covariance(
-                rows["yi"], rows["vi"], rows["n_treatment"], float(rows["n_control"].iloc[0])
+                y_var.loc[idx], rows["vi"], rows["n_treatment"], float(rows["n_control"].iloc[0])
             )
         else:
             cov = common_control_covariance(rows["vi"], float(control_share[idx[0]]))
         covariance[group] = (tuple(rows["comparison"]), cov)
         data.loc[idx, "cov_group"] = group
-    return EffectTable(data=data[EFFECT_COLUMNS].reset_index(drop=True), covariance=covariance, measure=measure)
+    return EffectTable(
+        data=data[EFFECT_COLUMNS].reset_index(drop=True), covariance=covariance, measure=measure, vtype=vtype
+    )
+
+
+def _check_vtype(vtype: str, measure: str, level: str) -> None:
+    if vtype not in VTYPES:
+        raise ValueError(f"vtype must be one of {', '.join(VTYPES)}, got {vtype!r}")
+    if vtype != "LS" and (measure != "SMD" or level == "effects"):
+        raise ValueError(
+            f"vtype {vtype!r} is defined for SMDs computed from arm data only; got {measure} from {level}-level data"
+        )
+
+
+def _average_variances(pairs: pd.DataFrame, yi: pd.Series) -> tuple[np.ndarray, pd.Series]:
+    """metafor's "AV" variances, the weighted mean g taken over each outcome's comparisons.
+
+    Returns the variances (in row order) and, per row, the outcome's weighted mean g, which
+    replaces g in the shared-control covariances as well.
+    """
+    vi = np.empty(len(pairs))
+    g_w = pd.Series(np.nan, index=pairs.index)
+    for _, idx in pairs.groupby("outcome", sort=False).groups.items():
+        pos = pairs.index.get_indexer(idx)
+        vi[pos], g_w.loc[idx] = average_variance(yi.loc[idx], pairs.loc[idx, "n_t"], pairs.loc[idx, "n_c"])
+    return vi, g_w
 
 
 def with_measure(dataset: Dataset, measure: str) -> Dataset:

@@ -14,6 +14,17 @@ For a treatment arm (mean :math:`m_1`, SD :math:`s_1`, size :math:`n_1`) and a c
 which is metafor's ``escalc(measure="SMD")`` with its default large-sample variance
 (``vtype="LS"``). SEM is converted to SD by :math:`SD = SEM\sqrt{n}`.
 
+Because :math:`v` contains :math:`g^2`, a study's weight :math:`1/(v+\tau^2)` is correlated with
+its estimate (larger :math:`|g|`, smaller weight), which biases the pooled SMD towards zero in
+small samples. metafor's ``vtype="AV"`` removes that correlation by replacing :math:`g` in the
+variance by the sample-size-weighted mean effect of the :math:`k` comparisons analysed together
+(metafor 3.8-1: ``mnwyi <- .wmean(yi, ni)`` over all rows of the ``escalc`` call, ``ni = n1i + n2i``):
+
+.. math::
+
+    \bar g_w = \frac{\sum_j (n_{1j}+n_{2j})\, g_j}{\sum_j (n_{1j}+n_{2j})}, \qquad
+    v^{AV}_i = \frac{1}{n_{1i}} + \frac{1}{n_{2i}} + \frac{\bar g_w^2}{2(n_{1i}+n_{2i})}
+
 Two treatment arms :math:`a, b` compared with the same control :math:`c` are correlated,
 because they share the control mean and the control SD enters both pooled SDs. To first
 order (delta method, normal data, each comparison pooling its own two arms):
@@ -23,7 +34,8 @@ order (delta method, normal data, each comparison pooling its own two arms):
     \operatorname{Cov}(g_a, g_b) \approx \frac{1}{n_c}
         + \frac{\delta_a \delta_b (n_c - 1)}{2\, m_a m_b}
 
-with :math:`m_a = n_a + n_c - 2`; the estimates :math:`g` replace :math:`\delta`. The
+with :math:`m_a = n_a + n_c - 2`; the estimates :math:`g` replace :math:`\delta` (with the AV
+variance, :math:`\bar g_w` replaces both, as in the diagonal). The
 first term is the shared control mean, the second the shared control variance (Gleser &
 Olkin 2009, in *The Handbook of Research Synthesis and Meta-Analysis*, ch. 19; the same
 structure as metaSEM's ``smdMTS``). The J factors cancel to first order (J corrects the
@@ -78,13 +90,61 @@ def hedges_g(
     return yi, vi
 
 
+def weighted_mean_effect(yi: np.ndarray, n1: np.ndarray, n2: np.ndarray) -> float:
+    """Sample-size-weighted mean effect ``sum((n1 + n2) * yi) / sum(n1 + n2)`` (metafor's ``mnwyi``).
+
+    Parameters
+    ----------
+    yi : array_like
+        Hedges' g of the comparisons analysed together (e.g. all comparisons of one outcome).
+    n1, n2 : array_like
+        Sizes of the treatment and control arm of each comparison.
+
+    Returns
+    -------
+    float
+        The weighted mean; rows with a missing ``yi`` are left out, as ``na.rm = TRUE`` in metafor.
+    """
+    yi = np.asarray(yi, dtype=float)
+    ni = np.asarray(n1, dtype=float) + np.asarray(n2, dtype=float)
+    ok = np.isfinite(yi) & np.isfinite(ni)
+    if not ok.any():
+        raise ValueError("the weighted mean effect needs at least one finite effect")
+    return float(np.sum(yi[ok] * ni[ok]) / np.sum(ni[ok]))
+
+
+def average_variance(yi: np.ndarray, n1: np.ndarray, n2: np.ndarray) -> tuple[np.ndarray, float]:
+    """metafor's ``vtype="AV"`` sampling variance of Hedges' g (see the module docstring).
+
+    Parameters
+    ----------
+    yi : array_like
+        Hedges' g of the comparisons analysed together (one outcome).
+    n1, n2 : array_like
+        Sizes of the treatment and control arm of each comparison.
+
+    Returns
+    -------
+    vi : numpy.ndarray
+        ``1/n1 + 1/n2 + g_w^2 / (2 (n1 + n2))`` for every comparison.
+    g_w : float
+        The weighted mean effect :func:`weighted_mean_effect` that replaces each ``g`` in the variance.
+    """
+    n1 = np.asarray(n1, dtype=float)
+    n2 = np.asarray(n2, dtype=float)
+    g_w = weighted_mean_effect(yi, n1, n2)
+    return 1.0 / n1 + 1.0 / n2 + g_w**2 / (2.0 * (n1 + n2)), g_w
+
+
 def shared_control_covariance(yi: np.ndarray, vi: np.ndarray, n_treatment: np.ndarray, n_control: float) -> np.ndarray:
     """Sampling covariance matrix of several g's that share one control arm.
 
     Parameters
     ----------
     yi, vi : array_like
-        Hedges' g and its variance for each treatment-vs-control comparison.
+        Hedges' g and its variance for each treatment-vs-control comparison. With metafor's
+        "AV" variance pass the weighted mean effect (repeated) as ``yi``, so that the
+        covariance uses the same effect as the variance.
     n_treatment : array_like
         Size of each treatment arm.
     n_control : float
