@@ -1,4 +1,4 @@
-r"""Exact small-sample random-effects model on arm-level summaries (arm means and SDs), for NUTS.
+r"""Exact small-sample multilevel random-effects model on arm-level summaries (means and SDs), for NUTS.
 
 The normal model of :mod:`models.random_effects` treats Hedges' g as normal with a variance
 that depends on g itself. With 5–10 animals per arm this is a poor approximation: g and its
@@ -12,7 +12,7 @@ mean :math:`m_a`, sample SD :math:`s_a` and :math:`n_a` animals, and
 
 .. math::
 
-    m_a \mid \alpha, \theta, \sigma &\sim \mathcal N\!\left(\alpha_{g(a)} + t_a\,\theta_{i(a)}\,\sigma_{i(a)},\;
+    m_a \mid \alpha, \theta, \sigma &\sim \mathcal N\!\left(\alpha_{g(a)} + t_a\,\theta_{a}\,\sigma_{i(a)},\;
         \sigma_{i(a)}^2 / n_a\right), \\
     \frac{(n_a - 1)\, s_a^2}{\sigma_{i(a)}^2} \sim \chi^2_{n_a - 1}
         \quad&\Longleftrightarrow\quad
@@ -21,11 +21,10 @@ mean :math:`m_a`, sample SD :math:`s_a` and :math:`n_a` animals, and
 
 with :math:`t_a = 1` for treatment and 0 for control arms, :math:`\alpha_g` the true control
 mean, :math:`\sigma_i` the common within-group SD of study :math:`i` (the population value
-of the pooled SD that Hedges' g divides by) and :math:`\theta_i` the true standardised mean
-difference (the :math:`\delta_i` of Hedges 1981, the estimand of g). All treatment arms of a
-study share its :math:`\theta_i`, as in the GLS combination of
-:func:`analysis.dataset.effects.study_effects`; a control arm enters once however many arms are
-compared with it, so shared controls need no Gleser–Olkin covariance.
+of the pooled SD that Hedges' g divides by) and :math:`\theta_a` the true standardised mean
+difference of treatment arm :math:`a` against its control (the :math:`\delta` of Hedges 1981,
+the estimand of g): one *comparison*. A control arm enters once however many arms are compared
+with it, so shared controls need no Gleser–Olkin covariance.
 
 **The baseline is integrated out.** With a flat prior on each :math:`\alpha_g`, integrating it
 out leaves the exact likelihood of the within-group contrasts. Ordering a group's arms control
@@ -39,29 +38,41 @@ are independent given :math:`(\theta, \sigma)`, with
 
 .. math::
 
-    u_j \mid \theta, \sigma \sim \mathcal N\!\left(w_j\,\theta_i\sigma_i,\;
-        \sigma_i^2 r_j^2\right), \qquad w_j = \frac{n_0}{N_{<j}}, \qquad
-        r_j^2 = \frac{1}{n_j} + \frac{1}{N_{<j}}
+    u_j \mid \theta, \sigma \sim \mathcal N\!\left(\sigma_i\,(H\theta)_j,\;
+        \sigma_i^2 r_j^2\right), \qquad (H\theta)_j = \theta_j - \sum_{0 < a < j} \frac{n_a}{N_{<j}}\,\theta_a,
+        \qquad r_j^2 = \frac{1}{n_j} + \frac{1}{N_{<j}}
 
-(:math:`n_0` the control arm). The map from the simple contrasts :math:`D_j = m_j - m_0` to
-:math:`u` is unit-triangular, so :math:`\sum_j \log p(u_j)` *equals* the log-density of
-:math:`D \sim \mathcal N(\theta_i\sigma_i 1, \sigma_i^2(\operatorname{diag}(1/n_j) + 11^\top/n_0))`.
+(:math:`n_0` the control arm; :math:`H` is the unit lower-triangular *Helmert matrix* of the
+group, block-diagonal over groups; when all arms of a group share one :math:`\theta`,
+:math:`(H\theta)_j = (n_0/N_{<j})\,\theta`). The map from the simple contrasts
+:math:`D_j = m_j - m_0` to :math:`u` is unit-triangular, so :math:`\sum_j \log p(u_j)` *equals*
+the log-density of :math:`D \sim \mathcal N(\sigma_i\theta,
+\sigma_i^2(\operatorname{diag}(1/n_j) + 11^\top/n_0))`.
 For a two-arm study this is :math:`D_i = m_t - m_c \sim \mathcal N(\theta_i\sigma_i,
 \sigma_i^2(1/n_t + 1/n_c))`, and with the χ² terms of both arms it is the likelihood of
 :math:`(D_i, s_{p,i}^2)` up to a constant. Integrating :math:`\alpha` removes one nuisance
 parameter per group and the :math:`\alpha`–:math:`\theta\sigma` correlation, which halves the
 NUTS tree size compared with sampling :math:`\alpha`.
 
-**Random effects**, non-centred:
+**Random effects: comparisons nested in studies**, non-centred. For comparison :math:`j` of
+study :math:`i`,
 
 .. math::
 
-    \theta_i = x_i^\top\beta + \tau z_i, \quad z_i \sim \mathcal N(0, 1), \quad
-    \beta_j \sim p(\beta_j) \text{ (normal)}, \quad \tau \sim p(\tau).
+    \theta_{ij} = x_{ij}^\top\beta + \tau z_i + \omega v_{ij}, \quad z_i, v_{ij} \sim \mathcal N(0, 1),
+    \quad \beta_l \sim p(\beta_l) \text{ (normal)}, \quad \tau \sim p(\tau), \quad \omega \sim p(\omega):
 
-With 5–10 animals per arm each study says little about its :math:`\theta_i`, so the centred
-form has the usual funnel, and :math:`\theta` cannot be integrated out analytically here
-(the likelihood depends on :math:`\theta_i\sigma_i`).
+:math:`\tau` is the between-study SD and :math:`\omega` the SD between comparisons of one study
+(:math:`u_i = \tau z_i`, :math:`w_{ij} = \omega v_{ij}` in the usual three-level notation).
+Moderators :math:`x_{ij}` may be study-level (constant within a study) or comparison-level
+(dose, formulation), so a within-study contrast informs :math:`\beta` directly. The study's
+own effect reported for forest plots is :math:`\theta_i = \bar x_i^\top\beta + \tau z_i`
+(:math:`\bar x_i` the mean of its comparisons' rows). When no study has two comparisons,
+:math:`\tau` and :math:`\omega` are not separately identified and the model is built without
+:math:`\omega` (``omega_prior=None``): then :math:`\theta_{ij} = \theta_i`, the single-level model.
+With 5–10 animals per arm each study says little about its :math:`\theta`, so the centred form
+has the usual funnel, and :math:`\theta` cannot be integrated out analytically here (the
+likelihood depends on :math:`\theta\sigma_i`).
 
 **Units and the prior of** :math:`\sigma_i`. Every study reports in its own units, so the data
 are divided by the study's pooled SD :math:`S_i` before they reach the graph (contrasts
@@ -81,14 +92,15 @@ shape (:mod:`analysis.fitting.nuts`), and the outcomes of a dataset differ in th
 arms and comparisons. The graph can therefore be built for a larger :class:`Layout`: padded
 studies come last and have no data, so their ``z`` and ``log_sigma`` are independent
 :math:`\mathcal N(0, 1)` a posteriori, independent of every real parameter; a padded comparison
-has :math:`u = 0`, weight 0 and standard deviation 1, a padded arm has :math:`s^2 = 1`, 3
+has :math:`u = 0`, a zero row of :math:`H` and standard deviation 1, a padded arm has :math:`s^2 = 1`, 3
 animals and :math:`\sigma = 1`, so each adds a constant to the log density. The posterior of
 the real parameters is exactly that of the unpadded model; :func:`trim_padding` removes the
 padded entries from the draws.
 
 Free variables: ``mu`` (or ``beta_<name>``, with deterministic ``beta``, dim ``coef``),
-``tau``, ``z`` and ``log_sigma`` (dim ``study``); deterministics ``theta`` (dim ``study``) and
-``sigma`` (natural units). Observed: ``contrast`` (dim ``comparison``, one per treatment arm)
+``tau``, ``z`` and ``log_sigma`` (dim ``study``), with :math:`\omega`: ``omega`` and ``v`` (dim
+``comparison``); deterministics ``theta`` (dim ``study``), ``theta_comparison`` (dim
+``comparison``) and ``sigma`` (natural units). Observed: ``contrast`` (dim ``comparison``, one per treatment arm)
 and ``s2`` (dim ``arm``). Every data array is a ``pm.Data``, so a compiled model can be reused
 for new data of the same layout (``pm.set_data``), e.g. in simulation studies.
 
@@ -129,8 +141,11 @@ class ArmSummaries:
         Per arm: study index ``0..k-1``, number of animals (>= 2), variance ``s^2 / S_i^2``.
     comparison : tuple of str
         Treatment-arm labels (the ``comparison`` dimension).
-    comparison_study, contrast, weight, se_factor : numpy.ndarray
-        Per treatment arm: study index, Helmert contrast ``u_j / S_i``, ``w_j`` and ``r_j``.
+    comparison_study, contrast, se_factor : numpy.ndarray
+        Per treatment arm: study index, Helmert contrast ``u_j / S_i`` and ``r_j``.
+    helmert : numpy.ndarray
+        ``(comparisons, comparisons)`` Helmert matrix ``H`` (block lower-triangular, unit diagonal):
+        the mean of contrast ``j`` is ``sigma_i (H theta)_j``.
     """
 
     study: tuple[str, ...]
@@ -142,13 +157,27 @@ class ArmSummaries:
     comparison: tuple[str, ...]
     comparison_study: np.ndarray
     contrast: np.ndarray
-    weight: np.ndarray
     se_factor: np.ndarray
+    helmert: np.ndarray
 
     @property
     def k(self) -> int:
         """Number of studies."""
         return len(self.study)
+
+    @property
+    def multilevel(self) -> bool:
+        """True if some study has two or more comparisons (so that omega is identified)."""
+        return bool(np.bincount(self.comparison_study, minlength=self.k).max(initial=0) >= 2)
+
+    def study_rows(self, X: np.ndarray) -> np.ndarray:
+        """Per study, the mean of its comparisons' rows of a comparison-level design ``X``."""
+        X = np.asarray(X, dtype=float)
+        counts = np.bincount(self.comparison_study, minlength=self.k)
+        sums = np.vstack(
+            [np.bincount(self.comparison_study, weights=X[:, j], minlength=self.k) for j in range(X.shape[1])]
+        )
+        return (sums / counts).T
 
 
 @dataclass(frozen=True)
@@ -226,8 +255,9 @@ def arm_summaries(
     )
     groups = dict.fromkeys(arm_group.tolist())  # in order of first appearance
     comparisons = [_helmert(np.flatnonzero(arm_group == g), mean, n, treated, arm_study) for g in groups]
-    index, u, w, r = (np.concatenate([c[j] for c in comparisons]) for j in range(4))
+    index, u, r = (np.concatenate([c[j] for c in comparisons]) for j in range(3))
     index = index.astype(int)
+    helmert = _block_diag([c[3] for c in comparisons])
     return ArmSummaries(
         study=tuple(study),
         scale=scale,
@@ -238,22 +268,33 @@ def arm_summaries(
         comparison=tuple(labels[j] for j in index),
         comparison_study=arm_study[index],
         contrast=u / scale[arm_study[index]],
-        weight=w,
         se_factor=r,
+        helmert=helmert,
     )
 
 
 def _helmert(
     rows: np.ndarray, mean: np.ndarray, n: np.ndarray, treated: np.ndarray, arm_study: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Treatment-arm indices, contrasts ``u_j``, weights ``w_j`` and ``r_j`` of one baseline group."""
+    """Treatment-arm indices, contrasts ``u_j``, ``r_j`` and the Helmert block ``H`` of one baseline group."""
     if np.sum(treated[rows] == 0) != 1 or np.unique(arm_study[rows]).size != 1:
         raise ValueError("every baseline group needs exactly one control arm and arms of one study")
     order = np.concatenate([rows[treated[rows] == 0], rows[treated[rows] == 1]])
     n_prev = np.cumsum(n[order])[:-1]
     mean_prev = np.cumsum(n[order] * mean[order])[:-1] / n_prev
     treat = order[1:]
-    return treat, mean[treat] - mean_prev, n[order[0]] / n_prev, np.sqrt(1.0 / n[treat] + 1.0 / n_prev)
+    # H[j, a] = -n_a / N_<j for the treatment arms a before j, H[j, j] = 1
+    block = np.tril(-n[treat][None, :] / n_prev[:, None], k=-1) + np.eye(treat.size)
+    return treat, mean[treat] - mean_prev, np.sqrt(1.0 / n[treat] + 1.0 / n_prev), block
+
+
+def _block_diag(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    size = sum(b.shape[0] for b in blocks)
+    out, at = np.zeros((size, size)), 0
+    for block in blocks:
+        out[at : at + block.shape[0], at : at + block.shape[0]] = block
+        at += block.shape[0]
+    return out
 
 
 def build_arm_level_model(
@@ -264,8 +305,9 @@ def build_arm_level_model(
     X: np.ndarray | None = None,
     coef_names: Sequence[str] = ("mu",),
     layout: Layout | None = None,
+    omega_prior: PriorSpec | None = None,
 ) -> pm.Model:
-    """Build the arm-level (exact small-sample) random-effects / meta-regression model.
+    """Build the arm-level (exact small-sample) multilevel random-effects / meta-regression model.
 
     Parameters
     ----------
@@ -276,12 +318,17 @@ def build_arm_level_model(
     beta_priors : sequence of PriorSpec
         One normal prior per coefficient (for plain random effects: the prior of ``mu``).
     X : numpy.ndarray, optional
-        ``(k, p)`` study-level design matrix; ``None`` means a column of ones (``mu``).
+        ``(comparisons, p)`` design, one row per comparison (treatment arm) in the order of
+        ``data.comparison``; study-level moderators repeat their study's value. ``None`` means
+        a column of ones (``mu``).
     coef_names : sequence of str
         Coefficient names; ``("mu",)`` for plain random effects.
     layout : Layout, optional
         Build the graph for this (larger) layout, padding as the module docstring describes, so
         that one compiled model serves every outcome of a dataset; default: the data's own.
+    omega_prior : PriorSpec, optional
+        Prior of the between-comparison SD within a study (on ``[0, inf)``); ``None`` builds the
+        single-level model (every comparison of a study has the study's effect).
 
     Returns
     -------
@@ -293,18 +340,17 @@ def build_arm_level_model(
     ValueError
         If ``X`` does not match the data, or the data do not fit into ``layout``.
     """
-    X = np.ones((data.k, 1)) if X is None else np.asarray(X, dtype=float)
-    if X.shape != (data.k, len(coef_names)) or len(beta_priors) != len(coef_names):
-        raise ValueError(f"design {X.shape} does not match {data.k} studies and coefficients {list(coef_names)}")
+    n_comp = len(data.comparison)
+    X = np.ones((n_comp, 1)) if X is None else np.asarray(X, dtype=float)
+    if X.shape != (n_comp, len(coef_names)) or len(beta_priors) != len(coef_names):
+        raise ValueError(f"design {X.shape} does not match {n_comp} comparisons and coefficients {list(coef_names)}")
     tau_prior.require_positive("tau")
+    if omega_prior is not None:
+        omega_prior.require_positive("omega")
     layout = layout or Layout.of(data)
     if not layout.holds(data):
         raise ValueError(f"{Layout.of(data)} does not fit into {layout}")
-    study_pad, arm_pad, comp_pad = (
-        layout.studies - data.k,
-        layout.arms - len(data.arm),
-        layout.comparisons - len(data.comparison),
-    )
+    study_pad, arm_pad, comp_pad = (layout.studies - data.k, layout.arms - len(data.arm), layout.comparisons - n_comp)
     coords = {
         "study": [*data.study, *_pad_labels("study", study_pad)],
         "arm": [*data.arm, *_pad_labels("arm", arm_pad)],
@@ -312,21 +358,29 @@ def build_arm_level_model(
     }
     if not (X.shape[1] == 1 and coef_names[0] == "mu"):
         coords["coef"] = list(coef_names)
-    X = np.vstack([X, np.tile(np.eye(1, X.shape[1]), (study_pad, 1))])
+    intercept = np.eye(1, X.shape[1])
+    X_study = np.vstack([data.study_rows(X), np.tile(intercept, (study_pad, 1))])
+    X_comp = np.vstack([X, np.tile(intercept, (comp_pad, 1))])
+    helmert = np.zeros((layout.comparisons, layout.comparisons))
+    helmert[:n_comp, :n_comp] = data.helmert
     with pm.Model(coords=coords) as model:
-        location = _location(pm.Data("X", X), beta_priors, coef_names)
+        beta = _coefficients(beta_priors, coef_names)
         tau = tau_prior.to_pymc("tau")
         z = pm.Normal("z", 0.0, 1.0, dims="study")
-        theta = pm.Deterministic("theta", location + tau * z, dims="study")
+        pm.Deterministic("theta", pt.dot(pm.Data("X_study", X_study), beta) + tau * z, dims="study")
+        c_study = pm.Data("comparison_study", _pad(data.comparison_study, comp_pad, 0), dims="comparison")
+        theta_c = pt.dot(pm.Data("X", X_comp), beta) + tau * z[c_study]
+        if omega_prior is not None:
+            theta_c = theta_c + omega_prior.to_pymc("omega") * pm.Normal("v", 0.0, 1.0, dims="comparison")
+        theta_c = pm.Deterministic("theta_comparison", theta_c, dims="comparison")
         log_sigma = pm.Normal("log_sigma", 0.0, LOG_SIGMA_PRIOR_SD, dims="study")
         sigma = pt.exp(log_sigma)
         pm.Deterministic(
             "sigma", pm.Data("scale", _pad(data.scale, study_pad, 1.0), dims="study") * sigma, dims="study"
         )
-        c_study = pm.Data("comparison_study", _pad(data.comparison_study, comp_pad, 0), dims="comparison")
-        c_real = pm.Data("comparison_real", _pad(np.ones(len(data.comparison)), comp_pad, 0.0), dims="comparison")
+        c_real = pm.Data("comparison_real", _pad(np.ones(n_comp), comp_pad, 0.0), dims="comparison")
         sigma_c = pt.switch(c_real > 0, sigma[c_study], 1.0)
-        mean_c = pm.Data("weight", _pad(data.weight, comp_pad, 0.0), dims="comparison") * theta[c_study] * sigma_c
+        mean_c = pt.dot(pm.Data("helmert", helmert), theta_c) * sigma_c
         sd_c = pm.Data("se_factor", _pad(data.se_factor, comp_pad, 1.0), dims="comparison") * sigma_c
         pm.Normal(
             "contrast",
@@ -381,11 +435,9 @@ def trim_padding(idata: xr.DataTree, data: ArmSummaries) -> xr.DataTree:
     return xr.DataTree.from_dict(groups)
 
 
-def _location(
-    x_data: pt.TensorVariable, beta_priors: Sequence[PriorSpec], coef_names: Sequence[str]
-) -> pt.TensorVariable:
-    """``mu`` (broadcast over studies) for plain random effects, else ``X @ beta`` (as in the normal model)."""
+def _coefficients(beta_priors: Sequence[PriorSpec], coef_names: Sequence[str]) -> pt.TensorVariable:
+    """The coefficient vector: ``[mu]`` for plain random effects, else ``beta`` (dim ``coef``)."""
     if len(coef_names) == 1 and coef_names[0] == "mu":
-        return beta_priors[0].to_pymc("mu") * x_data[:, 0]
+        return pt.stack([beta_priors[0].to_pymc("mu")])
     betas = [prior.to_pymc(f"beta_{name}") for prior, name in zip(beta_priors, coef_names, strict=True)]
-    return pt.dot(x_data, pm.Deterministic("beta", pt.stack(betas), dims="coef"))
+    return pm.Deterministic("beta", pt.stack(betas), dims="coef")

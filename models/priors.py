@@ -35,6 +35,7 @@ from scipy import stats
 __all__ = [
     "DEFAULT_LKJ_ETA",
     "DEFAULT_MU_PRIOR",
+    "DEFAULT_OMEGA_PRIOR",
     "DEFAULT_OMEGA_SIGMA",
     "DEFAULT_SLOPE_PRIOR",
     "DEFAULT_TAU_PRIOR",
@@ -271,6 +272,21 @@ proper even for k = 1 and the marginal likelihood is defined.
 """
 
 
+DEFAULT_OMEGA_PRIOR: PriorSpec = PriorSpec.parse("halfnormal:0.5")
+"""Default prior on the between-comparison SD omega within a study (SMD scale): HalfNormal(0.5).
+
+Comparisons of one study (doses, native against engineered formulations, drugs of one class
+against one control) share the laboratory, strain, induction, outcome measurement and often
+the same control group, so they differ by less than independent studies do: a spread of 0.5
+SMD between the arms of one study is already a large dose or formulation effect.
+HalfNormal(0.5) has median 0.34 and 95th percentile 0.98, so it supports anything from no
+within-study heterogeneity to about tau's typical size, and gives omega > 1.5 prior
+probability 0.3%, as the tau default does for tau > 3. With two comparisons in a few studies
+the data say little about omega, so this prior matters there (prior sensitivity: the report's
+prior grid); with many multi-arm studies it does not.
+"""
+
+
 #: Default prior of the small-study bias slope beta1 of PET/PEESE: N(0, 5²). On the SE or
 #: sqrt(1/n~) scale of animal studies (about 0.3–0.8) a 1-SMD difference between the smallest and
 #: the largest study is beta1 ≈ 2, so N(0, 5²) is weak and centred on no small-study effect.
@@ -302,6 +318,9 @@ class PriorSet:
         Prior of each between-study SD (on [0, inf)). Default HalfNormal(1).
     slope : PriorSpec
         Normal prior of the PET/PEESE bias slope beta1. Default :data:`DEFAULT_SLOPE_PRIOR`.
+    omega : PriorSpec
+        Prior of the between-comparison SD within a study of the multilevel models (on
+        [0, inf)). Default :data:`DEFAULT_OMEGA_PRIOR`, HalfNormal(0.5).
     omega_sigma : float
         SD of log omega_j of the selection model (> 0). Default :data:`DEFAULT_OMEGA_SIGMA`.
     lkj_eta : float
@@ -312,6 +331,7 @@ class PriorSet:
     mu: PriorSpec = DEFAULT_MU_PRIOR
     tau: PriorSpec = DEFAULT_TAU_PRIOR
     slope: PriorSpec = DEFAULT_SLOPE_PRIOR
+    omega: PriorSpec = DEFAULT_OMEGA_PRIOR
     omega_sigma: float = DEFAULT_OMEGA_SIGMA
     lkj_eta: float = DEFAULT_LKJ_ETA
 
@@ -321,6 +341,7 @@ class PriorSet:
         if self.slope.family != "normal":
             raise ValueError(f"the prior of the slope must be normal:M:S, got {self.slope}")
         self.tau.require_positive("tau")
+        self.omega.require_positive("omega")
         if not (math.isfinite(self.omega_sigma) and self.omega_sigma > 0):
             raise ValueError(f"omega_sigma must be a finite number > 0, got {self.omega_sigma}")
         if not (math.isfinite(self.lkj_eta) and self.lkj_eta > 0):
@@ -329,6 +350,10 @@ class PriorSet:
     def to_dict(self) -> dict[str, str]:
         """Prior strings of the random-effects model by parameter name (``mu``, ``tau``)."""
         return {"mu": str(self.mu), "tau": str(self.tau)}
+
+    def multilevel_dict(self) -> dict[str, str]:
+        """Prior strings of the multilevel models (``mu``, ``tau``, ``omega``)."""
+        return {**self.to_dict(), "omega": str(self.omega)}
 
     def small_study_dict(self) -> dict[str, str]:
         """Prior strings of the small-study models (PET/PEESE and the selection model)."""
@@ -371,7 +396,8 @@ def default_priors(measure: str) -> PriorSet:
     ``mu`` and ``tau`` live on the scale of ``yi``, so their weakly informative defaults depend
     on the measure. The PET/PEESE slope prior N(0, 5²) is scaled by :func:`measure_scale` (ROM
     N(0, 2.5²), NMD N(0, 250²)): the headline small-study regressions of arm-level data are on
-    sqrt(1/ñ) and 1/ñ, whose slopes are in units of ``yi``. The selection weights and the LKJ
+    sqrt(1/ñ) and 1/ñ, whose slopes are in units of ``yi``; so is the between-comparison SD prior
+    HalfNormal(0.5) (ROM HalfNormal(0.25), NMD HalfNormal(25)). The selection weights and the LKJ
     shape are unit-free and keep the :class:`PriorSet` defaults.
 
     * ``"SMD"`` (Hedges' g) and any measure not listed below (e.g. effect-level log risk
@@ -408,5 +434,7 @@ def default_priors(measure: str) -> PriorSet:
         return PriorSet()
     mu, tau = _MEASURE_PRIORS[measure]
     slope_mean, slope_sd = DEFAULT_SLOPE_PRIOR.params
-    slope = PriorSpec("normal", (slope_mean, slope_sd * measure_scale(measure)))
-    return PriorSet(mu=PriorSpec.parse(mu), tau=PriorSpec.parse(tau), slope=slope)
+    scale = measure_scale(measure)
+    slope = PriorSpec("normal", (slope_mean, slope_sd * scale))
+    omega = PriorSpec("halfnormal", (DEFAULT_OMEGA_PRIOR.params[0] * scale,))
+    return PriorSet(mu=PriorSpec.parse(mu), tau=PriorSpec.parse(tau), slope=slope, omega=omega)

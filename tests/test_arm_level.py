@@ -70,7 +70,9 @@ def test_layout_counts_shared_control_once(tiny):
     assert data.scale == pytest.approx([_pooled_sd(ARMS[s]) for s in STUDIES], rel=1e-12)
     # first contrast of a group is the plain difference m_t - m_c, in pooled SDs
     assert data.contrast[1] == pytest.approx((0.23 - 0.20) / data.scale[1], rel=1e-12)
-    assert data.weight.tolist() == pytest.approx([1.0, 1.0, 6 / 12, 1.0])
+    # row sums of the Helmert matrix are the weights n_0 / N_<j of a common theta
+    assert data.helmert.sum(axis=1).tolist() == pytest.approx([1.0, 1.0, 6 / 12, 1.0])
+    assert data.helmert[2, 1] == pytest.approx(-6 / 12) and data.multilevel
 
 
 def test_graph_builds_with_expected_variables(model):
@@ -139,7 +141,7 @@ def test_bad_arm_data_and_design_raise(tiny):
     with pytest.raises(ValueError, match="exactly one control"):
         arm_summaries([0, 1], [1, 1], [5, 5], [1, 1], [0, 0], [0, 0], study=["s"])
     with pytest.raises(ValueError, match="first column is ones"):
-        fit_arm_level(tiny, "BMD", X=np.zeros((3, 2)))
+        fit_arm_level(tiny, "BMD", X=np.zeros((4, 2)))
     with pytest.raises(ValueError, match="not declared"):
         fit_arm_level(tiny, "nope")
 
@@ -151,7 +153,7 @@ def test_effect_level_dataset_raises():
 
 def test_meta_regression_graph_has_coefficients(tiny):
     data = outcome_arm_summaries(tiny, "BMD", STUDIES)
-    X = np.column_stack([np.ones(3), [0.0, -4.0, 4.0]])  # centred duration_weeks
+    X = np.column_stack([np.ones(4), [0.0, -4.0, -4.0, 4.0]])  # centred duration_weeks, one row per comparison
     model = build_arm_level_model(
         data,
         tau_prior=TAU_PRIOR,
@@ -203,3 +205,53 @@ def test_fit_trims_the_padding_of_the_dataset_layout(tiny):
         not str(label).startswith("__padding")
         for label in result.posterior.observed_data["contrast"].coords["comparison"].values
     )
+
+
+def _evaluate(model, name: str, point: dict) -> np.ndarray:
+    """A deterministic at a point of the value variables (random variables replaced by their values)."""
+    (expr,) = model.replace_rvs_by_values([model[name]])
+    return model.compile_fn(expr, inputs=model.value_vars, on_unused_input="ignore")(point)
+
+
+def _multilevel_point(model) -> tuple[dict, np.ndarray]:
+    point = _model_point(model)
+    v = np.array([0.4, -0.9, 1.3, 0.2])
+    point.update({"omega_log__": np.array(np.log(0.3)), "v": v})
+    theta_c = POINT["mu"] + POINT["tau"] * POINT["z"][[0, 1, 1, 2]] + 0.3 * v
+    return point, theta_c
+
+
+def test_multilevel_contrasts_equal_the_simple_contrast_density_with_distinct_arm_effects(tiny):
+    """With omega, each arm has its own theta: Helmert terms = MVN of D_j = m_j - m_c with mean sigma * theta_j."""
+    data = outcome_arm_summaries(tiny, "BMD", STUDIES)
+    model = build_arm_level_model(data, tau_prior=TAU_PRIOR, beta_priors=[MU_PRIOR], omega_prior=TAU_PRIOR)
+    assert {v.name for v in model.free_RVs} == {"mu", "tau", "omega", "z", "v", "log_sigma"}
+    point, theta_c = _multilevel_point(model)
+    terms = model.compile_logp(vars=[model["contrast"]], jacobian=False, sum=False)(point)[0]
+    arms, scale = ARMS["B2021"], _pooled_sd(ARMS["B2021"])
+    sig = np.exp(POINT["log_sigma"][1])
+    (m_c, _, n_c), treated = arms[0], arms[1:]
+    d = np.array([(m - m_c) / scale for m, _, _ in treated])
+    cov = sig**2 * (np.diag([1.0 / n for _, _, n in treated]) + 1.0 / n_c)
+    expected = stats.multivariate_normal.logpdf(d, mean=sig * theta_c[1:3], cov=cov)
+    assert terms[1] + terms[2] == pytest.approx(expected, rel=1e-9)
+    theta_comparison = _evaluate(model, "theta_comparison", point)
+    assert theta_comparison == pytest.approx(theta_c, rel=1e-12)
+
+
+def test_comparison_level_moderator_enters_each_arm(tiny):
+    """A comparison-level column shifts the two arms of B2021 apart; the study theta uses their mean row."""
+    data = outcome_arm_summaries(tiny, "BMD", STUDIES)
+    X = np.column_stack([np.ones(4), [0.0, -0.5, 0.5, 0.0]])
+    model = build_arm_level_model(
+        data,
+        tau_prior=TAU_PRIOR,
+        beta_priors=[MU_PRIOR, PriorSpec.parse("normal:0:1")],
+        X=X,
+        coef_names=["intercept", "dose"],
+        omega_prior=TAU_PRIOR,
+    )
+    point = model.initial_point()
+    point.update({"beta_intercept": np.array(1.0), "beta_dose": np.array(0.6), "tau_log__": np.array(np.log(0.5))})
+    theta_c, theta = _evaluate(model, "theta_comparison", point), _evaluate(model, "theta", point)
+    assert theta_c[2] - theta_c[1] == pytest.approx(0.6) and theta[1] == pytest.approx(1.0)

@@ -1,18 +1,22 @@
-"""Fitting the exact small-sample (arm-level) random-effects model of one outcome with NUTS.
+"""Fitting the exact small-sample (arm-level) multilevel random-effects model of one outcome with NUTS.
 
 The likelihood is that of :mod:`models.arm_level`: arm means and SDs of normally distributed
 animal data, instead of Hedges' g treated as normal (GitHub issue 7). The arms of an outcome
 are exactly those the normal model compares (:func:`analysis.dataset.effects.compute_effects`): each
-treatment arm with its control arm; sham arms are not compared and do not enter. Results are
+treatment arm with its control arm; sham arms are not compared and do not enter. Comparisons are
+nested in studies: between-study SD ``tau`` and, when some study has two or more comparisons of
+the outcome, between-comparison SD ``omega`` (:attr:`models.arm_level.ArmSummaries.multilevel`);
+moderators may be study-level or comparison-level (a design row per comparison). Results are
 :class:`~analysis.results.random_effects.MetaAnalysisResult` objects like
 :func:`analysis.fitting.random_effects.fit_random_effects`
 returns, with ``settings["likelihood"] == "arm"`` (normal-model fits have no such key) so that
 ``to_dict()`` and manifests say which likelihood produced them.
 
-Derived quantities, per posterior draw: ``theta_new = x_0'beta + tau * eps`` (a new study,
-``x_0`` the intercept-only row), ``I2 = tau^2 / (tau^2 + s^2)`` with ``s^2`` the Higgins–Thompson
-typical within-study variance of the normal model's study effects of the same outcome (so both
-likelihoods report I² on the same scale), ``P(benefit)`` from ``mu`` and the outcome's direction.
+Derived quantities, per posterior draw: ``theta_new = x_0'beta + sqrt(tau^2 + omega^2) * eps``
+(the true effect of a new comparison in a new study, ``x_0`` the intercept-only row),
+``I2 = (tau^2 + omega^2) / (tau^2 + omega^2 + s^2)`` with ``s^2`` the Higgins–Thompson typical
+sampling variance of the outcome's comparisons (Hedges' g; the share of the total variance that
+is heterogeneity, as metafor reports it for multilevel models), ``P(benefit)`` from ``mu`` and the outcome's direction.
 Study rows carry the normal model's ``yi``/``vi`` for reference and the posterior of the true
 SMD ``theta_i`` (shrunken study effect) with its 95% equal-tailed interval.
 """
@@ -36,13 +40,15 @@ from analysis.results.diagnostics import diagnose
 from analysis.results.random_effects import MetaAnalysisResult
 from analysis.results.summaries import prob_benefit_from_draws, summarize_draws
 from models.arm_level import ArmSummaries, Layout, arm_summaries, build_arm_level_model, trim_padding
-from models.priors import PriorSet, PriorSpec
+from models.priors import PriorSet, PriorSpec, default_priors
 from models.random_effects import draw_theta_new, i2_draws
 
 __all__ = [
     "DEFAULT_SAMPLER",
     "DEFAULT_SLOPE_PRIOR",
     "LIKELIHOOD",
+    "STRUCTURES",
+    "comparison_order",
     "dataset_layout",
     "fit_arm_level",
     "outcome_arm_summaries",
@@ -52,6 +58,8 @@ __all__ = [
 LIKELIHOOD = "arm"
 #: Default prior of meta-regression slopes (as :data:`models.meta_regression.DEFAULT_SLOPE_SD_SEPARATE`).
 DEFAULT_SLOPE_PRIOR = PriorSpec.parse("normal:0:1")
+#: Value of ``settings["structure"]``: comparisons nested in studies (tau and omega), or one level.
+STRUCTURES = ("multilevel", "single-level")
 #: Default NUTS settings: 4 x 1000 draws as for the normal model, but target_accept 0.99. Unlike
 #: the normal model, theta cannot be integrated out, and the posterior has curvature (the
 #: likelihood sees theta_i * sigma_i; the non-centred tails at large tau and small mu). At 0.95,
@@ -143,7 +151,7 @@ def dataset_layout(dataset: Dataset, table: EffectTable | None = None) -> Layout
 
 
 def _design(X: np.ndarray | None, coef_names: Sequence[str] | None, k: int) -> tuple[np.ndarray | None, list[str]]:
-    """Validate an optional design matrix (first column of ones) and name its coefficients."""
+    """Validate an optional ``(k, p)`` design matrix (first column of ones) and name its coefficients."""
     if X is None:
         if coef_names is not None and list(coef_names) != ["mu"]:
             raise ValueError("coef_names needs a design matrix X")
@@ -174,7 +182,7 @@ def fit_arm_level(
     table: EffectTable | None = None,
     progressbar: bool = False,
 ) -> MetaAnalysisResult:
-    """Fit the exact small-sample random-effects model (arm-level likelihood) to one outcome.
+    """Fit the exact small-sample multilevel random-effects model (arm-level likelihood) to one outcome.
 
     Parameters
     ----------
@@ -183,11 +191,13 @@ def fit_arm_level(
     outcome : str
         Outcome id declared in the dataset.
     priors : PriorSet, optional
-        Priors of ``mu`` (the intercept with ``X``) and ``tau``; defaults N(0, 3²), HalfNormal(1).
+        Priors of ``mu`` (the intercept with ``X``), ``tau`` and ``omega``; default
+        :func:`models.priors.default_priors` of the dataset's measure.
     X : numpy.ndarray, optional
-        ``(k, p)`` study-level design for a meta-regression, rows in the study order of
-        :func:`analysis.dataset.effects.study_effects`, first column ones (centre the other columns
-        so that ``mu`` and ``theta_new`` refer to an average study).
+        Design for a meta-regression, one row per comparison in the order of
+        :func:`comparison_order` (study-level moderators repeat their study's value), first column
+        ones (centre the other columns so that ``mu`` and ``theta_new`` refer to an average
+        comparison).
     coef_names : sequence of str, optional
         Names of the columns of ``X`` (default ``intercept, x1, ...``).
     slope_prior : PriorSpec
@@ -205,8 +215,10 @@ def fit_arm_level(
     Returns
     -------
     MetaAnalysisResult
-        ``model="random-effects"``, ``engine="nuts"``, ``settings["likelihood"] == "arm"``;
-        with ``X``, ``settings["beta"]`` holds the coefficient summaries.
+        ``model="random-effects"``, ``engine="nuts"``, ``settings["likelihood"] == "arm"``,
+        ``settings["structure"]`` one of :data:`STRUCTURES`; summaries of ``mu``, ``tau``,
+        ``theta_new``, ``I2`` and (multilevel) ``omega``; with ``X``, ``settings["beta"]`` holds
+        the coefficient summaries.
 
     Raises
     ------
@@ -215,6 +227,47 @@ def fit_arm_level(
         (:class:`~analysis.dataset.problems.NotApplicable`), an undeclared or unreported outcome,
         or an invalid design; all before any sampling.
     """
+    _require_arm_smd(dataset)
+    priors = priors or default_priors(dataset.effect_measure)
+    sampler = sampler or DEFAULT_SAMPLER
+    if slope_prior.family != "normal":
+        raise ValueError(f"the slope prior must be normal:M:S, got {slope_prior}")
+    table = table or compute_effects(dataset)
+    effects = outcome_effects(dataset, table, outcome)
+    data = outcome_arm_summaries(dataset, outcome, list(effects["study"]))
+    X, names = _design(X, coef_names, len(data.comparison))
+    multilevel = data.multilevel
+    model = build_arm_level_model(
+        data,
+        tau_prior=priors.tau,
+        beta_priors=[priors.mu] + [slope_prior] * (len(names) - 1),
+        X=X,
+        coef_names=names,
+        layout=dataset_layout(dataset, table),
+        omega_prior=priors.omega if multilevel else None,
+    )
+    checked = ["mu" if X is None else "beta", "tau", *(["omega"] if multilevel else []), "theta"]
+    idata, used, retried = sample_with_retry(model, checked, seed=seed, sampler=sampler, progressbar=progressbar)
+    idata = trim_padding(idata, data)
+    _add_derived(idata, _comparison_vi(table, outcome), seed)
+    settings = {
+        "seed": seed,
+        **asdict(used),
+        "likelihood": LIKELIHOOD,
+        "structure": STRUCTURES[0] if multilevel else STRUCTURES[1],
+        "n_comparisons": len(data.comparison),
+    }
+    return _result(dataset, outcome, effects, idata, model, priors, names, settings, retried, checked)
+
+
+def comparison_order(dataset: Dataset, outcome: str, table: EffectTable | None = None) -> list[str]:
+    """Comparison labels (``study/arm``) of ``outcome`` in the row order :func:`fit_arm_level` expects of ``X``."""
+    table = table or compute_effects(dataset)
+    effects = outcome_effects(dataset, table, outcome)
+    return list(outcome_arm_summaries(dataset, outcome, list(effects["study"])).comparison)
+
+
+def _require_arm_smd(dataset: Dataset) -> None:
     if dataset.level != "arms":
         raise ValueError(
             f"the arm-level likelihood needs arm-level data (arms.csv); {dataset.name} has effect-level data only"
@@ -224,51 +277,23 @@ def fit_arm_level(
             f"the arm-level likelihood models standardised mean differences (SMD) only; {dataset.name} is "
             f"analysed as {dataset.effect_measure}: use the normal likelihood (--likelihood normal)"
         )
-    priors = priors or PriorSet()
-    sampler = sampler or DEFAULT_SAMPLER
-    if slope_prior.family != "normal":
-        raise ValueError(f"the slope prior must be normal:M:S, got {slope_prior}")
-    table = table or compute_effects(dataset)
-    effects = outcome_effects(dataset, table, outcome)
-    data = outcome_arm_summaries(dataset, outcome, list(effects["study"]))
-    X, names = _design(X, coef_names, data.k)
-    beta_priors = [priors.mu] + [slope_prior] * (len(names) - 1)
-    model = build_arm_level_model(
-        data,
-        tau_prior=priors.tau,
-        beta_priors=beta_priors,
-        X=X,
-        coef_names=names,
-        layout=dataset_layout(dataset, table),
-    )
-    checked = ["mu", "tau", "theta"] if X is None else ["beta", "tau", "theta"]
-    idata, used, retried = sample_with_retry(model, checked, seed=seed, sampler=sampler, progressbar=progressbar)
-    idata = trim_padding(idata, data)
-    _add_derived(idata, effects["vi"].to_numpy(dtype=float), seed)
-    return _result(
-        dataset,
-        outcome,
-        effects,
-        idata,
-        model,
-        priors,
-        names,
-        {"seed": seed, **asdict(used), "likelihood": LIKELIHOOD},
-        retried,
-        checked,
-    )
+
+
+def _comparison_vi(table: EffectTable, outcome: str) -> np.ndarray:
+    return table.data.loc[table.data["outcome"] == outcome, "vi"].to_numpy(dtype=float)
 
 
 def _add_derived(idata: xr.DataTree, vi: np.ndarray, seed: int) -> None:
-    """Add ``mu`` (intercept), ``theta_new`` and ``I2`` to the posterior group."""
+    """Add ``mu`` (intercept), ``theta_new`` and ``I2`` to the posterior group (``vi``: per comparison)."""
     post = idata.posterior
     if "mu" not in post:
         idata["posterior/mu"] = post["beta"].isel(coef=0, drop=True)
         post = idata.posterior
     rng = np.random.default_rng([seed, _THETA_NEW_STREAM])
     mu, tau = post["mu"].to_numpy(), post["tau"].to_numpy()
-    idata["posterior/theta_new"] = xr.DataArray(draw_theta_new(mu, tau, rng=rng), dims=("chain", "draw"))
-    idata["posterior/I2"] = xr.DataArray(i2_draws(tau, vi), dims=("chain", "draw"))
+    total = np.hypot(tau, post["omega"].to_numpy()) if "omega" in post else tau
+    idata["posterior/theta_new"] = xr.DataArray(draw_theta_new(mu, total, rng=rng), dims=("chain", "draw"))
+    idata["posterior/I2"] = xr.DataArray(i2_draws(total, vi), dims=("chain", "draw"))
 
 
 def _result(
@@ -306,9 +331,11 @@ def _result(
         outcome=out,
         model="random-effects",
         engine="nuts",
-        priors=priors.to_dict(),
+        priors=priors.multilevel_dict() if "omega" in post else priors.to_dict(),
         measure=dataset.effect_measure,
-        summaries={p: summarize_draws(post[p].to_numpy()) for p in ("mu", "tau", "theta_new", "I2")},
+        summaries={
+            p: summarize_draws(post[p].to_numpy()) for p in ("mu", "tau", "omega", "theta_new", "I2") if p in post
+        },
         prob_benefit=prob_benefit_from_draws(post["mu"].to_numpy(), out.direction),
         studies=studies,
         diagnostics=diagnose(idata, checked),

@@ -163,7 +163,7 @@ class ArmFitter:
             pm.set_data(
                 {
                     "u": data.contrast,
-                    "weight": data.weight,
+                    "helmert": data.helmert,
                     "se_factor": data.se_factor,
                     "arm_n": data.arm_n,
                     "arm_var": data.arm_var,
