@@ -69,3 +69,37 @@ def replace_line(text: str, line: int, new: str) -> str:
     lines = text.splitlines()
     lines[line - 1] = new
     return "\n".join(lines) + "\n"
+
+
+#: Two comparison-level moderators (``level = "comparison"``): columns of the treatment rows of arms.csv.
+COMPARISON_MODERATORS = """
+[moderators.route]
+type = "categorical"
+level = "comparison"
+reference = "iv"
+levels = ["iv", "local"]
+
+[moderators.dose_ug]
+type = "numeric"
+level = "comparison"
+"""
+
+#: :data:`ARMS` with the comparison-level moderators ``route`` and ``dose_ug`` on every treatment row
+#: (control and sham rows empty); B2021 compares two routes and doses with one control.
+ARMS_WITH_COMPARISON_MODERATORS = """study,arm,role,outcome,mean,sd,sem,n,control_arm,route,dose_ug
+A2020,sham,sham,BMD,0.30,0.03,,8,,,
+A2020,ovx,control,BMD,0.22,0.03,,8,,,
+A2020,ev,treatment,BMD,0.26,0.03,,8,ovx,iv,50
+A2020,ovx,control,Tb_Sp,400,60,,8,,,
+A2020,ev,treatment,Tb_Sp,330,55,,8,ovx,iv,50
+B2021,ovx,control,BMD,0.20,,0.01,6,,,
+B2021,ev_low,treatment,BMD,0.23,,0.012,6,ovx,iv,10
+B2021,ev_high,treatment,BMD,0.25,,0.011,7,ovx,local,100
+C2022,ovx,control,BMD,0.21,0.04,,10,,,
+C2022,ev,treatment,BMD,0.24,0.04,,10,,local,25
+"""
+
+
+def write_comparison_moderator_dataset(root: Path, *, arms: str = ARMS_WITH_COMPARISON_MODERATORS) -> Path:
+    """The tiny dataset with the study-level moderators of :data:`TOML` and :data:`COMPARISON_MODERATORS`."""
+    return write_dataset(root, toml=TOML + COMPARISON_MODERATORS, arms=arms)

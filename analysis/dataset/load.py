@@ -61,12 +61,18 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Moderator:
-    """A study-level moderator declared in ``dataset.toml``."""
+    """A moderator declared in ``dataset.toml``.
+
+    ``level`` is ``"study"`` (a column of ``studies.csv``, one value per study) or
+    ``"comparison"`` (a column of the treatment rows of ``arms.csv`` or of the rows of
+    ``effects.csv``, one value per comparison; see :mod:`analysis.dataset.moderators`).
+    """
 
     name: str
     type: str
     reference: str | None = None
     levels: tuple[str, ...] | None = None
+    level: str = "study"
 
 
 @dataclass(frozen=True)
@@ -143,8 +149,8 @@ def load_dataset(path: str | Path) -> Dataset:
         outcomes=_outcomes(meta),
         moderators=moderators,
         studies=_typed_studies(raw.studies, moderators),
-        arms=None if raw.arms is None else _typed_arms(raw.arms),
-        effects=None if raw.effects is None else _typed_effects(raw.effects),
+        arms=None if raw.arms is None else _typed_arms(raw.arms, moderators),
+        effects=None if raw.effects is None else _typed_effects(raw.effects, moderators),
         warnings=tuple(p for p in problems if p.severity == "warning"),
     )
 
@@ -183,23 +189,38 @@ def _moderators(meta: dict) -> dict[str, Moderator]:
     out = {}
     for name, spec in meta.get("moderators", {}).items():
         levels = tuple(spec["levels"]) if "levels" in spec else None
-        out[name] = Moderator(name=name, type=spec["type"], reference=spec.get("reference"), levels=levels)
+        out[name] = Moderator(
+            name=name,
+            type=spec["type"],
+            reference=spec.get("reference"),
+            levels=levels,
+            level=spec.get("level", "study"),
+        )
     return out
+
+
+def _numeric_moderators(frame: pd.DataFrame, moderators: dict[str, Moderator], level: str) -> None:
+    """Convert the numeric moderators of ``level`` to float in place (empty cells, e.g. of control rows: NaN)."""
+    for name, mod in moderators.items():
+        if mod.type == "numeric" and mod.level == level:
+            frame[name] = numeric_cells(frame, name)
 
 
 def _typed_studies(studies: pd.DataFrame, moderators: dict[str, Moderator]) -> pd.DataFrame:
     out = studies.copy()
-    for name, mod in moderators.items():
-        if mod.type == "numeric":
-            out[name] = out[name].astype(float)
+    _numeric_moderators(out, moderators, "study")
     for col in [c for c in out.columns if c.startswith("rob_")]:
         out[col] = out[col].str.lower()
     return out.reset_index(drop=True)
 
 
-def _typed_arms(arms: pd.DataFrame) -> pd.DataFrame:
-    """Arm rows with float ``mean``, ``sd`` (SEM converted: SD = SEM·sqrt(n)), int ``n`` and the editor line."""
+def _typed_arms(arms: pd.DataFrame, moderators: dict[str, Moderator]) -> pd.DataFrame:
+    """Arm rows with float ``mean``, ``sd`` (SEM converted: SD = SEM·sqrt(n)), int ``n`` and the editor line.
+
+    Numeric comparison-level moderators are floats (NaN on control and sham rows).
+    """
     out = arms.copy()
+    _numeric_moderators(out, moderators, "comparison")
     out[LINE_COLUMN] = [csv_line(idx) for idx in arms.index]
     out["mean"] = numeric_cells(arms, "mean")
     out["n"] = numeric_cells(arms, "n").astype(int)
@@ -212,13 +233,15 @@ def _typed_arms(arms: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _typed_effects(effects: pd.DataFrame) -> pd.DataFrame:
+def _typed_effects(effects: pd.DataFrame, moderators: dict[str, Moderator]) -> pd.DataFrame:
     """Effect rows with float ``yi``, ``vi`` and ``sei`` (whichever was given, the others derived).
 
     A row giving a confidence interval instead has ``sei = (ci_upper - ci_lower) / (2 z)``
-    (:func:`analysis.dataset.measures.sei_from_ci`, ``ci_level`` 0.95 when empty).
+    (:func:`analysis.dataset.measures.sei_from_ci`, ``ci_level`` 0.95 when empty). Numeric
+    comparison-level moderators are floats.
     """
     out = effects.copy()
+    _numeric_moderators(out, moderators, "comparison")
     out["yi"] = numeric_cells(effects, "yi")
     vi, sei = numeric_cells(effects, "vi"), numeric_cells(effects, "sei")
     level = numeric_cells(effects, "ci_level")

@@ -10,7 +10,7 @@ from pathlib import Path
 from analysis.dataset.measures import ARM_MEASURES, measure_problems
 from analysis.dataset.problems import Problem, errors
 from analysis.dataset.read import TOML_NAME, RawDataset, read_raw
-from analysis.dataset.validate_meta import check_meta, check_studies
+from analysis.dataset.validate_meta import check_comparison_moderators, check_meta, check_studies
 from analysis.dataset.validate_rows import (
     arm_values,
     check_arms,
@@ -66,6 +66,7 @@ def validate_raw(raw: RawDataset) -> list[Problem]:
                 problems += measure_problems(arm_values(raw.arms), measure, directions)
     if raw.effects is not None:
         problems += check_effects(raw.effects, study_ids, outcome_ids)
+    problems += check_comparison_moderators(meta, raw.arms, raw.effects)
     if not errors(problems):
         problems += unused_data_warnings(raw)
     return problems

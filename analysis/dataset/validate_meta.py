@@ -1,4 +1,9 @@
-"""Checks of ``dataset.toml`` and ``studies.csv`` (the dataset's declarations and study table)."""
+"""Checks of ``dataset.toml`` and ``studies.csv`` (the dataset's declarations and study table).
+
+Moderators are study-level (``level = "study"``, the default: a column of ``studies.csv``) or
+comparison-level (``level = "comparison"``: a column of the treatment rows of ``arms.csv``, or of
+every row of ``effects.csv``); :func:`check_comparison_moderators` checks the latter.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import pandas as pd
 
 from analysis.dataset.problems import Problem
 from analysis.dataset.read import (
+    ARMS_NAME,
+    EFFECTS_NAME,
     STUDIES_NAME,
     TOML_NAME,
     csv_line,
@@ -17,6 +24,30 @@ from analysis.dataset.read import (
 
 PROVENANCES = ("extracted", "simulated", "published-example")
 MODERATOR_TYPES = ("categorical", "numeric")
+#: Where a moderator's values are: a column of studies.csv, or of the comparison rows (arms.csv treatment rows).
+MODERATOR_LEVELS = ("study", "comparison")
+#: Columns with a meaning of their own in arms.csv / effects.csv, or keys of the comparison table
+#: (:func:`analysis.dataset.moderators.comparison_table`): not usable as comparison-level moderator names.
+RESERVED_COMPARISON_COLUMNS = (
+    "study",
+    "arm",
+    "role",
+    "outcome",
+    "mean",
+    "sd",
+    "sem",
+    "n",
+    "control_arm",
+    "comparison",
+    "yi",
+    "vi",
+    "sei",
+    "ci_lower",
+    "ci_upper",
+    "ci_level",
+    "n_treatment",
+    "n_control",
+)
 ROB_VALUES = ("low", "high", "unclear")
 REQUIRED_META = ("name", "title", "provenance", "citation")
 #: Characters an outcome id may not contain: it names output files (``forest_<ID>.png``, ``<ID>.nc``).
@@ -132,6 +163,21 @@ def _check_moderator(name: str, spec: object) -> list[Problem]:
     if kind not in MODERATOR_TYPES:
         return [_toml_problem(f"{key}.type", f"must be one of {', '.join(MODERATOR_TYPES)}, got {kind!r}")]
     problems = []
+    level = spec.get("level", "study")
+    if level not in MODERATOR_LEVELS:
+        problems.append(
+            _toml_problem(
+                f"{key}.level",
+                f'must be "study" (a column of studies.csv, the default) or "comparison" (a column of the '
+                f"comparison rows), got {level!r}",
+            )
+        )
+    elif level == "comparison" and name in RESERVED_COMPARISON_COLUMNS:
+        problems.append(
+            _toml_problem(
+                key, f"{name!r} is a column with its own meaning: name the comparison-level moderator otherwise"
+            )
+        )
     if kind == "categorical":
         if not isinstance(spec.get("reference"), str):
             problems.append(_toml_problem(f"{key}.reference", "categorical moderators need a reference level"))
@@ -143,8 +189,20 @@ def _check_moderator(name: str, spec: object) -> list[Problem]:
     return problems
 
 
+def _declared(meta: dict | None, level: str) -> dict[str, dict]:
+    """Moderator tables of ``dataset.toml`` at ``level`` (tables with an invalid ``level`` are in neither)."""
+    moderators = (meta or {}).get("moderators", {})
+    if not isinstance(moderators, dict):
+        return {}
+    return {
+        name: spec
+        for name, spec in moderators.items()
+        if isinstance(spec, dict) and spec.get("level", "study") == level
+    }
+
+
 def check_studies(studies: pd.DataFrame, meta: dict | None) -> list[Problem]:
-    """Check ``studies.csv``: ids, declared moderators (type and levels) and risk-of-bias cells."""
+    """Check ``studies.csv``: ids, declared study-level moderators (type and levels) and risk-of-bias cells."""
     if "study" not in studies.columns:
         return [Problem("error", STUDIES_NAME, header_line(studies), "study", "required column missing")]
     if studies.empty:
@@ -158,11 +216,8 @@ def check_studies(studies: pd.DataFrame, meta: dict | None) -> list[Problem]:
         problems.append(
             Problem("error", STUDIES_NAME, csv_line(idx), "study", f"duplicated study id {studies.at[idx, 'study']!r}")
         )
-    moderators = (meta or {}).get("moderators", {})
-    if isinstance(moderators, dict):
-        for name, spec in moderators.items():
-            if isinstance(spec, dict):
-                problems += _check_moderator_column(studies, name, spec)
+    for name, spec in _declared(meta, "study").items():
+        problems += _check_moderator_column(studies, name, spec)
     for col in [c for c in studies.columns if c.startswith("rob_")]:
         for idx, value in studies[col].items():
             if value.lower() not in ROB_VALUES:
@@ -178,31 +233,79 @@ def check_studies(studies: pd.DataFrame, meta: dict | None) -> list[Problem]:
     return problems
 
 
-def _check_moderator_column(studies: pd.DataFrame, name: str, spec: dict) -> list[Problem]:
-    if name not in studies.columns:
-        return [
-            Problem("error", STUDIES_NAME, header_line(studies), name, f"declared moderator {name!r} has no column")
-        ]
+def _check_moderator_column(
+    table: pd.DataFrame, name: str, spec: dict, file: str = STUDIES_NAME, unit: str = "study"
+) -> list[Problem]:
+    """Every row of ``table`` has a value of moderator ``name`` of its declared type and levels."""
+    if name not in table.columns:
+        return [Problem("error", file, header_line(table), name, f"declared moderator {name!r} has no column")]
     problems = []
     levels = spec.get("levels") if isinstance(spec.get("levels"), list) else None
-    for idx, value in studies[name].items():
+    for idx, value in table[name].items():
         line = csv_line(idx)
         if value == "":
-            problems.append(Problem("error", STUDIES_NAME, line, name, "missing moderator value"))
+            problems.append(Problem("error", file, line, name, "missing moderator value"))
         elif spec.get("type") == "numeric" and parse_number(value) is None:
-            problems.append(
-                Problem("error", STUDIES_NAME, line, name, f"numeric moderator has non-numeric value {value!r}")
-            )
+            problems.append(Problem("error", file, line, name, f"numeric moderator has non-numeric value {value!r}"))
         elif spec.get("type") == "categorical" and levels is not None and value not in levels:
-            problems.append(
-                Problem("error", STUDIES_NAME, line, name, f"level {value!r} not in declared levels {levels}")
-            )
+            problems.append(Problem("error", file, line, name, f"level {value!r} not in declared levels {levels}"))
     if spec.get("type") == "categorical":
-        present = set(studies[name]) - {""}
+        present = set(table[name]) - {""}
         if len(present) > 1 and spec.get("reference") not in present:
             problems.append(
-                Problem(
-                    "warning", STUDIES_NAME, None, name, f"reference level {spec.get('reference')!r} occurs in no study"
-                )
+                Problem("warning", file, None, name, f"reference level {spec.get('reference')!r} occurs in no {unit}")
             )
     return problems
+
+
+def check_comparison_moderators(
+    meta: dict | None, arms: pd.DataFrame | None, effects: pd.DataFrame | None
+) -> list[Problem]:
+    """Check the comparison-level moderators (``level = "comparison"``) declared in ``dataset.toml``.
+
+    Parameters
+    ----------
+    meta : dict or None
+        ``dataset.toml`` as read.
+    arms, effects : pandas.DataFrame or None
+        ``arms.csv`` or ``effects.csv`` as read (raw text cells).
+
+    Returns
+    -------
+    list of Problem
+        Arm-level data: the moderator is a column of ``arms.csv`` with a value on every treatment
+        row (type and levels as for study-level moderators, located ``arms.csv:LINE [name]``); a
+        value on a control or sham row is ignored, with a warning. Effect-level data: a column of
+        ``effects.csv`` with a value on every row. Nothing is checked when the rows lack the
+        columns that identify them (``role``; reported by the row checks).
+    """
+    declared = _declared(meta, "comparison")
+    if not declared:
+        return []
+    if arms is not None and "role" in arms.columns:
+        treatment = arms[arms["role"] == "treatment"]
+        others = arms[arms["role"] != "treatment"]
+        problems = []
+        for name, spec in declared.items():
+            problems += _check_moderator_column(treatment, name, spec, ARMS_NAME, "comparison")
+            if name in arms.columns:
+                problems += [
+                    Problem(
+                        "warning",
+                        ARMS_NAME,
+                        csv_line(idx),
+                        name,
+                        f"comparison-level moderator {name!r} is read from the treatment rows: "
+                        f"the value {value!r} on this {others.at[idx, 'role']} row is ignored",
+                    )
+                    for idx, value in others[name].items()
+                    if value != ""
+                ]
+        return problems
+    if effects is not None:
+        return [
+            p
+            for name, spec in declared.items()
+            for p in _check_moderator_column(effects, name, spec, EFFECTS_NAME, "comparison")
+        ]
+    return []

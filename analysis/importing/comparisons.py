@@ -11,7 +11,8 @@ data/README.md, "Importing a comparison sheet"):
 * every arm keeps the sheet row(s) it comes from in ``source`` (``sheet.xlsx:row 17``);
 * an arm's SD is used where given, its SEM otherwise;
 * study-level columns (moderators, ``rob_*``) must be constant within a study, unless the map names
-  a ``mixed`` level for a moderator; comparison-level columns go to the treatment rows of arms.csv;
+  a ``mixed`` level for a moderator; comparison-level columns go to the treatment rows of arms.csv,
+  and a comparison-level moderator (``level = "comparison"``) needs a value in every kept row;
 * a row is dropped only by a ``[[drop]]`` rule, because all its cells are empty, or (with ``[rows]
   unusable = "drop"``) because its numbers are unusable; each is counted with its reason in the
   report, in ``dataset.toml`` and, row by row, in ``import_notes.md``.
@@ -400,15 +401,31 @@ def _studies_table(
     mixed: dict[str, list[str]] = {}
     problems: list[Problem] = []
     wanted = [(name, spec, None, "") for name, spec in plan.study_columns.items()]
-    wanted += [(name, m["source"], m.get("mixed"), m["type"]) for name, m in plan.moderators.items()]
+    wanted += [(name, m["source"], m.get("mixed"), m["type"]) for name, m in plan.study_moderators().items()]
     wanted += [(f"rob_{d}", spec, None, "rob") for d, spec in plan.rob.items()]
     for name, spec, level, kind in wanted:
         columns[name], labelled, found = _study_column(kept, name, spec, level, source)
         problems += found + (_study_problems(kept, name, columns[name], spec.column, kind, source) if kind else [])
-        if name in plan.moderators:
+        if name in plan.study_moderators():
             mixed[name] = labelled
     studies = dict.fromkeys(m.study for m in kept)
     return [{"study": s, **{c: v[s] for c, v in columns.items()}} for s in studies], mixed, problems
+
+
+def _comparison_moderator_problems(kept: list[Comparison], plan: ImportMap, source: str) -> list[Problem]:
+    """A comparison-level moderator needs a value in every kept row (a number if numeric)."""
+    problems = []
+    for name, mod in plan.comparison_moderators().items():
+        spec = plan.comparison_columns.get(name)
+        if spec is None:  # reported by the map's parser
+            continue
+        for m in kept:
+            value = _value(m, spec)
+            if value == "" or (mod["type"] == "numeric" and parse_number(value) is None):
+                why = "is missing" if value == "" else f"is not a number: {value!r}"
+                message = f"comparison-level moderator {name} {why} (fix the cell or drop the row: [[drop]])"
+                problems.append(_error(source, m.line, spec.column, message))
+    return problems
 
 
 # --------------------------------------------------------------------------- output
@@ -438,8 +455,13 @@ def _key(name: str) -> str:
     return name if _BARE_KEY.match(name) else _q(name)
 
 
-def _toml_text(plan: ImportMap, studies: list[dict[str, str]], summary: str) -> str:
-    """dataset.toml: the map's [dataset] strings, the import summary, outcomes and moderators."""
+def _toml_text(plan: ImportMap, studies: list[dict[str, str]], arms: list[dict[str, str]], summary: str) -> str:
+    """dataset.toml: the map's [dataset] strings, the import summary, outcomes and moderators.
+
+    A categorical moderator without a declared reference gets its most frequent level (over
+    studies, or over comparisons for a comparison-level one); without declared levels, the
+    reference then the other values sorted.
+    """
     lines = [f"{k} = {_q(v)}" for k, v in plan.dataset.items()] + [f"import_summary = {_q(summary)}"]
     for oid, spec in plan.outcomes.items():
         lines += ["", f"[outcomes.{_key(oid)}]", f"label = {_q(str(spec.get('label', oid)))}"]
@@ -447,10 +469,13 @@ def _toml_text(plan: ImportMap, studies: list[dict[str, str]], summary: str) -> 
         if isinstance(spec.get("published"), dict):
             lines += ["", f"[outcomes.{_key(oid)}.published]"]
             lines += [f"{_key(k)} = {_toml_value(v)}" for k, v in spec["published"].items()]
+    treatments = [a for a in arms if a["role"] == "treatment"]
     for name, mod in plan.moderators.items():
         lines += ["", f"[moderators.{_key(name)}]", f"type = {_q(mod['type'])}"]
+        comparison = mod.get("level", "study") == "comparison"
+        lines += ['level = "comparison"'] if comparison else []
         if mod["type"] == "categorical":
-            counts = Counter(s[name] for s in studies)
+            counts = Counter(s[name] for s in (treatments if comparison else studies))
             reference = mod.get("reference") or sorted(counts, key=lambda v: (-counts[v], v))[0]
             levels = mod.get("levels") or [reference, *sorted(set(counts) - {reference})]
             lines += [f"reference = {_q(str(reference))}", "levels = [" + ", ".join(_q(str(v)) for v in levels) + "]"]
@@ -590,7 +615,7 @@ def import_comparisons(
     kept, dropped, problems = _row_pass(table, plan, specs, path.name)
     arms, n_groups, found = _arms_table(kept, plan, specs, path.name)
     studies, mixed, found_studies = _studies_table(kept, plan, path.name)
-    problems += found + found_studies
+    problems += found + found_studies + _comparison_moderator_problems(kept, plan, path.name)
     if not kept and not problems:
         problems.append(_error(path.name, None, None, "no row is left to import"))
     if errors(problems):
@@ -610,7 +635,7 @@ def import_comparisons(
     defaults |= {"citation": f"not declared: imported from {path.name}", "effect_measure": "SMD"}
     plan = replace(plan, dataset=defaults | plan.dataset)
     texts = {
-        TOML_NAME: _toml_text(plan, studies, report.summary() + f" Row by row: {NOTES_NAME}."),
+        TOML_NAME: _toml_text(plan, studies, arms, report.summary() + f" Row by row: {NOTES_NAME}."),
         STUDIES_NAME: _csv_text(studies, list(studies[0])),
         ARMS_NAME: _csv_text(arms, _arm_header(arms, plan)),
         NOTES_NAME: _notes_text(report, None if map_path is None else map_path.name),

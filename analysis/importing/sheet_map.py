@@ -8,7 +8,8 @@ is optional::
     [columns]             evmeta role = sheet column (study, outcome, mean_t, sd_t, sem_t, n_t, ...)
     [outcomes.<ID>]       label, unit, direction (1 | -1), value (the sheet's outcome cell; default <ID>);
                           [outcomes.<ID>.published] is copied to dataset.toml as it is (a published result)
-    [moderators.<name>]   column, type, reference, levels, mixed: a study-level moderator (studies.csv)
+    [moderators.<name>]   column, type, reference, levels, mixed: a study-level moderator (studies.csv);
+                          level = "comparison": the [comparison_columns] column <name> is a moderator
     [study_columns]       name = column: other study-level columns of studies.csv
     [comparison_columns]  name = column: comparison-level columns of the treatment rows of arms.csv
     [risk_of_bias]        values = {sheet answer = low/high/unclear}; [risk_of_bias.domains] domain = column
@@ -104,12 +105,20 @@ class ImportMap:
     missing: frozenset[str] = frozenset(DEFAULT_MISSING)
     unusable: str = "error"
 
+    def study_moderators(self) -> dict[str, dict]:
+        """The study-level moderators (columns of studies.csv)."""
+        return {k: m for k, m in self.moderators.items() if m.get("level", "study") == "study"}
+
+    def comparison_moderators(self) -> dict[str, dict]:
+        """The comparison-level moderators (``[comparison_columns]`` of the treatment rows of arms.csv)."""
+        return {k: m for k, m in self.moderators.items() if m.get("level", "study") == "comparison"}
+
     def sheet_columns(self) -> dict[str, str]:
         """Map key -> sheet column, for every column the map names (to check they exist)."""
         used = {f"columns.{r}": s.column for r, s in self.columns.items()}
         used |= {f"study_columns.{k}": s.column for k, s in self.study_columns.items()}
         used |= {f"comparison_columns.{k}": s.column for k, s in self.comparison_columns.items()}
-        used |= {f"moderators.{k}": m["source"].column for k, m in self.moderators.items()}
+        used |= {f"moderators.{k}": m["source"].column for k, m in self.moderators.items() if "source" in m}
         used |= {f"risk_of_bias.domains.{k}": s.column for k, s in self.rob.items()}
         used |= {f"control.key[{i}]": c for i, c in enumerate(self.control_key)}
         return used | {f"drop[{i}]": r.column for i, r in enumerate(self.drops)}
@@ -155,18 +164,36 @@ class _Parser:
     def specs(self, table: dict, key: str) -> dict[str, ColumnSpec]:
         return {k: self.spec(v, f"{key}.{k}", default=k) for k, v in table.items()}
 
-    def moderators(self, table: dict) -> dict[str, dict]:
+    def moderators(self, table: dict, comparison_columns: dict) -> dict[str, dict]:
+        """Moderators; a study-level one gets its column spec as ``source``, a comparison-level one none."""
         out = {}
         for name, spec in table.items():
             key = f"moderators.{name}"
             if not isinstance(spec, dict) or spec.get("type") not in ("categorical", "numeric"):
                 self.error(f"{key}.type", 'must be "categorical" or "numeric"')
                 continue
+            if spec.get("level", "study") == "comparison":
+                out[name] = self.comparison_moderator(name, spec, comparison_columns)
+                continue
+            if spec.get("level", "study") != "study":
+                self.error(f"{key}.level", f'must be "study" (the default) or "comparison", got {spec["level"]!r}')
             if not isinstance(spec.get("mixed", ""), str):
                 self.error(f"{key}.mixed", "must be a string: the level of studies with several values")
             source = self.spec({k: v for k, v in spec.items() if k in _SPEC_KEYS}, key, default=name)
             out[name] = {**spec, "source": source}
         return out
+
+    def comparison_moderator(self, name: str, spec: dict, comparison_columns: dict) -> dict:
+        """A comparison-level moderator: the ``[comparison_columns]`` entry of the same name gives its column."""
+        key = f"moderators.{name}"
+        if name not in comparison_columns:
+            self.error(key, f"a comparison-level moderator needs a [comparison_columns] entry {name!r} (its column)")
+        for extra in sorted(set(spec) & {*_SPEC_KEYS, "mixed"}):
+            self.error(
+                f"{key}.{extra}",
+                "not used by a comparison-level moderator: give its column, pattern and values in [comparison_columns]",
+            )
+        return spec
 
     def outcomes(self, table: dict) -> dict[str, dict]:
         out = {}
@@ -217,13 +244,14 @@ def parse_map(raw: dict, name: str = MAP_NAME) -> tuple[ImportMap, list[Problem]
         p.error("rows.unusable", 'must be "error" (the default) or "drop"')
     rob_values = rob.get("values", {}) if isinstance(rob.get("values", {}), dict) else {}
     domains = p.specs(p.table(rob, "domains"), "risk_of_bias.domains")
+    comparison_columns = p.specs(p.table(raw, "comparison_columns"), "comparison_columns")
     parsed = ImportMap(
         dataset={k: v for k, v in dataset.items() if k in DATASET_KEYS and isinstance(v, str)},
         columns={r: s for r, s in columns.items() if r in ROLES},
         outcomes=p.outcomes(p.table(raw, "outcomes")),
-        moderators=p.moderators(p.table(raw, "moderators")),
+        moderators=p.moderators(p.table(raw, "moderators"), comparison_columns),
         study_columns=p.specs(p.table(raw, "study_columns"), "study_columns"),
-        comparison_columns=p.specs(p.table(raw, "comparison_columns"), "comparison_columns"),
+        comparison_columns=comparison_columns,
         rob={d: ColumnSpec(s.column, s.pattern, {**rob_values, **s.values}) for d, s in domains.items()},
         control_key=p.strings(p.table(raw, "control").get("key", []), "control.key", ()),
         drops=p.drops(raw.get("drop", [])),
