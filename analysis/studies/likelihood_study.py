@@ -42,8 +42,10 @@ raised an error, and the median CPU seconds per fit. :func:`verdict` applies the
 
 Run ``python -m analysis.studies.likelihood_study [--reps N] [--seed S] [--jobs J]
 [--design flagship|large-k|both]``; writes ``reports/likelihood_study.json`` (settings, summary,
-verdict, Markdown table) and ``reports/likelihood_study.csv`` (one row per fit). All data are
-SIMULATED. Results do not depend on ``--jobs`` (every replicate carries its own seeds).
+verdict, Markdown table) and ``reports/likelihood_study.csv`` (one row per fit), rewritten after
+every ``--batch`` replicates (the designs interleaved), so an interrupted run leaves a labelled
+partial result (``"complete": false``, ``reps_done``). All data are SIMULATED. Results do not
+depend on ``--jobs`` (every replicate carries its own seeds).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ __all__ = [
     "ReplicateTask",
     "available_candidates",
     "flagship_truth",
+    "interleave",
     "make_tasks",
     "markdown_table",
     "run_replicate",
@@ -304,6 +307,8 @@ def _fit_columns(
     lo, hi = sorted((d * mu["q025"], d * mu["q975"]))
     out |= {"mu_mean": d * mu["mean"], "mu_q025": lo, "mu_q975": hi}
     out |= {"tau_mean": tau["mean"], "tau_q025": tau["q025"], "tau_q975": tau["q975"], "engine": result.engine}
+    omega = result.summaries.get("omega", {})  # multilevel models only
+    out |= {f"omega_{q}": omega.get(q, np.nan) for q in ("mean", "q025", "q975")}
     diag = result.diagnostics
     out |= {
         "failed_gates": bool(diag is not None and not diag.passed),
@@ -344,6 +349,7 @@ def run_replicate(task: ReplicateTask) -> list[dict]:
     list of dict
         One row per outcome and candidate: ``design, rep, data_seed, outcome, candidate, k``, the
         truth (:func:`flagship_truth`), the benefit-oriented ``mu_mean, mu_q025, mu_q975``, ``tau_*``,
+        ``omega_*`` (multilevel models; NaN otherwise),
         ``failed_gates`` (a NUTS fit failing a gate after its retry, or an error), ``retried``,
         ``divergences``, ``r_hat_max``, ``ess_bulk_min``, ``seconds``, ``cpu_seconds`` and ``error``.
     """
@@ -513,35 +519,31 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--chains", type=int, default=None, help="NUTS chains")
     parser.add_argument("--target-accept", type=float, default=0.99, help="with --draws/--tune/--chains")
     parser.add_argument("--out-dir", type=Path, default=REPORTS_DIR, help="folder of likelihood_study.json/.csv")
+    parser.add_argument("--batch", type=int, default=10, help="replicates between rewrites of the outputs")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: run the replicates, write the JSON and CSV, print the Markdown table."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.reps < 1 or args.jobs < 1:
-        parser.error("--reps and --jobs must be >= 1")
-    candidates = tuple(args.candidates or available_candidates())
-    sampler = _sampler(args)
-    designs = DESIGNS if args.design == "both" else (args.design,)
-    reps = {"flagship": args.reps, "large-k": args.reps_large_k or args.reps}
-    tasks = [t for d in designs for t in make_tasks(d, reps[d], args.seed, candidates, sampler)]
-    clock = (time.perf_counter(), time.process_time())
-    chunks = map_tasks(run_replicate, tasks, jobs=args.jobs, progress=_progress)
-    seconds = time.perf_counter() - clock[0]
-    rows = pd.DataFrame([row for chunk in chunks for row in chunk])
+def interleave(batches: Sequence[Sequence[ReplicateTask]]) -> list[ReplicateTask]:
+    """Tasks of several designs in proportional order, so that a partial run covers every design."""
+    keyed = [(i / len(b), j, t) for j, b in enumerate(batches) for i, t in enumerate(b)]
+    return [t for *_, t in sorted(keyed, key=lambda x: (x[0], x[1]))]
+
+
+def _payload(args: argparse.Namespace, tasks: list[ReplicateTask], rows: pd.DataFrame, clock: tuple) -> dict:
     summary = summarise(rows)
-    table = markdown_table(summary)
-    payload = {
+    done = rows.groupby("design")["rep"].nunique().to_dict()
+    planned = {d: sum(t.design == d for t in tasks) for d in dict.fromkeys(t.design for t in tasks)}
+    sampler = tasks[0].sampler
+    return {
         "provenance": "simulated",
         "description": __doc__.split("\n\n")[0],
+        "complete": done == planned,
         "settings": {
-            "designs": list(designs),
-            "reps": {d: reps[d] for d in designs},
+            "reps_planned": planned,
+            "reps_done": done,
             "seed": args.seed,
             "jobs": args.jobs,
-            "candidates": list(candidates),
+            "candidates": list(tasks[0].candidates),
             "multilevel_available": "normal-multilevel" in available_candidates(),
             "sampler": dataclasses.asdict(sampler) if sampler else "each fitting function's default",
             "large_k": dataclasses.asdict(LARGE_K),
@@ -555,18 +557,41 @@ def main(argv: list[str] | None = None) -> int:
             },
             "sign": "mu benefit-oriented (natural value x direction)",
         },
-        "runtime": {"seconds": round(seconds, 1), "cpu_seconds_main_process": round(time.process_time() - clock[1], 1)},
+        "runtime": {
+            "seconds": round(time.perf_counter() - clock[0], 1),
+            "cpu_seconds_main_process": round(time.process_time() - clock[1], 1),
+        },
         "summary": summary.to_dict(orient="records"),
         "verdict": verdict(summary),
-        "markdown": table,
+        "markdown": markdown_table(summary),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: run the replicates in batches, rewrite the JSON and CSV after each batch, print the table."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.reps < 1 or args.jobs < 1 or args.batch < 1:
+        parser.error("--reps, --jobs and --batch must be >= 1")
+    candidates = tuple(args.candidates or available_candidates())
+    sampler = _sampler(args)
+    designs = DESIGNS if args.design == "both" else (args.design,)
+    reps = {"flagship": args.reps, "large-k": args.reps_large_k or args.reps}
+    tasks = interleave([make_tasks(d, reps[d], args.seed, candidates, sampler) for d in designs])
+    clock = (time.perf_counter(), time.process_time())
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(args.out_dir / "likelihood_study.csv", rows)
-    write_json(args.out_dir / "likelihood_study.json", payload)
-    print("SIMULATED data.\n" + table)
+    rows: list[dict] = []
+    for lo in range(0, len(tasks), args.batch):
+        batch = tasks[lo : lo + args.batch]
+        rows += [row for chunk in map_tasks(run_replicate, batch, jobs=args.jobs) for row in chunk]
+        payload = _payload(args, tasks, pd.DataFrame(rows), clock)
+        write_csv(args.out_dir / "likelihood_study.csv", pd.DataFrame(rows))
+        write_json(args.out_dir / "likelihood_study.json", payload)
+        _progress(lo + len(batch), len(tasks))
+    print("SIMULATED data.\n" + payload["markdown"])
     for v in payload["verdict"]:
         print(f"{v['candidate']}: passes={v['passes']} rmse={v['mean_mu_rmse']:.3f} failing={v['failing']}")
-    print(f"{len(tasks)} replicates in {seconds / 60:.1f} min; wrote {args.out_dir / 'likelihood_study.json'}")
+    print(f"{len(tasks)} replicates in {payload['runtime']['seconds'] / 60:.1f} min; wrote {args.out_dir}")
     return 0
 
 
