@@ -152,13 +152,14 @@ def _load(args: argparse.Namespace) -> Dataset:
 
 
 def _priors(args: argparse.Namespace, measure: str) -> PriorSet:
-    """``--mu-prior``/``--tau-prior`` where given, else the defaults of the effect measure."""
+    """``--mu-prior``/``--tau-prior``/``--omega-prior`` where given, else the defaults of the effect measure."""
     from dataclasses import replace
 
     from models.priors import default_priors
 
     defaults = default_priors(measure)
-    return replace(defaults, mu=args.mu_prior or defaults.mu, tau=args.tau_prior or defaults.tau)
+    omega = getattr(args, "omega_prior", None) or defaults.omega
+    return replace(defaults, mu=args.mu_prior or defaults.mu, tau=args.tau_prior or defaults.tau, omega=omega)
 
 
 def _progress(message: str) -> None:
@@ -469,8 +470,10 @@ def _add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--likelihood",
         choices=list(LIKELIHOODS),
-        default="normal",
-        help="normal: Hedges' g ~ N(theta, v); arm: exact likelihood of the arm means and SDs (small n)",
+        default="default",
+        help="default: arm for random effects with NUTS on arm-level SMD data, else normal; "
+        "normal: effect sizes ~ N(theta, v); arm: exact likelihood of the arm means and SDs, comparisons nested "
+        "in studies",
     )
     _add_measure_option(p)
     p.add_argument(
@@ -481,6 +484,12 @@ def _add_fit_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--mu-prior", type=_prior, default=None, help=f"defaults (mu, tau) per measure: {_prior_defaults_help()}"
+    )
+    p.add_argument(
+        "--omega-prior",
+        type=_prior,
+        default=None,
+        help="between-comparison SD within a study (arm-level likelihood); default halfnormal:0.5 on the SMD scale",
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--draws", type=int, default=1000)

@@ -43,7 +43,8 @@ are independent given :math:`(\theta, \sigma)`, with
         \qquad r_j^2 = \frac{1}{n_j} + \frac{1}{N_{<j}}
 
 (:math:`n_0` the control arm; :math:`H` is the unit lower-triangular *Helmert matrix* of the
-group, block-diagonal over groups; when all arms of a group share one :math:`\theta`,
+group, block-diagonal over groups, computed in the graph by a cumulative sum in
+:math:`O(\text{comparisons})`; when all arms of a group share one :math:`\theta`,
 :math:`(H\theta)_j = (n_0/N_{<j})\,\theta`). The map from the simple contrasts
 :math:`D_j = m_j - m_0` to :math:`u` is unit-triangular, so :math:`\sum_j \log p(u_j)` *equals*
 the log-density of :math:`D \sim \mathcal N(\sigma_i\theta,
@@ -143,9 +144,10 @@ class ArmSummaries:
         Treatment-arm labels (the ``comparison`` dimension).
     comparison_study, contrast, se_factor : numpy.ndarray
         Per treatment arm: study index, Helmert contrast ``u_j / S_i`` and ``r_j``.
-    helmert : numpy.ndarray
-        ``(comparisons, comparisons)`` Helmert matrix ``H`` (block lower-triangular, unit diagonal):
-        the mean of contrast ``j`` is ``sigma_i (H theta)_j``.
+    comparison_n, n_before, group_start : numpy.ndarray
+        Per treatment arm: its animals ``n_j``, the animals ``N_<j`` of the arms before it in its
+        baseline group (control first), and the index of its group's first treatment arm (the
+        arms of a group are contiguous); they define the Helmert matrix :attr:`helmert`.
     """
 
     study: tuple[str, ...]
@@ -158,12 +160,28 @@ class ArmSummaries:
     comparison_study: np.ndarray
     contrast: np.ndarray
     se_factor: np.ndarray
-    helmert: np.ndarray
+    comparison_n: np.ndarray
+    n_before: np.ndarray
+    group_start: np.ndarray
 
     @property
     def k(self) -> int:
         """Number of studies."""
         return len(self.study)
+
+    @property
+    def helmert(self) -> np.ndarray:
+        """Dense Helmert matrix ``H``: the mean of contrast ``j`` is ``sigma_i (H theta)_j``.
+
+        ``H[j, j] = 1`` and ``H[j, a] = -n_a / N_<j`` for the treatment arms ``a`` before ``j`` in
+        its group. The graph never builds it: it computes ``H theta`` with a cumulative sum.
+        """
+        c = len(self.comparison)
+        out = np.eye(c)
+        for j in range(c):
+            before = np.arange(self.group_start[j], j)
+            out[j, before] = -self.comparison_n[before] / self.n_before[j]
+        return out
 
     @property
     def multilevel(self) -> bool:
@@ -255,9 +273,10 @@ def arm_summaries(
     )
     groups = dict.fromkeys(arm_group.tolist())  # in order of first appearance
     comparisons = [_helmert(np.flatnonzero(arm_group == g), mean, n, treated, arm_study) for g in groups]
-    index, u, r = (np.concatenate([c[j] for c in comparisons]) for j in range(3))
+    index, u, r, n_prev = (np.concatenate([c[j] for c in comparisons]) for j in range(4))
     index = index.astype(int)
-    helmert = _block_diag([c[3] for c in comparisons])
+    sizes = [c[0].size for c in comparisons]
+    group_start = np.repeat(np.cumsum([0, *sizes[:-1]]), sizes)
     return ArmSummaries(
         study=tuple(study),
         scale=scale,
@@ -269,32 +288,23 @@ def arm_summaries(
         comparison_study=arm_study[index],
         contrast=u / scale[arm_study[index]],
         se_factor=r,
-        helmert=helmert,
+        comparison_n=n[index],
+        n_before=n_prev,
+        group_start=group_start,
     )
 
 
 def _helmert(
     rows: np.ndarray, mean: np.ndarray, n: np.ndarray, treated: np.ndarray, arm_study: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Treatment-arm indices, contrasts ``u_j``, ``r_j`` and the Helmert block ``H`` of one baseline group."""
+    """Treatment-arm indices, contrasts ``u_j``, ``r_j`` and ``N_<j`` of one baseline group."""
     if np.sum(treated[rows] == 0) != 1 or np.unique(arm_study[rows]).size != 1:
         raise ValueError("every baseline group needs exactly one control arm and arms of one study")
     order = np.concatenate([rows[treated[rows] == 0], rows[treated[rows] == 1]])
     n_prev = np.cumsum(n[order])[:-1]
     mean_prev = np.cumsum(n[order] * mean[order])[:-1] / n_prev
     treat = order[1:]
-    # H[j, a] = -n_a / N_<j for the treatment arms a before j, H[j, j] = 1
-    block = np.tril(-n[treat][None, :] / n_prev[:, None], k=-1) + np.eye(treat.size)
-    return treat, mean[treat] - mean_prev, np.sqrt(1.0 / n[treat] + 1.0 / n_prev), block
-
-
-def _block_diag(blocks: Sequence[np.ndarray]) -> np.ndarray:
-    size = sum(b.shape[0] for b in blocks)
-    out, at = np.zeros((size, size)), 0
-    for block in blocks:
-        out[at : at + block.shape[0], at : at + block.shape[0]] = block
-        at += block.shape[0]
-    return out
+    return treat, mean[treat] - mean_prev, np.sqrt(1.0 / n[treat] + 1.0 / n_prev), n_prev
 
 
 def build_arm_level_model(
@@ -361,8 +371,6 @@ def build_arm_level_model(
     intercept = np.eye(1, X.shape[1])
     X_study = np.vstack([data.study_rows(X), np.tile(intercept, (study_pad, 1))])
     X_comp = np.vstack([X, np.tile(intercept, (comp_pad, 1))])
-    helmert = np.zeros((layout.comparisons, layout.comparisons))
-    helmert[:n_comp, :n_comp] = data.helmert
     with pm.Model(coords=coords) as model:
         beta = _coefficients(beta_priors, coef_names)
         tau = tau_prior.to_pymc("tau")
@@ -380,7 +388,13 @@ def build_arm_level_model(
         )
         c_real = pm.Data("comparison_real", _pad(np.ones(n_comp), comp_pad, 0.0), dims="comparison")
         sigma_c = pt.switch(c_real > 0, sigma[c_study], 1.0)
-        mean_c = pt.dot(pm.Data("helmert", helmert), theta_c) * sigma_c
+        helmert_theta = _helmert_product(
+            theta_c,
+            pm.Data("comparison_n", _pad(data.comparison_n, comp_pad, 0.0), dims="comparison"),
+            pm.Data("n_before", _pad(data.n_before, comp_pad, 1.0), dims="comparison"),
+            pm.Data("group_start", _pad(data.group_start, comp_pad, n_comp), dims="comparison"),
+        )
+        mean_c = pt.switch(c_real > 0, helmert_theta * sigma_c, 0.0)
         sd_c = pm.Data("se_factor", _pad(data.se_factor, comp_pad, 1.0), dims="comparison") * sigma_c
         pm.Normal(
             "contrast",
@@ -401,6 +415,20 @@ def build_arm_level_model(
             dims="arm",
         )
     return model
+
+
+def _helmert_product(
+    theta_c: pt.TensorVariable, n_c: pt.TensorVariable, n_before: pt.TensorVariable, start: pt.TensorVariable
+) -> pt.TensorVariable:
+    """``H theta`` in O(comparisons): ``theta_j - (sum of n_a theta_a over the group's arms before j) / N_<j``.
+
+    With ``S`` the cumulative sum of ``n theta`` (a leading 0 prepended), the arms before ``j`` in
+    its group contribute ``S[j] - S[start_j]``. Padded comparisons have ``n = 0`` and start at the
+    first padded index, so they add nothing to ``S`` and their own sum is empty.
+    """
+    cumulative = pt.concatenate([pt.zeros(1), pt.cumsum(n_c * theta_c)])
+    before = cumulative[pt.arange(theta_c.shape[0])] - cumulative[start]
+    return theta_c - before / n_before
 
 
 def _pad(values: np.ndarray, extra: int, fill: float) -> np.ndarray:

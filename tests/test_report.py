@@ -93,10 +93,11 @@ def test_report_markdown_states_provenance_priors_intervals(run_and_report):
 def test_failed_fit_is_flagged_at_the_top(run_and_report):
     run, _ = run_and_report
     oid, artifacts = next(iter(run.outcomes.items()))
-    bad = dataclasses.replace(
-        artifacts.nuts, diagnostics=Diagnostics(r_hat_max=1.2, ess_bulk_min=50, ess_tail_min=40, divergences=7)
-    )
-    broken = dataclasses.replace(run, outcomes={**run.outcomes, oid: dataclasses.replace(artifacts, nuts=bad)})
+    failed = Diagnostics(r_hat_max=1.2, ess_bulk_min=50, ess_tail_min=40, divergences=7)
+    # the primary fit is the default (arm-level) model where it ran, else the normal-likelihood NUTS fit
+    which = "arm" if artifacts.arm is not None else "nuts"
+    bad = dataclasses.replace(getattr(artifacts, which), diagnostics=failed)
+    broken = dataclasses.replace(run, outcomes={**run.outcomes, oid: dataclasses.replace(artifacts, **{which: bad})})
     text = build_report_markdown(broken)
     assert broken.failed == [oid]
     assert text.index("CONVERGENCE FAILURE") < text.index("SIMULATED DATA") < text.index("## Methods")

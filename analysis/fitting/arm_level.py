@@ -34,13 +34,15 @@ import xarray as xr
 from analysis.dataset.effects import EffectTable, compute_effects, outcome_effects, study_effects
 from analysis.dataset.load import Dataset
 from analysis.dataset.measures import comparison_pairs
+from analysis.dataset.moderators import comparison_table
 from analysis.dataset.problems import NotApplicable
 from analysis.fitting.sampling import SamplerSettings, sample_with_retry
 from analysis.results.diagnostics import diagnose
 from analysis.results.random_effects import MetaAnalysisResult
 from analysis.results.summaries import prob_benefit_from_draws, summarize_draws
 from models.arm_level import ArmSummaries, Layout, arm_summaries, build_arm_level_model, trim_padding
-from models.priors import PriorSet, PriorSpec, default_priors
+from models.meta_regression import DEFAULT_SLOPE_SD_JOINT, DEFAULT_SLOPE_SD_SEPARATE, build_design, slope_prior_sds
+from models.priors import PriorSet, PriorSpec, default_priors, measure_scale
 from models.random_effects import draw_theta_new, i2_draws
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "comparison_order",
     "dataset_layout",
     "fit_arm_level",
+    "fit_arm_meta_regression",
     "outcome_arm_summaries",
 ]
 
@@ -228,19 +231,123 @@ def fit_arm_level(
         or an invalid design; all before any sampling.
     """
     _require_arm_smd(dataset)
-    priors = priors or default_priors(dataset.effect_measure)
-    sampler = sampler or DEFAULT_SAMPLER
     if slope_prior.family != "normal":
         raise ValueError(f"the slope prior must be normal:M:S, got {slope_prior}")
     table = table or compute_effects(dataset)
     effects = outcome_effects(dataset, table, outcome)
     data = outcome_arm_summaries(dataset, outcome, list(effects["study"]))
     X, names = _design(X, coef_names, len(data.comparison))
+    return _fit(
+        dataset,
+        outcome,
+        table,
+        effects,
+        data,
+        X=X,
+        names=names,
+        slope_priors=[slope_prior] * (len(names) - 1),
+        priors=priors or default_priors(dataset.effect_measure),
+        seed=seed,
+        sampler=sampler or DEFAULT_SAMPLER,
+        progressbar=progressbar,
+    )
+
+
+def fit_arm_meta_regression(
+    dataset: Dataset,
+    outcome: str,
+    *,
+    moderators: Sequence[str],
+    priors: PriorSet | None = None,
+    slope_sd: float | None = None,
+    center: bool = True,
+    seed: int = 1,
+    sampler: SamplerSettings | None = None,
+    table: EffectTable | None = None,
+    progressbar: bool = False,
+) -> MetaAnalysisResult:
+    """Meta-regression with the arm-level likelihood on study- and comparison-level moderators.
+
+    Each comparison has its own design row (:func:`analysis.dataset.moderators.comparison_table`),
+    so a moderator that varies between the arms of a study (dose, formulation) is estimated from
+    the within-study contrasts as well as from differences between studies.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        An arm-level SMD dataset.
+    outcome : str
+        Outcome id.
+    moderators : sequence of str
+        Declared moderators (study- or comparison-level), entered jointly.
+    priors : PriorSet, optional
+        Priors of the intercept, ``tau`` and ``omega`` (default: the measure's).
+    slope_sd : float, optional
+        Standardised slope prior scale ``S`` (:func:`models.meta_regression.slope_prior_sds`);
+        default 1 for one moderator and 0.5 for several, as the normal-likelihood meta-regression.
+    center : bool
+        Centre numeric moderators at their mean over the comparisons.
+    seed, sampler, table, progressbar
+        As :func:`fit_arm_level`.
+
+    Returns
+    -------
+    MetaAnalysisResult
+        As :func:`fit_arm_level`, with ``settings["beta"]`` (coefficient summaries, benefit not
+        applied: natural sign) and ``settings["design_notes"]``.
+    """
+    _require_arm_smd(dataset)
+    unknown = [m for m in moderators if m not in dataset.moderators]
+    if unknown or not moderators:
+        raise ValueError(
+            f"unknown or no moderators {unknown or list(moderators)}; declared: {list(dataset.moderators)}"
+        )
+    table = table or compute_effects(dataset)
+    effects = outcome_effects(dataset, table, outcome)
+    data = outcome_arm_summaries(dataset, outcome, list(effects["study"]))
+    rows = comparison_table(dataset, outcome)
+    rows = rows.set_index(rows["study"] + "/" + rows["arm"]).loc[list(data.comparison)].reset_index(drop=True)
+    design = build_design(rows, [dataset.moderators[m] for m in moderators], center=center)
+    default = DEFAULT_SLOPE_SD_SEPARATE if len(design.terms) == 1 else DEFAULT_SLOPE_SD_JOINT
+    sds = slope_prior_sds(design, (slope_sd or default) * measure_scale(dataset.effect_measure))
+    result = _fit(
+        dataset,
+        outcome,
+        table,
+        effects,
+        data,
+        X=design.X,
+        names=list(design.coef_names),
+        slope_priors=[PriorSpec("normal", (0.0, sds[name])) for name in design.coef_names[1:]],
+        priors=priors or default_priors(dataset.effect_measure),
+        seed=seed,
+        sampler=sampler or DEFAULT_SAMPLER,
+        progressbar=progressbar,
+    )
+    result.settings["design_notes"] = list(design.notes)
+    return result
+
+
+def _fit(
+    dataset: Dataset,
+    outcome: str,
+    table: EffectTable,
+    effects: pd.DataFrame,
+    data: ArmSummaries,
+    *,
+    X: np.ndarray | None,
+    names: list[str],
+    slope_priors: list[PriorSpec],
+    priors: PriorSet,
+    seed: int,
+    sampler: SamplerSettings,
+    progressbar: bool,
+) -> MetaAnalysisResult:
     multilevel = data.multilevel
     model = build_arm_level_model(
         data,
         tau_prior=priors.tau,
-        beta_priors=[priors.mu] + [slope_prior] * (len(names) - 1),
+        beta_priors=[priors.mu, *slope_priors],
         X=X,
         coef_names=names,
         layout=dataset_layout(dataset, table),

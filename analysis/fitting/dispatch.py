@@ -17,9 +17,12 @@ from models.priors import PriorSet, PriorSpec
 
 PER_OUTCOME_MODELS = ("random-effects", "meta-regression", "small-study")
 MODELS = (*PER_OUTCOME_MODELS, "multivariate")
-#: "normal": Hedges' g as normal with known variance; "arm": exact likelihood of the arm summaries
-#: (analysis.fitting.arm_level).
-LIKELIHOODS = ("normal", "arm")
+#: "default": "arm" where it applies (random effects with NUTS on arm-level SMD data), else "normal";
+#: "normal": the effect sizes as normal with known variance; "arm": exact likelihood of the arm
+#: summaries with comparisons nested in studies (analysis.fitting.arm_level). The default is the
+#: arm-level likelihood because it is the one that is unbiased at 5-10 animals per arm (README,
+#: "The default model": simulation study on the flagship design).
+LIKELIHOODS = ("default", "normal", "arm")
 #: Scale of the meta-regression slope prior (:func:`analysis.fitting.meta_regression.fit_meta_regression`).
 SLOPE_SCALES = ("standardised", "unit")
 
@@ -36,7 +39,7 @@ class FitRequest:
     sampler: SamplerSettings = SamplerSettings()
     moderator: str | None = None
     progressbar: bool = False
-    likelihood: str = "normal"
+    likelihood: str = "default"
     #: meta-regression: prior N(0, S²) of every slope (None: the default S), its scale and centring.
     beta_prior: PriorSpec | None = None
     slope_scale: str = "standardised"
@@ -64,6 +67,14 @@ class FitRequest:
             raise ValueError("--moderator applies to --model meta-regression only")
 
 
+def resolve_likelihood(request: FitRequest, dataset: Dataset) -> str:
+    """The likelihood a request fits with: ``"default"`` becomes ``"arm"`` where that applies, else ``"normal"``."""
+    if request.likelihood != "default":
+        return request.likelihood
+    arm_applies = dataset.level == "arms" and dataset.effect_measure == "SMD"
+    return "arm" if arm_applies and request.model == "random-effects" and request.engine == "nuts" else "normal"
+
+
 def fit_outcome(dataset: Dataset, outcome: str, request: FitRequest, *, table: EffectTable) -> OutcomeFit:
     """Fit one outcome as requested; returns the model's result object (``to_dict()``, ``str()``).
 
@@ -79,7 +90,7 @@ def fit_outcome(dataset: Dataset, outcome: str, request: FitRequest, *, table: E
         "table": table,
         "progressbar": request.progressbar,
     }
-    if request.model == "random-effects" and request.likelihood == "arm":
+    if request.model == "random-effects" and resolve_likelihood(request, dataset) == "arm":
         from analysis.fitting.arm_level import fit_arm_level
 
         return fit_arm_level(dataset, outcome, **common)

@@ -36,6 +36,7 @@ import xarray as xr
 
 from analysis.dataset.effects import EffectTable, compute_effects, outcome_effects
 from analysis.dataset.load import Dataset
+from analysis.dataset.problems import NotApplicable
 from analysis.fitting.random_effects import ENGINES
 from analysis.fitting.sampling import SamplerSettings, sample_with_retry
 from analysis.results.diagnostics import diagnose
@@ -197,8 +198,11 @@ def fit_subgroups_one_at_a_time(
 
 
 def _moderator_names(dataset: Dataset, moderators: Sequence[str] | str) -> list[str]:
+    """Study-level moderator names of a request; ``"all"``: every study-level moderator declared."""
     if moderators == "all":
-        names = list(dataset.moderators)
+        names = [n for n, m in dataset.moderators.items() if m.level == "study"]
+        if not names:
+            raise NotApplicable(f"{dataset.name} declares no study-level moderators")
     elif isinstance(moderators, str):
         raise ValueError(f"moderators must be a list of names or 'all', got {moderators!r}")
     else:
@@ -208,6 +212,13 @@ def _moderator_names(dataset: Dataset, moderators: Sequence[str] | str) -> list[
         raise ValueError(
             f"unknown or no moderators {unknown or names}; "
             f"{dataset.name} declares: {', '.join(dataset.moderators) or 'none'}"
+        )
+    comparison_level = [n for n in names if dataset.moderators[n].level != "study"]
+    if comparison_level:
+        raise NotApplicable(
+            f"{', '.join(comparison_level)} vary between the comparisons of a study, and this meta-regression has "
+            "one effect per study (normal likelihood): use the arm-level likelihood (evmeta fit --model "
+            "meta-regression --likelihood arm) for comparison-level moderators"
         )
     return names
 

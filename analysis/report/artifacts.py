@@ -33,11 +33,12 @@ class OutcomeArtifacts:
     posterior_nc: bytes | None
     timings: dict[str, float] = field(default_factory=dict)
     cache_hit: bool = False
+    arm: MetaAnalysisResult | None = None
 
     @property
     def primary(self) -> MetaAnalysisResult:
-        """The fit the report leads with: NUTS when it ran, else the exact engine."""
-        return self.exact if self.nuts is None else self.nuts
+        """The fit the report leads with: the default (arm-level) fit, else the normal NUTS fit, else exact."""
+        return self.arm or self.nuts or self.exact
 
 
 @dataclass
@@ -74,7 +75,7 @@ class RunResult:
 
     @property
     def primary(self) -> list[MetaAnalysisResult]:
-        """The primary random-effects fit of every analysed outcome (NUTS, or exact with ``--engine exact``)."""
+        """The primary random-effects fit of every analysed outcome (default model; exact with ``--engine exact``)."""
         return [a.primary for a in self.outcomes.values()]
 
     @property

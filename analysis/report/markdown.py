@@ -68,6 +68,7 @@ def methods_section(run: RunResult) -> list[str]:
     return [
         "## Methods",
         "",
+        *_default_model_lines(run),
         "Per outcome, a Bayesian normal–normal random-effects model: y_i ~ N(θ_i, v_i), θ_i ~ N(μ, τ²), "
         f"with {_MEASURE_TEXT.get(run.dataset.effect_measure, run.dataset.effect_measure)} as y_i. Comparisons "
         "sharing a control arm are combined per study by GLS with their sampling covariance.",
@@ -77,6 +78,29 @@ def methods_section(run: RunResult) -> list[str]:
         "- intervals: 95% equal-tailed (eti95); θ_new is the prediction for a new study; "
         "I² = τ²/(τ² + s²) with s² the typical within-study variance",
         *_engine_lines(run),
+        "",
+    ]
+
+
+def _default_model_lines(run: RunResult) -> list[str]:
+    """The default model of arm-level SMD data, when it ran (the headline numbers come from it)."""
+    if not any(r.likelihood == "arm" for r in run.primary):
+        return []
+    return [
+        "**Default model (headline numbers): the arm-level likelihood, comparisons nested in studies.** "
+        "For comparison j of study i the true SMD is θ_ij = μ + τ z_i + ω v_ij (z, v ~ N(0, 1): τ between "
+        "studies, ω between the comparisons of one study, e.g. doses or formulations against one control); "
+        "the arm means are normal and the arm variances scaled χ² given θ_ij and the study's within-group SD "
+        "σ_i, so the likelihood is exact at any number of animals, and a shared control arm enters once "
+        "(models.arm_level). ω is estimated where some study has two or more comparisons of the outcome. "
+        f"Priors: μ ~ {run.priors.mu}, τ ~ {run.priors.tau}, ω ~ {run.priors.omega}, log σ_i ~ N(log S_i, 1) "
+        "(S_i the study's pooled SD). θ_new is the true effect of a new comparison in a new study; "
+        "I² = (τ² + ω²)/(τ² + ω² + s²) with s² the typical sampling variance of the comparisons. Why this is "
+        "the default: README, 'The default model'.",
+        "",
+        "The normal-likelihood model below is fitted too: its exact engine cross-checks NUTS, and the "
+        "posterior predictive checks, power-scaling, prior grid, subgroup, small-study and influence analyses "
+        "use it (each names its likelihood).",
         "",
     ]
 
@@ -116,11 +140,12 @@ def pooled_section(results: Sequence[MetaAnalysisResult], *, engine: str = "nuts
             "prediction eti95": f"[{r.summaries['theta_new']['q025']:.2f}, {r.summaries['theta_new']['q975']:.2f}]",
             "I² median": f"{100 * r.summaries['I2']['median']:.0f}%",
             "P(benefit)": f"{r.prob_benefit:.3f}",
+            "likelihood": r.likelihood_label,
             "gates": "passed" if r.converged else "**FAILED**",
         }
         for r in results
     ]
-    title = "## Pooled effects (NUTS)" if engine == "nuts" else "## Pooled effects (exact engine)"
+    title = "## Pooled effects (NUTS)" if engine == "nuts" else "## Pooled effects (exact engine, normal likelihood)"
     return [title, "", markdown_table(pd.DataFrame(rows)), "", figure_link("pooled_summary"), ""]
 
 
@@ -172,9 +197,10 @@ def _ppc_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     if analysis.ppc is None:
         return []
     return [
-        "#### Posterior predictive checks",
+        "#### Posterior predictive checks (normal likelihood)",
         "",
-        "Replicated study effects from the mixed predictive distribution; ppp = P(T(y_rep) ≥ T(y)).",
+        "Replicated study effects from the mixed predictive distribution of the normal-likelihood fit; "
+        "ppp = P(T(y_rep) ≥ T(y)).",
         "",
         _ppc_table(analysis),
         "",
@@ -189,7 +215,7 @@ def _psense_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     if analysis.psense is None:
         return []
     return [
-        "Power-scaling of the top-level priors (μ, τ); sensitivity ≥ 0.05 is flagged.",
+        "Power-scaling of the top-level priors (μ, τ) of the normal-likelihood fit; sensitivity ≥ 0.05 is flagged.",
         "",
         _psense_table(analysis),
         "",
@@ -256,7 +282,7 @@ def subgroup_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
             for sl in fit.slopes
         ]
     skipped = [f"{k} ({v})" for k, v in analysis.subgroups.skipped.items()]
-    lines = ["#### Subgroups (moderators as covariates, one at a time, exact engine)", ""]
+    lines = ["#### Subgroups (moderators as covariates, one at a time, exact engine, normal likelihood)", ""]
     if means:
         lines += [markdown_table(pd.DataFrame(means)), ""]
     lines += [markdown_table(pd.DataFrame(effects)), "", figure_link("subgroups", oid), ""]
@@ -268,7 +294,7 @@ def small_study_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     if analysis.small_study is None:
         return []
     return [
-        "#### Small-study effects (replacing Egger's test)",
+        "#### Small-study effects (replacing Egger's test; normal likelihood)",
         "",
         "PET/PEESE meta-regressions on SE and on √(1/ñ) (SMD and SE are correlated in small animal studies, "
         "which fakes asymmetry; Zwetsloot et al. 2017) and a one-sided step-function selection model.",
@@ -300,7 +326,7 @@ def influence_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     if analysis.influence is None:
         return []
     return [
-        "#### Study influence (replacing leave-one-out)",
+        "#### Study influence (replacing leave-one-out; normal likelihood)",
         "",
         "```",
         format_influence(analysis.influence, max_rows=INFLUENCE_ROWS if analysis.influence.k > LARGE_K else None),
@@ -322,7 +348,8 @@ def outcome_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         str(r),
         "```",
         "",
-        f"**Pooled effect:** μ = {interval(r.summaries['mu'])} (eti95); prediction interval for a new study "
+        f"**Pooled effect ({r.likelihood_label}):** μ = {interval(r.summaries['mu'])} (eti95); "
+        "95% interval of a new study's true effect "
         f"[{r.summaries['theta_new']['q025']:.2f}, {r.summaries['theta_new']['q975']:.2f}]; "
         f"P(benefit) = {r.prob_benefit:.3f}.",
         "",
@@ -335,7 +362,7 @@ def outcome_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         "#### Prior sensitivity",
         "",
         *_psense_section(oid, analysis),
-        "Refits under alternative priors (exact engine):",
+        "Refits under alternative priors (exact engine, normal likelihood):",
         "",
         _grid_table(analysis),
         "",

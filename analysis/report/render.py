@@ -37,8 +37,9 @@ def render_figures(analysis: OutcomeAnalysis) -> dict[str, dict[str, bytes]]:
         figures[figure_stem("ppc_stats", oid)] = figure_bytes(ppc_statistics_plot(nuts, analysis.ppc))
         figures[figure_stem("psense", oid)] = figure_bytes(psense_plot(nuts))
     figures[figure_stem("prior_grid", oid)] = figure_bytes(prior_grid_plot(analysis.prior_grid))
-    compared = ({"NUTS": nuts} if nuts is not None else {}) | {"exact engine": analysis.exact}
-    compared |= {"NUTS, arm-level likelihood": analysis.arm} if analysis.arm else {}
+    compared = {"NUTS, arm-level likelihood (default)": analysis.arm} if analysis.arm else {}
+    compared |= {"NUTS, normal likelihood": nuts} if nuts is not None else {}
+    compared |= {"exact engine, normal likelihood": analysis.exact}
     figures[figure_stem("compare", oid)] = figure_bytes(compare_forest(compared))
     if analysis.subgroups:
         figures[figure_stem("subgroups", oid)] = figure_bytes(subgroup_plot(dict(analysis.subgroups)))
@@ -80,7 +81,8 @@ def render_tables(analysis: OutcomeAnalysis) -> dict[str, pd.DataFrame]:
 def build_artifacts(analysis: OutcomeAnalysis) -> OutcomeArtifacts:
     """Render one outcome's analysis (:class:`analysis.results.outcome.OutcomeAnalysis`) to artifacts."""
     oid = analysis.primary.outcome.id
-    jsons = {} if analysis.nuts is None else {"nuts": analysis.nuts.to_dict()}
+    jsons = {} if analysis.arm is None else {"arm": analysis.arm.to_dict()}
+    jsons |= {} if analysis.nuts is None else {"nuts": analysis.nuts.to_dict()}
     jsons["exact"] = analysis.exact.to_dict()
     if analysis.ppc is not None:
         jsons["ppc"] = analysis.ppc.to_dict()
@@ -102,7 +104,8 @@ def build_artifacts(analysis: OutcomeAnalysis) -> OutcomeArtifacts:
         figures=render_figures(analysis),
         tables=render_tables(analysis),
         jsons=jsons,
-        posterior_nc=None if analysis.nuts is None else netcdf_bytes(analysis.nuts),
+        posterior_nc=None if analysis.primary.engine != "nuts" else netcdf_bytes(analysis.primary),
+        arm=None if analysis.arm is None else stripped(analysis.arm),
     )
 
 

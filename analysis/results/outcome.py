@@ -18,8 +18,11 @@ from analysis.results.small_study import SmallStudyResult
 class OutcomeAnalysis:
     """Everything computed for one outcome (live objects; rendered by :mod:`analysis.report.render`).
 
-    ``nuts`` is None when the run uses the exact engine only (``evmeta run --engine exact``); then
-    the exact fit is the primary one and the analyses that need posterior draws are skipped.
+    ``arm`` is the default model of arm-level SMD data (arm-level likelihood, comparisons nested in
+    studies) and the primary fit when it ran; ``nuts`` is the normal-likelihood NUTS fit, on whose
+    draws the predictive checks and power-scaling run; both are None when the run uses the exact
+    engine only (``evmeta run --engine exact``): then the exact fit is the primary one and the
+    analyses that need posterior draws are skipped.
     ``skipped`` maps each analysis that could not run on these data to its one-line reason.
     """
 
@@ -40,5 +43,5 @@ class OutcomeAnalysis:
 
     @property
     def primary(self) -> MetaAnalysisResult:
-        """The fit the report leads with: NUTS when it ran, else the exact engine."""
-        return self.exact if self.nuts is None else self.nuts
+        """The fit the report leads with: the default (arm-level) fit, else the normal NUTS fit, else exact."""
+        return self.arm or self.nuts or self.exact

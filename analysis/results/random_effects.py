@@ -70,6 +70,19 @@ class MetaAnalysisResult:
         return len(self.studies)
 
     @property
+    def likelihood(self) -> str:
+        """The likelihood the numbers come from: ``"arm"`` (arm summaries) or ``"normal"`` (effect sizes)."""
+        return str(self.settings.get("likelihood", "normal"))
+
+    @property
+    def likelihood_label(self) -> str:
+        """The likelihood and structure in words, for tables and figures."""
+        if self.likelihood != "arm":
+            return "normal likelihood (effect sizes)"
+        levels = ", comparisons nested in studies" if self.settings.get("structure") == "multilevel" else ""
+        return f"arm-level likelihood{levels}"
+
+    @property
     def converged(self) -> bool:
         """True for exact fits and for NUTS fits that pass every convergence gate."""
         return self.diagnostics is None or self.diagnostics.passed
@@ -90,6 +103,9 @@ class MetaAnalysisResult:
             "measure": self.measure,
         }
         out.update({name: dict(self.summaries[name]) for name in SUMMARY_PARAMS})
+        if "omega" in self.summaries:
+            out["omega"] = dict(self.summaries["omega"])
+        out["likelihood"] = self.likelihood
         out["prob_benefit"] = self.prob_benefit
         cols = ["study", "yi", "vi", "theta_mean", "theta_q025", "theta_q975"]
         out["studies"] = [
@@ -102,8 +118,9 @@ class MetaAnalysisResult:
         return out
 
     def summary(self) -> pd.DataFrame:
-        """Posterior summaries of mu, tau, theta_new and I2: mean, sd, median and the 95% ETI (eti95_lower/upper)."""
-        table = pd.DataFrame.from_dict({p: self.summaries[p] for p in SUMMARY_PARAMS}, orient="index")
+        """Posterior summaries of mu, tau, (omega,) theta_new and I2: mean, sd, median and the 95% ETI."""
+        params = [p for p in (*SUMMARY_PARAMS[:2], "omega", *SUMMARY_PARAMS[2:]) if p in self.summaries]
+        table = pd.DataFrame.from_dict({p: self.summaries[p] for p in params}, orient="index")
         return table.rename(columns={"q025": "eti95_lower", "q975": "eti95_upper"})
 
     def __str__(self) -> str:
@@ -119,15 +136,20 @@ def format_result(result: MetaAnalysisResult) -> str:
     table = result.summary()
     model = (
         "exact arm-level likelihood: mean differences normal, pooled variances chi-square"
-        if result.settings.get("likelihood") == "arm"
+        if result.likelihood == "arm"
         else "normal-normal hierarchical model"
     )
+    if result.settings.get("structure") == "multilevel":
+        model += f"; {result.settings.get('n_comparisons')} comparisons nested in studies"
     lines = [
         f"Bayesian random-effects meta-analysis ({model}){banner}",
         f"dataset: {result.dataset}   outcome: {o.id} ({o.label}; {better} is better)",
         f"k = {result.k} studies   engine: {engine}",
-        f"priors: mu ~ {result.priors['mu']}, tau ~ {result.priors['tau']}",
-        "intervals: 95% equal-tailed (eti95); theta_new = prediction for a new study",
+        "priors: " + ", ".join(f"{name} ~ {prior}" for name, prior in result.priors.items()),
+        "intervals: 95% equal-tailed (eti95); theta_new = true effect of a new study"
+        + (
+            " (a new comparison in it); omega = SD between a study's comparisons" if "omega" in result.summaries else ""
+        ),
         "",
         table.to_string(float_format=lambda z: f"{z:.4f}"),
         "",

@@ -112,7 +112,7 @@ def analyse_outcome(
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     exact = fit_random_effects(dataset, outcome, engine="exact", priors=priors, table=table)
-    fits = {"exact engine (default priors)": exact.to_dict()}
+    fits = {"exact engine, normal likelihood (default priors)": exact.to_dict()}
     analysis = OutcomeAnalysis(
         exact=exact, prior_grid=prior_grid(dataset, outcome, table=table), comparison=pd.DataFrame()
     )
@@ -120,10 +120,11 @@ def analyse_outcome(
         _nuts_analyses(
             analysis, dataset, table, outcome, priors=priors, sampler=sampler, seed=seed, progressbar=progressbar
         )
-        fits = {"NUTS (default priors)": analysis.nuts.to_dict()} | fits
+        fits = {"NUTS, normal likelihood (default priors)": analysis.nuts.to_dict()} | fits
         if analysis.arm is not None:
-            label = "NUTS, arm-level likelihood" + ("" if analysis.arm.converged else " (FAILED convergence gates)")
-            fits[label] = analysis.arm.to_dict()
+            label = "NUTS, arm-level likelihood (default model)"
+            label += "" if analysis.arm.converged else " (FAILED convergence gates)"
+            fits = {label: analysis.arm.to_dict()} | fits
     else:
         analysis.skipped["NUTS analyses"] = (
             "the run used the exact engine only (--engine exact): posterior predictive checks, power-scaling, "
@@ -139,7 +140,11 @@ def analyse_outcome(
         published = pd.DataFrame(analysis.reproduction.comparison_rows(), columns=COMPARE_COLUMNS)
         analysis.comparison = pd.concat([analysis.comparison, published], ignore_index=True)
     if dataset.moderators:
-        analysis.subgroups = fit_subgroups_one_at_a_time(dataset, outcome, engine="exact", priors=priors, table=table)
+        analysis.subgroups = _optional(
+            analysis,
+            "subgroups",
+            lambda: fit_subgroups_one_at_a_time(dataset, outcome, engine="exact", priors=priors, table=table),
+        )
     analysis.small_study = _optional(
         analysis,
         "small-study models",

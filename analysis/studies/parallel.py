@@ -19,12 +19,9 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 __all__ = ["ClientLike", "map_tasks"]
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 @runtime_checkable
@@ -44,7 +41,7 @@ def _resolve(executor: Executor | ClientLike | None) -> Executor | None:
     raise TypeError(f"executor must be a concurrent.futures.Executor or a dask Client, got {type(executor).__name__}")
 
 
-def map_tasks(
+def map_tasks[T, R](
     fn: Callable[[T], R],
     tasks: Sequence[T],
     *,
@@ -87,7 +84,7 @@ def map_tasks(
         return _collect(pool, fn, tasks, progress)
 
 
-def _collect(
+def _collect[T, R](
     executor: Executor, fn: Callable[[T], R], tasks: Sequence[T], progress: Callable[[int, int], None] | None
 ) -> list[R]:
     futures: dict[Future[R], int] = {executor.submit(fn, task): i for i, task in enumerate(tasks)}

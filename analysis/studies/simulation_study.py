@@ -163,7 +163,9 @@ class ArmFitter:
             pm.set_data(
                 {
                     "u": data.contrast,
-                    "helmert": data.helmert,
+                    "comparison_n": data.comparison_n,
+                    "n_before": data.n_before,
+                    "group_start": data.group_start,
                     "se_factor": data.se_factor,
                     "arm_n": data.arm_n,
                     "arm_var": data.arm_var,
