@@ -54,6 +54,11 @@ def _diagnosis(prior: float, likelihood: float) -> str:
     return "ok"
 
 
+def top_level_parameters(result: MetaAnalysisResult) -> tuple[str, ...]:
+    """The parameters with top-level priors of a random-effects fit: mu, tau and, if estimated, omega."""
+    return ("mu", "tau", "omega") if "omega" in result.summaries else ("mu", "tau")
+
+
 def power_scaling(result: MetaAnalysisResult, top_level: tuple[str, ...] = ("mu", "tau")) -> pd.DataFrame:
     """Power-scaling sensitivity of a NUTS fit for its top-level parameters.
 

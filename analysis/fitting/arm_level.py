@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_SLOPE_PRIOR",
     "LIKELIHOOD",
     "STRUCTURES",
+    "check_design",
     "comparison_order",
     "dataset_layout",
     "fit_arm_level",
@@ -153,7 +154,7 @@ def dataset_layout(dataset: Dataset, table: EffectTable | None = None) -> Layout
     return Layout.covering(datas)
 
 
-def _design(X: np.ndarray | None, coef_names: Sequence[str] | None, k: int) -> tuple[np.ndarray | None, list[str]]:
+def check_design(X: np.ndarray | None, coef_names: Sequence[str] | None, k: int) -> tuple[np.ndarray | None, list[str]]:
     """Validate an optional ``(k, p)`` design matrix (first column of ones) and name its coefficients."""
     if X is None:
         if coef_names is not None and list(coef_names) != ["mu"]:
@@ -236,7 +237,7 @@ def fit_arm_level(
     table = table or compute_effects(dataset)
     effects = outcome_effects(dataset, table, outcome)
     data = outcome_arm_summaries(dataset, outcome, list(effects["study"]))
-    X, names = _design(X, coef_names, len(data.comparison))
+    X, names = check_design(X, coef_names, len(data.comparison))
     return _fit(
         dataset,
         outcome,
@@ -344,18 +345,27 @@ def _fit(
     progressbar: bool,
 ) -> MetaAnalysisResult:
     multilevel = data.multilevel
-    model = build_arm_level_model(
-        data,
-        tau_prior=priors.tau,
-        beta_priors=[priors.mu, *slope_priors],
-        X=X,
-        coef_names=names,
-        layout=dataset_layout(dataset, table),
-        omega_prior=priors.omega if multilevel else None,
-    )
+
+    def build(layout: Layout | None) -> pm.Model:
+        return build_arm_level_model(
+            data,
+            tau_prior=priors.tau,
+            beta_priors=[priors.mu, *slope_priors],
+            X=X,
+            coef_names=names,
+            layout=layout,
+            omega_prior=priors.omega if multilevel else None,
+        )
+
+    layout = dataset_layout(dataset, table)
     checked = ["mu" if X is None else "beta", "tau", *(["omega"] if multilevel else []), "theta"]
-    idata, used, retried = sample_with_retry(model, checked, seed=seed, sampler=sampler, progressbar=progressbar)
+    idata, used, retried = sample_with_retry(
+        build(layout), checked, seed=seed, sampler=sampler, progressbar=progressbar
+    )
     idata = trim_padding(idata, data)
+    # the result carries the model of the data's own layout, matching the trimmed draws (log-likelihood,
+    # log-prior and predictive checks are computed with it); building a graph is cheap, compiling is lazy
+    model = build(None)
     _add_derived(idata, _comparison_vi(table, outcome), seed)
     settings = {
         "seed": seed,

@@ -18,11 +18,13 @@ from models.priors import PriorSet, PriorSpec
 PER_OUTCOME_MODELS = ("random-effects", "meta-regression", "small-study")
 MODELS = (*PER_OUTCOME_MODELS, "multivariate")
 #: "default": "arm" where it applies (random effects with NUTS on arm-level SMD data), else "normal";
-#: "normal": the effect sizes as normal with known variance; "arm": exact likelihood of the arm
+#: "normal": one effect per study (comparisons combined by GLS), normal with known variance;
+#: "normal-multilevel": every comparison's effect, normal with its Gleser-Olkin covariance,
+#: comparisons nested in studies (analysis.fitting.multilevel); "arm": exact likelihood of the arm
 #: summaries with comparisons nested in studies (analysis.fitting.arm_level). The default is the
 #: arm-level likelihood because it is the one that is unbiased at 5-10 animals per arm (README,
 #: "The default model": simulation study on the flagship design).
-LIKELIHOODS = ("default", "normal", "arm")
+LIKELIHOODS = ("default", "normal", "normal-multilevel", "arm")
 #: Scale of the meta-regression slope prior (:func:`analysis.fitting.meta_regression.fit_meta_regression`).
 SLOPE_SCALES = ("standardised", "unit")
 
@@ -57,8 +59,12 @@ class FitRequest:
             raise ValueError("--beta-prior, --slope-scale and --no-center apply to --model meta-regression only")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
-        if self.likelihood == "arm" and (self.model != "random-effects" or self.engine != "nuts"):
-            raise ValueError("--likelihood arm is available for --model random-effects with --engine nuts")
+        if self.likelihood == "arm" and (
+            self.model not in ("random-effects", "meta-regression") or self.engine != "nuts"
+        ):
+            raise ValueError("--likelihood arm is available for --model random-effects/meta-regression with NUTS")
+        if self.likelihood == "normal-multilevel" and self.model != "random-effects":
+            raise ValueError("--likelihood normal-multilevel is available for --model random-effects")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.model == "meta-regression" and not self.moderator:
@@ -90,10 +96,27 @@ def fit_outcome(dataset: Dataset, outcome: str, request: FitRequest, *, table: E
         "table": table,
         "progressbar": request.progressbar,
     }
-    if request.model == "random-effects" and resolve_likelihood(request, dataset) == "arm":
+    likelihood = resolve_likelihood(request, dataset)
+    if request.model == "random-effects" and likelihood == "arm":
         from analysis.fitting.arm_level import fit_arm_level
 
         return fit_arm_level(dataset, outcome, **common)
+    if request.model == "random-effects" and likelihood == "normal-multilevel":
+        from analysis.fitting.multilevel import fit_multilevel
+
+        return fit_multilevel(dataset, outcome, engine=request.engine, **common)
+    if request.model == "meta-regression" and likelihood == "arm":
+        from analysis.fitting.arm_level import fit_arm_meta_regression
+
+        moderators = list(dataset.moderators) if request.moderator == "all" else [request.moderator]
+        return fit_arm_meta_regression(
+            dataset,
+            outcome,
+            moderators=moderators,
+            slope_sd=None if request.beta_prior is None else request.beta_prior.params[1],
+            center=request.center,
+            **common,
+        )
     if request.model == "random-effects":
         return fit_random_effects(dataset, outcome, engine=request.engine, **common)
     if request.model == "meta-regression":

@@ -30,7 +30,7 @@ import xarray as xr
 
 from analysis.dataset.effects import EffectTable, compute_effects, outcome_effects
 from analysis.dataset.load import Dataset
-from analysis.fitting.arm_level import _design
+from analysis.fitting.arm_level import check_design
 from analysis.fitting.sampling import SamplerSettings, sample_with_retry
 from analysis.results.diagnostics import diagnose
 from analysis.results.random_effects import MetaAnalysisResult
@@ -165,7 +165,7 @@ def fit_multilevel(
     table = table or compute_effects(dataset)
     effects = outcome_effects(dataset, table, outcome)
     comparisons, V = comparison_covariance(table, outcome)
-    X, names = _design(X, coef_names, len(comparisons))
+    X, names = check_design(X, coef_names, len(comparisons))
     layout = study_layout(comparisons["yi"].to_numpy(dtype=float), V, list(comparisons["study"]), X)
     has_omega = omega_identified(list(comparisons["study"]))
     out = dataset.outcomes[outcome]

@@ -211,11 +211,16 @@ def _ppc_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     ]
 
 
+def _primary_label(analysis: OutcomeAnalysis) -> str:
+    return analysis.primary.likelihood_label
+
+
 def _psense_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     if analysis.psense is None:
         return []
     return [
-        "Power-scaling of the top-level priors (μ, τ) of the normal-likelihood fit; sensitivity ≥ 0.05 is flagged.",
+        f"Power-scaling of the top-level priors ({', '.join(analysis.psense.index)}) of the {_primary_label(analysis)} "
+        "fit; sensitivity ≥ 0.05 is flagged.",
         "",
         _psense_table(analysis),
         "",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from analysis.checks.sensitivity import top_level_parameters
 from analysis.plots.compare import compare_forest
 from analysis.plots.forest import caterpillar_plot, forest_plot
 from analysis.plots.influence import influence_plot
@@ -35,7 +36,7 @@ def render_figures(analysis: OutcomeAnalysis) -> dict[str, dict[str, bytes]]:
     if nuts is not None:
         figures[figure_stem("ppc", oid)] = figure_bytes(ppc_density_plot(nuts))
         figures[figure_stem("ppc_stats", oid)] = figure_bytes(ppc_statistics_plot(nuts, analysis.ppc))
-        figures[figure_stem("psense", oid)] = figure_bytes(psense_plot(nuts))
+        figures[figure_stem("psense", oid)] = figure_bytes(psense_plot(primary, top_level_parameters(primary)))
     figures[figure_stem("prior_grid", oid)] = figure_bytes(prior_grid_plot(analysis.prior_grid))
     compared = {"NUTS, arm-level likelihood (default)": analysis.arm} if analysis.arm else {}
     compared |= {"NUTS, normal likelihood": nuts} if nuts is not None else {}

@@ -71,16 +71,18 @@ class MetaAnalysisResult:
 
     @property
     def likelihood(self) -> str:
-        """The likelihood the numbers come from: ``"arm"`` (arm summaries) or ``"normal"`` (effect sizes)."""
+        """The likelihood the numbers come from: ``"arm"``, ``"normal-multilevel"`` or ``"normal"``."""
         return str(self.settings.get("likelihood", "normal"))
 
     @property
     def likelihood_label(self) -> str:
         """The likelihood and structure in words, for tables and figures."""
-        if self.likelihood != "arm":
-            return "normal likelihood (effect sizes)"
         levels = ", comparisons nested in studies" if self.settings.get("structure") == "multilevel" else ""
-        return f"arm-level likelihood{levels}"
+        if self.likelihood == "arm":
+            return f"arm-level likelihood{levels}"
+        if self.likelihood == "normal-multilevel":
+            return f"normal likelihood (comparison effects, Gleser–Olkin covariance){levels}"
+        return "normal likelihood (one effect per study)"
 
     @property
     def converged(self) -> bool:

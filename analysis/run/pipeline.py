@@ -29,7 +29,7 @@ from analysis.checks.compare import COMPARE_COLUMNS, compare_table
 from analysis.checks.influence import influence_analysis
 from analysis.checks.predictive import posterior_predictive_check
 from analysis.checks.reproduce import reproduce_published
-from analysis.checks.sensitivity import power_scaling, prior_grid
+from analysis.checks.sensitivity import power_scaling, prior_grid, top_level_parameters
 from analysis.dataset.effects import EffectTable, compute_effects
 from analysis.dataset.load import Dataset, load_dataset
 from analysis.dataset.problems import NotApplicable
@@ -187,7 +187,6 @@ def _nuts_analyses(
     )
     analysis.nuts = nuts
     analysis.ppc = posterior_predictive_check(nuts, seed=seed)
-    analysis.psense = power_scaling(nuts)
     analysis.engine_check = engine_check([nuts], [analysis.exact])
     if dataset.level == "arms":
         analysis.arm = _optional(
@@ -195,6 +194,9 @@ def _nuts_analyses(
             "arm-level likelihood",
             lambda: fit_arm_level(dataset, outcome, priors=priors, seed=seed, sampler=sampler, table=table),
         )
+    # power-scaling of the priors of the primary (default) fit: mu, tau and, if estimated, omega
+    primary = analysis.primary
+    analysis.psense = power_scaling(primary, top_level=top_level_parameters(primary))
 
 
 def _optional[T](analysis: OutcomeAnalysis, name: str, run: Callable[[], T]) -> T | None:
