@@ -62,6 +62,8 @@ def render_tables(analysis: OutcomeAnalysis) -> dict[str, pd.DataFrame]:
     if analysis.psense is not None:
         tables["power_scaling"] = analysis.psense.reset_index(names="parameter").assign(outcome=oid)
     tables |= {"prior_grid": analysis.prior_grid, "comparison": analysis.comparison}
+    if analysis.prior_grid_default is not None:
+        tables["prior_grid_default_model"] = analysis.prior_grid_default
     tables[f"studies_{oid}"] = analysis.primary.studies
     if analysis.engine_check is not None:
         tables["engine_check"] = analysis.engine_check

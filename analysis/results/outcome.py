@@ -39,6 +39,8 @@ class OutcomeAnalysis:
     reproduction: Reproduction | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     arm: MetaAnalysisResult | None = None
+    #: the default fit under alternative priors by PSIS reweighting (analysis.checks.reweighting)
+    prior_grid_default: pd.DataFrame | None = None
     seconds: float = 0.0
 
     @property

@@ -31,7 +31,7 @@ _PACKAGES = (
     "xarray",
     "matplotlib",
 )
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
 #: Folders whose Python files are the evmeta source code.
 SOURCE_FOLDERS = ("analysis", "models")
 

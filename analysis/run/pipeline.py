@@ -29,6 +29,7 @@ from analysis.checks.compare import COMPARE_COLUMNS, compare_table
 from analysis.checks.influence import influence_analysis
 from analysis.checks.predictive import posterior_predictive_check
 from analysis.checks.reproduce import reproduce_published
+from analysis.checks.reweighting import reweighted_prior_grid
 from analysis.checks.sensitivity import power_scaling, prior_grid, top_level_parameters
 from analysis.dataset.effects import EffectTable, compute_effects
 from analysis.dataset.load import Dataset, load_dataset
@@ -197,6 +198,8 @@ def _nuts_analyses(
     # power-scaling of the priors of the primary (default) fit: mu, tau and, if estimated, omega
     primary = analysis.primary
     analysis.psense = power_scaling(primary, top_level=top_level_parameters(primary))
+    if analysis.arm is not None:
+        analysis.prior_grid_default = reweighted_prior_grid(analysis.arm)
 
 
 def _optional[T](analysis: OutcomeAnalysis, name: str, run: Callable[[], T]) -> T | None:
