@@ -36,6 +36,7 @@ from analysis.dataset.load import Dataset
 from analysis.dataset.measures import comparison_pairs
 from analysis.dataset.moderators import comparison_table
 from analysis.dataset.problems import NotApplicable
+from analysis.fitting.random_effects import study_table
 from analysis.fitting.sampling import SamplerSettings, sample_with_retry
 from analysis.results.diagnostics import diagnose
 from analysis.results.random_effects import MetaAnalysisResult
@@ -427,16 +428,12 @@ def _result(
 ) -> MetaAnalysisResult:
     post = idata.posterior
     theta = post["theta"].to_numpy()
-    studies = pd.DataFrame(
-        {
-            "study": effects["study"].to_numpy(),
-            "yi": effects["yi"].to_numpy(),
-            "vi": effects["vi"].to_numpy(),
-            "theta_mean": theta.mean(axis=(0, 1)),
-            "theta_sd": theta.std(axis=(0, 1), ddof=1),
-            "theta_q025": np.quantile(theta, 0.025, axis=(0, 1)),
-            "theta_q975": np.quantile(theta, 0.975, axis=(0, 1)),
-        }
+    studies = study_table(
+        effects,
+        theta.mean(axis=(0, 1)),
+        theta.std(axis=(0, 1), ddof=1),
+        np.quantile(theta, 0.025, axis=(0, 1)),
+        np.quantile(theta, 0.975, axis=(0, 1)),
     )
     if "beta" in post:
         beta = post["beta"].to_numpy()

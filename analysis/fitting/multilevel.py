@@ -31,6 +31,7 @@ import xarray as xr
 from analysis.dataset.effects import EffectTable, compute_effects, outcome_effects
 from analysis.dataset.load import Dataset
 from analysis.fitting.arm_level import check_design
+from analysis.fitting.random_effects import study_table
 from analysis.fitting.sampling import SamplerSettings, sample_with_retry
 from analysis.results.diagnostics import diagnose
 from analysis.results.random_effects import MetaAnalysisResult
@@ -301,15 +302,4 @@ def _study_table(
     """Study rows in the order of :func:`~analysis.dataset.effects.study_effects` (= ``study``)."""
     if list(effects["study"].astype(str)) != study:
         raise ValueError("study order of the comparisons differs from that of the study effects")
-    return pd.DataFrame(
-        {
-            "study": effects["study"].to_numpy(),
-            "yi": effects["yi"].to_numpy(),
-            "vi": effects["vi"].to_numpy(),
-            "theta_mean": mean,
-            "theta_sd": sd,
-            "theta_q025": lo,
-            "theta_q975": hi,
-            "n_comparisons": n_comparisons,
-        }
-    )
+    return study_table(effects, mean, sd, lo, hi).assign(n_comparisons=n_comparisons)

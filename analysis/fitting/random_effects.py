@@ -87,7 +87,7 @@ def _fit_exact(effects: pd.DataFrame, priors: PriorSet, base: dict) -> MetaAnaly
         effects["yi"], effects["vi"], tau_prior=priors.tau, mu_prior=priors.mu, study=list(effects["study"])
     )
     shrink = post.shrinkage()
-    studies = _study_table(
+    studies = study_table(
         effects,
         shrink["mean"].to_numpy(),
         shrink["sd"].to_numpy(),
@@ -106,9 +106,10 @@ def _fit_exact(effects: pd.DataFrame, priors: PriorSet, base: dict) -> MetaAnaly
     )
 
 
-def _study_table(
+def study_table(
     effects: pd.DataFrame, mean: np.ndarray, sd: np.ndarray, lo: np.ndarray, hi: np.ndarray
 ) -> pd.DataFrame:
+    """Study rows of a fit: ``study, yi, vi`` of the study effects and the posterior of each ``theta_i``."""
     return pd.DataFrame(
         {
             "study": effects["study"].to_numpy(),
@@ -134,7 +135,7 @@ def _fit_nuts(
     _add_study_draws(idata, yi, vi, list(effects["study"]), seed)
     post = idata.posterior
     theta = post["theta"].to_numpy()
-    studies = _study_table(
+    studies = study_table(
         effects,
         theta.mean(axis=(0, 1)),
         theta.std(axis=(0, 1), ddof=1),
