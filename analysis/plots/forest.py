@@ -140,7 +140,11 @@ def caterpillar_plot(result: MetaAnalysisResult, *, measure: str = "SMD") -> Fig
     ax.set_xlabel(MEASURE_LABELS.get(measure, measure) + " (observed intervals beyond the axis are cut)")
     _benefit_annotation(ax, result.outcome.direction)
     ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=4, fontsize=8, frameon=False)
-    fig.suptitle(f"{display_label(result.outcome.label)}: study effects (k = {k}) and the pooled effect", fontsize=11)
+    fig.suptitle(
+        f"{display_label(result.outcome.label)}: study effects (k = {k}) and the pooled effect "
+        f"({result.likelihood_label})",
+        fontsize=11,
+    )
     return fig
 
 
@@ -433,7 +437,8 @@ def _oriented(summary: dict[str, float], direction: int) -> dict[str, float]:
 
 
 def _priors_text(priors: dict[str, str]) -> str:
-    return ", ".join(f"{'μ' if p == 'mu' else 'τ' if p == 'tau' else p} ~ {s}" for p, s in priors.items())
+    symbols = {"mu": "μ", "tau": "τ", "omega": "ω"}
+    return ", ".join(f"{symbols.get(p, p)} ~ {s}" for p, s in priors.items())
 
 
 def _engine_text(result: MetaAnalysisResult, *, seed: bool = True) -> str:
@@ -476,7 +481,8 @@ def _forest_titles(fig: Figure, tax: Axes, result: MetaAnalysisResult) -> None:
     )
     fig.axes[0].set_title(
         f"{result.dataset} · outcome {o.id} ({better} is better) · engine {_engine_text(result)}\n"
-        f"priors: {_priors_text(result.priors)} · P(benefit) {_prob(result.prob_benefit, relation=True)}",
+        f"{result.likelihood_label} · priors: {_priors_text(result.priors)} · "
+        f"P(benefit) {_prob(result.prob_benefit, relation=True)}",
         loc="left",
         fontsize=9,
         color="#333333",
@@ -494,6 +500,7 @@ def _forest_titles(fig: Figure, tax: Axes, result: MetaAnalysisResult) -> None:
 def _pooled_titles(fig: Figure, tax: Axes, results: Sequence[MetaAnalysisResult]) -> None:
     datasets = ", ".join(dict.fromkeys(r.dataset for r in results))
     engines = ", ".join(dict.fromkeys(_engine_text(r, seed=False) for r in results))
+    engines += " · " + ", ".join(dict.fromkeys(r.likelihood_label for r in results))
     priors = "; ".join(dict.fromkeys(_priors_text(r.priors) for r in results))
     fig.suptitle(
         f"Pooled effects by outcome ({len(results)} outcome{'s' if len(results) > 1 else ''})",

@@ -111,7 +111,7 @@ def influence_plot(result: InfluenceResult, max_rows: int | None = None) -> Figu
         f"Influence: {result.dataset} / {display_label(result.outcome.label)} (k = {total}"
         + (f"; the {k} studies whose removal shifts μ most" if k < total else "")
         + "; "
-        f"priors mu ~ {result.priors['mu']}, tau ~ {result.priors['tau']})",
+        f"priors mu ~ {result.priors['mu']}, tau ~ {result.priors['tau']}; normal likelihood)",
         fontsize=10,
     )
     if result.provenance == "simulated":

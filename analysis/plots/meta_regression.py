@@ -188,7 +188,9 @@ def _titles(fig: Figure, fits: list[MetaRegressionResult], *, separate: bool) ->
     better = "higher" if o.direction > 0 else "lower"
     kind = "one moderator at a time" if separate else "moderators jointly"
     engine = "exact (quadrature over τ)" if first.engine == "exact" else "NUTS"
-    fig.suptitle(f"{display_label(o.label)}: Bayesian meta-regression, {kind}", fontsize=12, fontweight="bold")
+    fig.suptitle(
+        f"{display_label(o.label)}: Bayesian meta-regression, {kind} (normal likelihood)", fontsize=12, fontweight="bold"
+    )
     priors = "; ".join(dict.fromkeys(f.slope_prior_text() for f in fits))
     fig.axes[0].set_title(
         f"{first.dataset} · outcome {o.id} ({better} is better) · k = {first.k}\nengine {engine}",

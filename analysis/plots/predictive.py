@@ -30,7 +30,9 @@ def ppc_density_plot(result: MetaAnalysisResult) -> Figure:
     if result.posterior is None or "posterior_predictive" not in result.posterior.children:
         raise ValueError("run analysis.checks.predictive.posterior_predictive_check on the fit first")
     fig = figure_of(az.plot_ppc_dist(result.posterior, backend="matplotlib", num_samples=100))
-    fig.suptitle(f"{result.outcome.id}: posterior predictive check (replicated vs observed effects)")
+    fig.suptitle(
+        f"{result.outcome.id}: posterior predictive check (replicated vs observed effects; {result.likelihood_label})"
+    )
     return fig
 
 
@@ -61,5 +63,7 @@ def ppc_statistics_plot(result: MetaAnalysisResult, check: PPCResult) -> Figure:
         )
         ax.set_title(f"{STAT_LABELS[name]}\n{p_text}", fontsize=10)
         ax.set_yticks([])
-    fig.suptitle(f"{result.outcome.id}: test statistics on replicated data (black: observed)")
+    fig.suptitle(
+        f"{result.outcome.id}: test statistics on replicated data (black: observed; {result.likelihood_label})"
+    )
     return fig

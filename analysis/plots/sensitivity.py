@@ -18,7 +18,7 @@ def psense_plot(result: MetaAnalysisResult, top_level: tuple[str, ...] = ("mu", 
     """ArviZ ``plot_psense_dist`` for top-level parameters (after :func:`analysis.checks.sensitivity.power_scaling`)."""
     names = list(top_level)
     fig = figure_of(az.plot_psense_dist(result.posterior, var_names=names, prior_var_names=names, backend="matplotlib"))
-    fig.suptitle(f"{result.outcome.id}: power-scaling of the priors of {', '.join(names)}")
+    fig.suptitle(f"{result.outcome.id}: power-scaling of the priors of {', '.join(names)} ({result.likelihood_label})")
     return fig
 
 
@@ -46,5 +46,5 @@ def prior_grid_plot(grid: pd.DataFrame) -> Figure:
     ax_mu.axvline(0, color="grey", lw=0.8)
     ax_mu.set_xlabel("μ: mean and 95% ETI (eti95)")
     ax_tau.set_xlabel("τ: median and 95% ETI (eti95)")
-    fig.suptitle(f"{grid['outcome'].iloc[0]}: posterior under alternative priors (exact engine)")
+    fig.suptitle(f"{grid['outcome'].iloc[0]}: posterior under alternative priors (exact engine, normal likelihood)")
     return fig

@@ -121,7 +121,10 @@ def funnel_plot(result: SmallStudyResult) -> Figure:
         _panel(axes[1], result, np.sqrt(1.0 / result.studies["n_tilde"].to_numpy(dtype=float)), scale="n")
     for ax in axes:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=7, frameon=False)
-    title = f"Funnel plot: {result.dataset}\n{result.outcome.label} (k = {result.k}; regions and intervals 95%)"
+    title = (
+        f"Funnel plot: {result.dataset}\n{result.outcome.label} (k = {result.k}; regions and intervals 95%; "
+        "normal likelihood)"
+    )
     fig.suptitle(title if has_n else title + "\nsqrt(1/ñ) panel omitted: group sizes not available", fontsize=10)
     if result.provenance == "simulated":
         axes[-1].set_title(
