@@ -189,7 +189,9 @@ def _titles(fig: Figure, fits: list[MetaRegressionResult], *, separate: bool) ->
     kind = "one moderator at a time" if separate else "moderators jointly"
     engine = "exact (quadrature over τ)" if first.engine == "exact" else "NUTS"
     fig.suptitle(
-        f"{display_label(o.label)}: Bayesian meta-regression, {kind} (normal likelihood)", fontsize=12, fontweight="bold"
+        f"{display_label(o.label)}: Bayesian meta-regression, {kind} (normal likelihood)",
+        fontsize=12,
+        fontweight="bold",
     )
     priors = "; ".join(dict.fromkeys(f.slope_prior_text() for f in fits))
     fig.axes[0].set_title(
