@@ -88,9 +88,9 @@ def _panel(ax: Axes, values: np.ndarray, n_ranks: int, n_bins: int) -> None:
     counts = np.bincount(values // width, minlength=n_bins)
     lo, hi = uniform_band(values.size, n_bins)
     edges = np.arange(n_bins + 1) * width
-    ax.axhspan(lo, hi, color="0.85", zorder=0, gid="uniform_band")
-    ax.axhline(values.size / n_bins, color="0.45", lw=0.8, gid="uniform_expected")
-    ax.stairs(counts, edges, fill=True, color="#0072B2", alpha=0.8, gid="rank_counts")
+    ax.stairs(counts, edges, fill=True, color="#0072B2", alpha=0.75, zorder=1, gid="rank_counts")
+    ax.axhspan(lo, hi, color="0.5", alpha=0.25, lw=0, zorder=2, gid="uniform_band")
+    ax.axhline(values.size / n_bins, color="0.25", lw=0.8, zorder=3, gid="uniform_expected")
     ax.set_xlim(0, n_ranks)
     ax.set_ylim(0, max(hi, counts.max(initial=0)) * 1.15 + 1)
     ax.tick_params(labelsize=7)

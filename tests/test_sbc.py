@@ -1,0 +1,151 @@
+"""Simulation-based calibration machinery (analysis.studies.sbc) and one small run on a dask cluster.
+
+Fast: ranks, thinning, the uniformity test on synthetic ranks (uniform passes, biased fails), the
+rejection simulator of the selection model against the model's own likelihood, and a conjugate
+normal toy case in which a posterior computed with the wrong prior is caught, so the machinery
+can fail. Slow: a few real replications of the selection model through a dask LocalCluster.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from scipy import integrate, stats
+
+from analysis.plots.sbc import sbc_rank_figure, uniform_band
+from analysis.studies import sbc
+from models.small_study import DEFAULT_CUTPOINTS, selection_log_likelihood
+
+#: The Bonferroni threshold of the study: 21 ranked parameters at family level 0.01.
+THRESHOLD = sbc.bonferroni_threshold(21)
+
+
+def test_rank_counts_draws_below_the_truth():
+    draws = np.array([0.1, 0.5, -1.0, 2.0, 0.3])
+    assert sbc.rank_statistic(draws, 0.4) == 3
+    assert sbc.rank_statistic(draws, -5.0) == 0
+    assert sbc.rank_statistic(draws, 5.0) == draws.size
+
+
+def test_thinning_keeps_evenly_spaced_draws_of_every_chain():
+    draws = np.arange(4 * 250, dtype=float).reshape(4, 250)
+    kept = sbc.thin_draws(draws, 99)
+    assert kept.size == 99
+    assert kept[0] == 0 and kept[24] == 249 and kept[25] == 250  # first and last draw of chain 0, then chain 1
+    assert np.all(np.diff(kept[:25]) >= 10)  # stride ~10.4 within a chain
+    with pytest.raises(ValueError):
+        sbc.thin_draws(np.zeros((4, 10)), 99)
+
+
+def test_histogram_bins_ranks_evenly():
+    counts = sbc.rank_histogram(np.arange(100), n_ranks=100, n_bins=20)
+    assert counts.tolist() == [5] * 20
+    with pytest.raises(ValueError):
+        sbc.rank_histogram([0, 1], n_ranks=101, n_bins=20)
+    with pytest.raises(ValueError):
+        sbc.rank_histogram([100], n_ranks=100, n_bins=20)
+
+
+def _ranks_against(posterior_mean: float, posterior_sd: float, reps: int, rng: np.random.Generator) -> np.ndarray:
+    """Ranks of truths ~ N(0, 1) among 99 draws of N(posterior_mean, posterior_sd^2) (the right one: 0, 1)."""
+    return np.array(
+        [sbc.rank_statistic(rng.normal(posterior_mean, posterior_sd, 99), rng.normal()) for _ in range(reps)]
+    )
+
+
+def test_uniform_ranks_pass_and_biased_ranks_fail():
+    rng = np.random.default_rng(7)
+    assert sbc.uniformity_test(rng.integers(0, 100, size=200))[1] > THRESHOLD
+    assert sbc.uniformity_test(_ranks_against(0.0, 1.0, 200, rng))[1] > THRESHOLD
+    # biased by 0.75 SD: the truth lands too often in the low ranks
+    assert sbc.uniformity_test(_ranks_against(0.75, 1.0, 200, rng))[1] < THRESHOLD
+    # too narrow (half the SD): a U shape
+    assert sbc.uniformity_test(_ranks_against(0.0, 0.5, 200, rng))[1] < THRESHOLD
+
+
+def test_bonferroni_threshold():
+    assert sbc.bonferroni_threshold(21) == pytest.approx(0.01 / 21)
+    with pytest.raises(ValueError):
+        sbc.bonferroni_threshold(0)
+
+
+def _conjugate_ranks(fit_prior_sd: float, reps: int, rng: np.random.Generator) -> np.ndarray:
+    """theta ~ N(0, 1), y ~ N(theta, 1); exact posterior draws under the prior N(0, fit_prior_sd^2)."""
+    ranks = []
+    for _ in range(reps):
+        theta = rng.normal()
+        y = rng.normal(theta, 1.0)
+        precision = 1.0 + 1.0 / fit_prior_sd**2
+        draws = rng.normal(y / precision, np.sqrt(1.0 / precision), size=(4, 250))
+        ranks.append(sbc.rank_statistic(sbc.thin_draws(draws), theta))
+    return np.array(ranks)
+
+
+def test_sbc_accepts_the_right_posterior_and_catches_a_wrong_prior():
+    """The simulation prior is N(0, 1); fitting with N(0, 0.5^2) shrinks too much and is too narrow."""
+    right = _conjugate_ranks(1.0, 200, np.random.default_rng(11))
+    wrong = _conjugate_ranks(0.5, 200, np.random.default_rng(11))
+    assert sbc.uniformity_test(right)[1] > THRESHOLD
+    assert sbc.uniformity_test(wrong)[1] < THRESHOLD
+
+
+def test_selection_simulator_draws_from_the_model_likelihood():
+    """Accepted effects of one study follow exp(selection_log_likelihood), checked by a KS test."""
+    mu, tau, omega, v = 0.3, 0.4, np.array([1.0, 0.3, 1.8]), 0.2
+    y = sbc.simulate_selected_effects(mu, tau, omega, np.full(1500, v), DEFAULT_CUTPOINTS, np.random.default_rng(5))
+    # CDF of the model's density by the trapezoid rule on each p-value interval (the density jumps between them)
+    thresholds = np.sqrt(v) * stats.norm.isf(DEFAULT_CUTPOINTS)[::-1]
+    edges = [-4.0, *thresholds, 5.0]
+    grid = np.concatenate([np.linspace(a + 1e-12, b - 1e-12, 2001) for a, b in zip(edges[:-1], edges[1:])])
+    density = np.exp(
+        selection_log_likelihood(grid, np.full(grid.size, v), mu=mu, tau=tau, omega=omega, cutpoints=DEFAULT_CUTPOINTS)
+    )
+    cdf = integrate.cumulative_trapezoid(density, grid, initial=0.0)
+    assert cdf[-1] == pytest.approx(1.0, abs=1e-5)  # the likelihood is a normalised density of y
+    result = stats.kstest(y, lambda x: np.interp(x, grid, cdf))
+    assert result.pvalue > 0.01
+    # the selection is visible: fewer studies with 0.025 < p <= 0.5 (weight 0.3) than without selection
+    p = stats.norm.sf(y / np.sqrt(v))
+    unselected = np.diff(stats.norm.cdf(thresholds, loc=mu, scale=np.sqrt(v + tau**2)))[0]
+    assert np.mean((p > 0.025) & (p <= 0.5)) < 0.6 * unselected
+
+
+def test_rank_figure_has_one_panel_per_model_and_parameter():
+    rng = np.random.default_rng(3)
+    rows = pd.DataFrame(
+        [
+            {"model": m, "parameter": p, "rank": int(r)}
+            for m, params in (("a", ["mu", "tau"]), ("b", ["x"]))
+            for p in params
+            for r in rng.integers(0, 100, size=40)
+        ]
+    )
+    fig = sbc_rank_figure(rows, n_ranks=100, n_bins=20, p_values={("a", "mu"): 0.5}, threshold=THRESHOLD)
+    assert isinstance(fig, Figure)
+    assert sorted(ax.get_gid() for ax in fig.axes) == ["sbc_a_mu", "sbc_a_tau", "sbc_b_x"]
+    lo, hi = uniform_band(200, 20)
+    assert lo < 10 < hi
+
+
+@pytest.mark.slow
+def test_selection_sbc_on_a_dask_cluster():
+    """Three replications on a 2-worker LocalCluster; one rerun in this process gives the same ranks."""
+    distributed = pytest.importorskip("distributed")
+    designs = sbc.flagship_designs()
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        rows = sbc.run_sbc(["selection"], reps=3, seed=4, designs=designs, executor=client)
+    params = [p.name for p in sbc.ranked_parameters("selection", designs["selection"])]
+    assert len(rows) == 3 * len(params)
+    assert (rows["error"] == "").all()
+    assert rows["rank"].between(0, sbc.N_KEEP).all()
+    assert (rows["n_draws_after_thinning"] == sbc.N_KEEP).all()
+    task = sbc.make_tasks("selection", 3, 4, designs["selection"], sbc.default_priors("SMD"))[1]
+    again = pd.DataFrame(sbc.run_replication(task))
+    first = rows[rows["rep"] == 1].reset_index(drop=True)
+    assert again["rank"].tolist() == first["rank"].tolist()
+    assert again["truth"].tolist() == pytest.approx(first["truth"].tolist())
