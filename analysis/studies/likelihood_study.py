@@ -520,7 +520,45 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-accept", type=float, default=0.99, help="with --draws/--tune/--chains")
     parser.add_argument("--out-dir", type=Path, default=REPORTS_DIR, help="folder of likelihood_study.json/.csv")
     parser.add_argument("--batch", type=int, default=10, help="replicates between rewrites of the outputs")
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="instead of running: summarise the rows of earlier runs (likelihood_study.csv files of the same --seed, "
+        "e.g. one per candidate) into --out-dir",
+    )
     return parser
+
+
+def combine_runs(paths: Sequence[Path]) -> tuple[pd.DataFrame, dict]:
+    """Rows of several runs (same master seed, disjoint candidates) and their summary payload.
+
+    Raises
+    ------
+    ValueError
+        If two runs hold rows of the same candidate (a candidate must come from one run).
+    """
+    parts = [pd.read_csv(path, keep_default_na=False, na_values=[""]) for path in paths]
+    seen: dict[str, Path] = {}
+    for path, part in zip(paths, parts, strict=True):
+        for candidate in part["candidate"].unique():
+            if candidate in seen:
+                raise ValueError(f"candidate {candidate!r} is in both {seen[candidate]} and {path}")
+            seen[candidate] = path
+    rows = pd.concat(parts, ignore_index=True)
+    summary = summarise(rows)
+    done = {f"{d}/{c}": int(n) for (d, c), n in rows.groupby(["design", "candidate"])["rep"].nunique().items()}
+    payload = {
+        "provenance": "simulated",
+        "description": __doc__.split("\n\n")[0],
+        "complete": None,
+        "settings": {"combined_from": {c: str(p) for c, p in seen.items()}, "reps_done": done},
+        "summary": summary.to_dict(orient="records"),
+        "verdict": verdict(summary),
+        "markdown": markdown_table(summary),
+    }
+    return rows, payload
 
 
 def interleave(batches: Sequence[Sequence[ReplicateTask]]) -> list[ReplicateTask]:
@@ -571,6 +609,13 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: run the replicates in batches, rewrite the JSON and CSV after each batch, print the table."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.combine:
+        rows, payload = combine_runs(args.combine)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        write_csv(args.out_dir / "likelihood_study.csv", rows)
+        write_json(args.out_dir / "likelihood_study.json", payload)
+        print("SIMULATED data.\n" + payload["markdown"])
+        return 0
     if args.reps < 1 or args.jobs < 1 or args.batch < 1:
         parser.error("--reps, --jobs and --batch must be >= 1")
     candidates = tuple(args.candidates or available_candidates())
