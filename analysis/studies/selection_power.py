@@ -75,6 +75,7 @@ from analysis.fitting.sampling import SamplerSettings
 from analysis.fitting.small_study import SELECTION_SAMPLER, fit_small_study
 from analysis.report.files import write_csv, write_json
 from analysis.results.small_study import RegressionFit, SmallStudyResult
+from analysis.studies.parallel import map_tasks
 
 __all__ = [
     "COLUMNS",
@@ -442,12 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", type=int, default=DEFAULT_N_SEEDS, help="replicates (simulation seeds 1..N)")
     parser.add_argument("--out-dir", type=Path, default=REPORTS_DIR, help="folder of selection_power.csv/.json")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (results do not depend on it)")
     args = parser.parse_args(argv)
     if args.seeds < 2:
         parser.error("--seeds must be >= 2")
     clock = (time.perf_counter(), time.process_time())
-    frames = [simulate_and_fit(s) for s in range(1, args.seeds + 1)]
-    default = simulate_and_fit(DEFAULT_SEED)
+    *frames, default = map_tasks(simulate_and_fit, [*range(1, args.seeds + 1), DEFAULT_SEED], jobs=args.jobs)
     seconds, cpu = time.perf_counter() - clock[0], time.process_time() - clock[1]
     runs = pd.concat(frames, ignore_index=True)
     table = power_table(runs)

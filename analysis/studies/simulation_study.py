@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 import time
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from analysis.atomic import write_text_atomic
 from analysis.config import REPORTS_DIR
 from analysis.dataset.smd import hedges_g
 from analysis.results.summaries import summarize_draws
+from analysis.studies.parallel import ClientLike, map_tasks
 from models.arm_level import ArmSummaries, arm_summaries, build_arm_level_model
 from models.exact.posterior import exact_posterior
 from models.priors import DEFAULT_MU_PRIOR, DEFAULT_TAU_PRIOR
@@ -235,6 +236,10 @@ def run_chunk(scenario_index: int, reps: range, seed: int) -> list[dict]:
     return rows
 
 
+def _run_chunk_task(task: tuple[int, range, int]) -> list[dict]:
+    return run_chunk(*task)
+
+
 def summarise(raw: pd.DataFrame) -> pd.DataFrame:
     """Coverage, bias, RMSE and interval width per scenario and likelihood.
 
@@ -274,7 +279,9 @@ def summarise(raw: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def run_study(reps: int = DEFAULT_REPS, seed: int = DEFAULT_SEED, jobs: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_study(
+    reps: int = DEFAULT_REPS, seed: int = DEFAULT_SEED, jobs: int = 2, executor: Executor | ClientLike | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every scenario; returns the replicate rows and their summary (:func:`summarise`).
 
     Parameters
@@ -285,15 +292,13 @@ def run_study(reps: int = DEFAULT_REPS, seed: int = DEFAULT_SEED, jobs: int = 2)
         Master seed; the same seed gives the same numbers whatever ``jobs`` is.
     jobs : int
         Worker processes (each fits its NUTS chains in sequence, ``cores=1``).
+    executor : concurrent.futures.Executor or dask Client, optional
+        Where to run the chunks instead (:func:`analysis.studies.parallel.map_tasks`).
     """
     tasks = [
         (i, range(lo, min(lo + _CHUNK, reps)), seed) for i in range(len(SCENARIOS)) for lo in range(0, reps, _CHUNK)
     ]
-    if jobs > 1:
-        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-            chunks = pool.starmap(run_chunk, tasks, chunksize=1)
-    else:
-        chunks = [run_chunk(*task) for task in tasks]
+    chunks = map_tasks(_run_chunk_task, tasks, executor=executor, jobs=jobs)
     raw = pd.DataFrame([row for chunk in chunks for row in chunk])
     return raw, summarise(raw)
 
