@@ -36,7 +36,7 @@ from analysis.dataset.load import Dataset
 from analysis.dataset.measures import comparison_pairs
 from analysis.dataset.moderators import comparison_table
 from analysis.dataset.problems import NotApplicable
-from analysis.fitting.random_effects import study_table
+from analysis.fitting.random_effects import study_table_from_draws
 from analysis.fitting.sampling import SamplerSettings, sample_with_retry
 from analysis.results.diagnostics import diagnose
 from analysis.results.random_effects import MetaAnalysisResult
@@ -428,13 +428,7 @@ def _result(
 ) -> MetaAnalysisResult:
     post = idata.posterior
     theta = post["theta"].to_numpy()
-    studies = study_table(
-        effects,
-        theta.mean(axis=(0, 1)),
-        theta.std(axis=(0, 1), ddof=1),
-        np.quantile(theta, 0.025, axis=(0, 1)),
-        np.quantile(theta, 0.975, axis=(0, 1)),
-    )
+    studies = study_table_from_draws(effects, theta)
     if "beta" in post:
         beta = post["beta"].to_numpy()
         settings = settings | {"beta": {n: summarize_draws(beta[..., j]) for j, n in enumerate(names)}}

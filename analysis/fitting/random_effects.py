@@ -106,6 +106,17 @@ def _fit_exact(effects: pd.DataFrame, priors: PriorSet, base: dict) -> MetaAnaly
     )
 
 
+def study_table_from_draws(effects: pd.DataFrame, theta: np.ndarray) -> pd.DataFrame:
+    """:func:`study_table` from draws of ``theta`` with shape ``(chain, draw, study)``."""
+    return study_table(
+        effects,
+        theta.mean(axis=(0, 1)),
+        theta.std(axis=(0, 1), ddof=1),
+        np.quantile(theta, 0.025, axis=(0, 1)),
+        np.quantile(theta, 0.975, axis=(0, 1)),
+    )
+
+
 def study_table(
     effects: pd.DataFrame, mean: np.ndarray, sd: np.ndarray, lo: np.ndarray, hi: np.ndarray
 ) -> pd.DataFrame:
@@ -135,13 +146,7 @@ def _fit_nuts(
     _add_study_draws(idata, yi, vi, list(effects["study"]), seed)
     post = idata.posterior
     theta = post["theta"].to_numpy()
-    studies = study_table(
-        effects,
-        theta.mean(axis=(0, 1)),
-        theta.std(axis=(0, 1), ddof=1),
-        np.quantile(theta, 0.025, axis=(0, 1)),
-        np.quantile(theta, 0.975, axis=(0, 1)),
-    )
+    studies = study_table_from_draws(effects, theta)
     summaries = {p: summarize_draws(post[p].to_numpy()) for p in ("mu", "tau", "theta_new", "I2")}
     return MetaAnalysisResult(
         **base,
