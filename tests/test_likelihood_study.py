@@ -12,6 +12,7 @@ from analysis.dataset.simulate import simulate_dataset, write_dataset
 from analysis.studies.likelihood_study import (
     EXACT_CANDIDATES,
     LARGE_K,
+    combine_runs,
     flagship_truth,
     make_tasks,
     markdown_table,
@@ -140,3 +141,24 @@ def test_large_k_design_is_fixed_and_loads(tmp_path):
     assert len(effects) == LARGE_K.k
     assert effects["n_comparisons"].max() <= LARGE_K.arms_max and effects["n_comparisons"].max() > 1
     assert set(a.truth["theta"]) == set(effects["study"])
+
+
+def test_a_run_from_first_rep_continues_an_earlier_run_with_the_same_seeds():
+    whole = make_tasks("flagship", 6, seed=3, candidates=EXACT_CANDIDATES)
+    first, rest = (
+        make_tasks("flagship", n, seed=3, candidates=EXACT_CANDIDATES, first_rep=r) for n, r in ((2, 0), (4, 2))
+    )
+    assert first + rest == whole
+
+
+def test_combine_accepts_disjoint_replicates_and_refuses_a_replicate_twice(tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    rows = pd.DataFrame(_rows("arm", [0.1, -0.1, 0.2], [True, True, False]))
+    rows.iloc[:2].to_csv(a, index=False)
+    rows.iloc[2:].to_csv(b, index=False)
+    combined, payload = combine_runs([a, b])
+    assert len(combined) == 3
+    assert payload["settings"]["reps_done"] == {"flagship/arm": 3}
+    rows.iloc[1:].to_csv(b, index=False)
+    with pytest.raises(ValueError, match="in both"):
+        combine_runs([a, b])

@@ -146,13 +146,22 @@ def available_candidates() -> tuple[str, ...]:
 
 
 def make_tasks(
-    design: str, reps: int, seed: int, candidates: Sequence[str], sampler: SamplerSettings | None = None
+    design: str,
+    reps: int,
+    seed: int,
+    candidates: Sequence[str],
+    sampler: SamplerSettings | None = None,
+    first_rep: int = 0,
 ) -> list[ReplicateTask]:
-    """Tasks of ``reps`` replicates of ``design``; the seeds depend only on ``(seed, design, rep)``."""
+    """Tasks of replicates ``first_rep, ..., first_rep + reps - 1`` of ``design``.
+
+    The seeds depend only on ``(seed, design, rep)``, so a run of replicates 100-199 continues a run
+    of replicates 0-99 exactly (see ``--first-rep`` and ``--combine``).
+    """
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
     tasks = []
-    for rep in range(reps):
+    for rep in range(first_rep, first_rep + reps):
         data_seed, fit_seed = np.random.SeedSequence([seed, DESIGNS.index(design), rep]).generate_state(2)
         tasks.append(ReplicateTask(design, rep, int(data_seed), int(fit_seed), tuple(candidates), sampler))
     return tasks
@@ -393,7 +402,7 @@ def _parameter_summary(part: pd.DataFrame, p: str) -> dict[str, float]:
 
 
 def _one_summary(part: pd.DataFrame) -> dict:
-    ok = part["error"].fillna("").eq("")
+    ok = part["error"].astype("string").fillna("").eq("")
     out = {"fits": len(part), "share_error": float((~ok).mean())}
     out |= _parameter_summary(part[ok], "mu") | _parameter_summary(part[ok], "tau")
     nuts = part["engine"].eq("nuts") | ~ok
@@ -511,6 +520,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--reps", type=int, default=DEFAULT_REPS, help="replicates of the flagship design")
     parser.add_argument("--reps-large-k", type=int, default=None, help="replicates of the larger-k design (--reps)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="master seed")
+    parser.add_argument(
+        "--first-rep", type=int, default=0, help="number of the first flagship replicate (continue an earlier run)"
+    )
+    parser.add_argument("--first-rep-large-k", type=int, default=None, help="first larger-k replicate (--first-rep)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--design", choices=[*DESIGNS, "both"], default="both")
     parser.add_argument("--candidates", nargs="+", choices=CANDIDATES, default=None, help="default: all available")
@@ -532,20 +545,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def combine_runs(paths: Sequence[Path]) -> tuple[pd.DataFrame, dict]:
-    """Rows of several runs (same master seed, disjoint candidates) and their summary payload.
+    """Rows of several runs (same master seed; disjoint candidates or replicates) and their summary payload.
 
     Raises
     ------
     ValueError
-        If two runs hold rows of the same candidate (a candidate must come from one run).
+        If two runs hold the same replicate of the same candidate and design.
     """
     parts = [pd.read_csv(path, keep_default_na=False, na_values=[""]) for path in paths]
-    seen: dict[str, Path] = {}
+    seen: dict[tuple, Path] = {}
     for path, part in zip(paths, parts, strict=True):
-        for candidate in part["candidate"].unique():
-            if candidate in seen:
-                raise ValueError(f"candidate {candidate!r} is in both {seen[candidate]} and {path}")
-            seen[candidate] = path
+        for key in part[["design", "candidate", "rep"]].drop_duplicates().itertuples(index=False):
+            if tuple(key) in seen:
+                raise ValueError(f"replicate {tuple(key)} is in both {seen[tuple(key)]} and {path}")
+            seen[tuple(key)] = path
     rows = pd.concat(parts, ignore_index=True)
     summary = summarise(rows)
     done = {f"{d}/{c}": int(n) for (d, c), n in rows.groupby(["design", "candidate"])["rep"].nunique().items()}
@@ -553,7 +566,7 @@ def combine_runs(paths: Sequence[Path]) -> tuple[pd.DataFrame, dict]:
         "provenance": "simulated",
         "description": __doc__.split("\n\n")[0],
         "complete": None,
-        "settings": {"combined_from": {c: str(p) for c, p in seen.items()}, "reps_done": done},
+        "settings": {"combined_from": sorted({str(p) for p in paths}), "reps_done": done},
         "summary": summary.to_dict(orient="records"),
         "verdict": verdict(summary),
         "markdown": markdown_table(summary),
@@ -622,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
     sampler = _sampler(args)
     designs = DESIGNS if args.design == "both" else (args.design,)
     reps = {"flagship": args.reps, "large-k": args.reps_large_k or args.reps}
-    tasks = interleave([make_tasks(d, reps[d], args.seed, candidates, sampler) for d in designs])
+    first = {"flagship": args.first_rep, "large-k": args.first_rep_large_k or args.first_rep}
+    tasks = interleave([make_tasks(d, reps[d], args.seed, candidates, sampler, first[d]) for d in designs])
     clock = (time.perf_counter(), time.process_time())
     args.out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
