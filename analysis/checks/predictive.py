@@ -33,9 +33,12 @@ _PPC_STREAM = 2
 
 
 def cochran_q(y: np.ndarray, vi: np.ndarray) -> np.ndarray:
-    """Cochran's Q of effect vectors ``y`` (last axis = studies) with known variances ``vi``."""
+    """Cochran's Q of effect vectors ``y`` (last axis = studies) with variances ``vi``.
+
+    ``vi`` is one vector for every row of ``y`` or has the shape of ``y`` (each replicate its own).
+    """
     w = 1.0 / np.asarray(vi, dtype=float)
-    mean = (y * w).sum(axis=-1, keepdims=True) / w.sum()
+    mean = (y * w).sum(axis=-1, keepdims=True) / w.sum(axis=-1, keepdims=True)
     return (w * (y - mean) ** 2).sum(axis=-1)
 
 
@@ -46,12 +49,15 @@ def max_standardised_residual(y: np.ndarray, vi: np.ndarray, mu: np.ndarray, tau
 
 
 def egger_slope(y: np.ndarray, vi: np.ndarray) -> np.ndarray:
-    """Weighted least-squares slope of ``y`` on ``sqrt(vi)`` with weights ``1/vi`` (last axis = studies)."""
+    """Weighted least-squares slope of ``y`` on ``sqrt(vi)`` with weights ``1/vi`` (last axis = studies).
+
+    ``vi`` is one vector for every row of ``y`` or has the shape of ``y`` (each replicate its own).
+    """
     se = np.sqrt(np.asarray(vi, dtype=float))
     w = 1.0 / se**2
-    se_bar = (w * se).sum() / w.sum()
-    y_bar = (y * w).sum(axis=-1, keepdims=True) / w.sum()
-    return (w * (se - se_bar) * (y - y_bar)).sum(axis=-1) / (w * (se - se_bar) ** 2).sum()
+    se_bar = (w * se).sum(axis=-1, keepdims=True) / w.sum(axis=-1, keepdims=True)
+    y_bar = (y * w).sum(axis=-1, keepdims=True) / w.sum(axis=-1, keepdims=True)
+    return (w * (se - se_bar) * (y - y_bar)).sum(axis=-1) / (w * (se - se_bar) ** 2).sum(axis=-1)
 
 
 def replicate(mu: np.ndarray, tau: np.ndarray, vi: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
@@ -69,13 +75,31 @@ def _stat(observed: np.ndarray, replicated: np.ndarray, *, two_sided: bool = Fal
     return out
 
 
+def statistics_of(
+    observed: dict[str, np.ndarray], replicated: dict[str, np.ndarray]
+) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Posterior predictive p-values of each statistic (two-sided for the slope) and the flattened values.
+
+    ``observed[name]`` and ``replicated[name]`` hold one value per posterior draw (an observed
+    value that does not depend on the draw is broadcast).
+    """
+    flat_obs, flat_rep, stats = {}, {}, {}
+    for name, rep in replicated.items():
+        rep = np.asarray(rep, dtype=float).ravel()
+        obs = np.broadcast_to(np.asarray(observed[name], dtype=float), np.shape(replicated[name])).ravel()
+        stats[name] = _stat(obs, rep, two_sided=name == "egger_slope")
+        flat_obs[name], flat_rep[name] = obs, rep
+    return stats, flat_obs, flat_rep
+
+
 def posterior_predictive_check(result: MetaAnalysisResult, *, seed: int = 1) -> PPCResult:
-    """Posterior predictive check of a NUTS random-effects fit.
+    """Posterior predictive check of a NUTS random-effects fit (normal likelihood).
 
     Parameters
     ----------
     result : MetaAnalysisResult
-        A NUTS fit (with ``posterior``).
+        A NUTS fit (with ``posterior``) of the normal likelihood; for the arm-level likelihood see
+        :func:`analysis.checks.predictive_arm.arm_posterior_predictive_check`.
     seed : int
         Seed of the replicated data.
 
@@ -87,23 +111,21 @@ def posterior_predictive_check(result: MetaAnalysisResult, *, seed: int = 1) -> 
     """
     if result.posterior is None:
         raise ValueError("posterior predictive checks need a NUTS fit (engine='nuts')")
+    if result.settings.get("likelihood") == "arm":
+        raise ValueError("an arm-level fit: use analysis.checks.predictive_arm.arm_posterior_predictive_check")
     post = result.posterior.posterior
     mu, tau = post["mu"].to_numpy(), post["tau"].to_numpy()
     yi, vi = result.studies["yi"].to_numpy(dtype=float), result.studies["vi"].to_numpy(dtype=float)
     y_rep = replicate(mu, tau, vi, rng=np.random.default_rng([result.settings.get("seed", seed), _PPC_STREAM, seed]))
-    stats = {
-        "max_std_residual": _stat(
-            max_standardised_residual(yi, vi, mu, tau), max_standardised_residual(y_rep, vi, mu, tau)
-        )
-    }
+    observed = {"max_std_residual": max_standardised_residual(yi, vi, mu, tau)}
+    replicated = {"max_std_residual": max_standardised_residual(y_rep, vi, mu, tau)}
     if yi.size >= 2:  # Q of a single study is identically 0
-        stats["Q"] = _stat(np.broadcast_to(cochran_q(yi, vi), mu.shape), cochran_q(y_rep, vi))
+        observed["Q"], replicated["Q"] = cochran_q(yi, vi), cochran_q(y_rep, vi)
     if yi.size >= 3 and np.ptp(vi) > 0:  # a slope on SE needs three studies of different precision
-        stats["egger_slope"] = _stat(
-            np.broadcast_to(egger_slope(yi, vi), mu.shape), egger_slope(y_rep, vi), two_sided=True
-        )
+        observed["egger_slope"], replicated["egger_slope"] = egger_slope(yi, vi), egger_slope(y_rep, vi)
+    stats, observed, replicated = statistics_of(observed, replicated)
     study = result.studies["study"].tolist()
     result.posterior["posterior_predictive"] = xr.DataTree(
         xr.Dataset({"y": xr.DataArray(y_rep, dims=("chain", "draw", "study"), coords={"study": study})})
     )
-    return PPCResult(outcome=result.outcome.id, y_rep=y_rep, statistics=stats)
+    return PPCResult(outcome=result.outcome.id, y_rep=y_rep, statistics=stats, observed=observed, replicated=replicated)

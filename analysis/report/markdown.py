@@ -99,9 +99,9 @@ def _default_model_lines(run: RunResult) -> list[str]:
         "I² = (τ² + ω²)/(τ² + ω² + s²) with s² the typical sampling variance of the comparisons. Why this is "
         "the default: README, 'The default model'.",
         "",
-        "The normal-likelihood model below is fitted too: its exact engine cross-checks NUTS, and the "
-        "posterior predictive checks, power-scaling, prior grid, subgroup, small-study and influence analyses "
-        "use it (each names its likelihood).",
+        "The posterior predictive checks, power-scaling and the reweighted prior grid are of this default fit. "
+        "The normal-likelihood model below is fitted too: its exact engine cross-checks NUTS, and the exact "
+        "prior-grid refits, subgroup, small-study and influence analyses use it (each names its likelihood).",
         "",
     ]
 
@@ -197,11 +197,18 @@ def _reproduction_section(analysis: OutcomeAnalysis) -> list[str]:
 def _ppc_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     if analysis.ppc is None:
         return []
+    if analysis.ppc.unit == "comparison":
+        what = (
+            "Replicated arm summaries (new study and comparison effects, new animals) from the arm-level fit, "
+            "each comparison's Hedges' g and its variance recomputed from them as from the data; statistics "
+            "over comparisons"
+        )
+    else:
+        what = "Replicated study effects from the mixed predictive distribution of the normal-likelihood fit"
     return [
-        "#### Posterior predictive checks (normal likelihood)",
+        f"#### Posterior predictive checks ({_primary_label(analysis)})",
         "",
-        "Replicated study effects from the mixed predictive distribution of the normal-likelihood fit; "
-        "ppp = P(T(y_rep) ≥ T(y)).",
+        f"{what}; ppp = P(T(y_rep) ≥ T(y)).",
         "",
         _ppc_table(analysis),
         "",

@@ -19,11 +19,11 @@ class OutcomeAnalysis:
     """Everything computed for one outcome (live objects; rendered by :mod:`analysis.report.render`).
 
     ``arm`` is the default model of arm-level SMD data (arm-level likelihood, comparisons nested in
-    studies) and the primary fit when it ran (power-scaling and the reweighted prior grid use it);
-    ``nuts`` is the normal-likelihood NUTS fit, on whose draws the predictive checks run; both are
-    None when the run uses the exact
-    engine only (``evmeta run --engine exact``): then the exact fit is the primary one and the
-    analyses that need posterior draws are skipped.
+    studies) and the primary fit when it ran (the predictive checks, power-scaling and the
+    reweighted prior grid use it); ``nuts`` is the normal-likelihood NUTS fit (the primary fit of
+    effect-level data, and then the one checked); both are None when the run uses the exact engine
+    only (``evmeta run --engine exact``): then the exact fit is the primary one and the analyses
+    that need posterior draws are skipped.
     ``skipped`` maps each analysis that could not run on these data to its one-line reason.
     """
 

@@ -28,6 +28,7 @@ import pandas as pd
 from analysis.checks.compare import COMPARE_COLUMNS, compare_table
 from analysis.checks.influence import influence_analysis
 from analysis.checks.predictive import posterior_predictive_check
+from analysis.checks.predictive_arm import arm_posterior_predictive_check
 from analysis.checks.reproduce import reproduce_published
 from analysis.checks.reweighting import reweighted_prior_grid
 from analysis.checks.sensitivity import power_scaling, prior_grid, top_level_parameters
@@ -187,7 +188,6 @@ def _nuts_analyses(
         dataset, outcome, engine="nuts", priors=priors, seed=seed, sampler=sampler, table=table, progressbar=progressbar
     )
     analysis.nuts = nuts
-    analysis.ppc = posterior_predictive_check(nuts, seed=seed)
     analysis.engine_check = engine_check([nuts], [analysis.exact])
     if dataset.level == "arms":
         analysis.arm = _optional(
@@ -195,8 +195,12 @@ def _nuts_analyses(
             "arm-level likelihood",
             lambda: fit_arm_level(dataset, outcome, priors=priors, seed=seed, sampler=sampler, table=table),
         )
-    # power-scaling of the priors of the primary (default) fit: mu, tau and, if estimated, omega
+    # predictive checks and power-scaling of the priors of the primary (default) fit
     primary = analysis.primary
+    if analysis.arm is not None:
+        analysis.ppc = arm_posterior_predictive_check(analysis.arm, dataset, seed=seed)
+    else:
+        analysis.ppc = posterior_predictive_check(nuts, seed=seed)
     analysis.psense = power_scaling(primary, top_level=top_level_parameters(primary))
     if analysis.arm is not None:
         analysis.prior_grid_default = reweighted_prior_grid(analysis.arm)
