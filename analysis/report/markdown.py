@@ -99,9 +99,10 @@ def _default_model_lines(run: RunResult) -> list[str]:
         "I² = (τ² + ω²)/(τ² + ω² + s²) with s² the typical sampling variance of the comparisons. Why this is "
         "the default: README, 'The default model'.",
         "",
-        "The posterior predictive checks, power-scaling and the reweighted prior grid are of this default fit. "
-        "The normal-likelihood model below is fitted too: its exact engine cross-checks NUTS, and the exact "
-        "prior-grid refits, subgroup, small-study and influence analyses use it (each names its likelihood).",
+        "The posterior predictive checks, power-scaling, the reweighted prior grid and a PSIS leave-one-study-out "
+        "are of this default fit. The normal-likelihood model below is fitted too: its exact engine cross-checks "
+        "NUTS, and the exact prior-grid and leave-one-out refits, subgroup and small-study analyses use it (each "
+        "names its likelihood).",
         "",
     ]
 
@@ -369,7 +370,15 @@ def influence_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     if analysis.influence is None:
         return []
     return [
-        "#### Study influence (replacing leave-one-out; normal likelihood)",
+        "#### Study influence (replacing leave-one-out)",
+        "",
+        "Normal likelihood: exact leave-one-study-out refits, PSIS-LOO and metafor's leave1out; "
+        + (
+            "then the default (arm-level) fit: leave-one-study-out by integrated PSIS of its draws "
+            "(the study's likelihood integrated over its own random effects and SD; Vehtari et al. 2016)."
+            if analysis.influence.default is not None
+            else "the default model is this normal one."
+        ),
         "",
         "```",
         format_influence(analysis.influence, max_rows=INFLUENCE_ROWS if analysis.influence.k > LARGE_K else None),

@@ -41,6 +41,11 @@ class InfluenceResult:
         ArviZ PSIS-LOO totals and its sample-size-dependent Pareto k threshold.
     diagnostics : Diagnostics or None
         NUTS convergence of the draws (``None`` for exact draws).
+    default : pandas.DataFrame or None
+        Leave-one-study-out of the *default* (arm-level) fit by integrated PSIS, no refits
+        (:func:`analysis.checks.influence_arm.arm_leave_one_out`): index ``study``, columns
+        ``n_comparisons, pareto_k, reliable, elpd_i`` and ``mu_/tau_/omega_{mean,q025,q975,shift}``.
+        ``None`` when the default model is the normal one.
     """
 
     dataset: str
@@ -59,6 +64,7 @@ class InfluenceResult:
     diagnostics: Diagnostics | None = None
     retried: bool = False
     settings: dict = field(default_factory=dict)
+    default: pd.DataFrame | None = None
 
     @property
     def k(self) -> int:
@@ -130,10 +136,35 @@ class InfluenceResult:
         }
         if self.diagnostics is not None:
             out["diagnostics"] = self.diagnostics.to_dict() | {"retried": self.retried}
+        if self.default is not None:
+            out["default_model"] = _default_dict(self.default)
         return out
 
     def __str__(self) -> str:
         return format_influence(self)
+
+
+def _default_dict(table: pd.DataFrame) -> dict:
+    """JSON of the default fit's PSIS leave-one-study-out (one entry per left-out study)."""
+    params = [p for p in ("mu", "tau", "omega") if f"{p}_mean" in table]
+    studies = [
+        {
+            "study": str(study),
+            "n_comparisons": int(row["n_comparisons"]),
+            "pareto_k": float(row["pareto_k"]),
+            "reliable": bool(row["reliable"]),
+        }
+        | {p: {key: float(row[f"{p}_{key}"]) for key in ("mean", "q025", "q975")} for p in params}
+        | {f"{p}_shift": float(row[f"{p}_shift"]) for p in params}
+        for study, row in table.iterrows()
+    ]
+    return {
+        "likelihood": "arm",
+        "method": "integrated PSIS leave-one-study-out of the default fit's draws (no refits)",
+        "unreliable": [str(s) for s in table.index[~table["reliable"].astype(bool)]],
+        "most_influential": {"mu": str(table["mu_shift"].abs().idxmax())},
+        "studies": studies,
+    }
 
 
 def influential_rows(result: InfluenceResult, max_rows: int | None) -> pd.DataFrame:
@@ -197,8 +228,32 @@ def format_influence(result: InfluenceResult, max_rows: int | None = None) -> st
             + ("" if len(shown) == result.k else f" ({len(shown)} of {result.k}: the largest shifts of mu)"),
             "",
             table.to_string(float_format=lambda z: f"{z:.4f}"),
+            *_default_lines(result.default, max_rows),
         ]
     )
+
+
+def _default_lines(table: pd.DataFrame | None, max_rows: int | None) -> list[str]:
+    """The default (arm-level) fit's PSIS leave-one-study-out, if computed."""
+    if table is None:
+        return []
+    shown = (
+        table
+        if max_rows is None or len(table) <= max_rows
+        else table.loc[table.index.isin(table["mu_shift"].abs().nlargest(max_rows).index)]
+    )
+    cols = ["n_comparisons", "pareto_k", "reliable", "mu_mean", "mu_q025", "mu_q975", "mu_shift", "tau_mean"]
+    cols += ["tau_shift"] + (["omega_mean"] if "omega_mean" in table else [])
+    unreliable = ", ".join(str(s) for s in table.index[~table["reliable"].astype(bool)]) or "none"
+    return [
+        "",
+        "Default model (arm-level likelihood): leave-one-study-out by integrated PSIS of its draws (no refits)",
+        f"unreliable (Pareto k above the threshold; a refit would be needed): {unreliable}",
+        f"largest shift of mu: dropping {table['mu_shift'].abs().idxmax()}"
+        + ("" if len(shown) == len(table) else f"; rows: {len(shown)} of {len(table)} (the largest shifts of mu)"),
+        "",
+        shown[cols].to_string(float_format=lambda z: f"{z:.4f}"),
+    ]
 
 
 def _diag(d: Diagnostics | None, retried: bool) -> str:

@@ -27,6 +27,7 @@ import pandas as pd
 
 from analysis.checks.compare import COMPARE_COLUMNS, compare_table
 from analysis.checks.influence import influence_analysis
+from analysis.checks.influence_arm import arm_leave_one_out
 from analysis.checks.predictive import posterior_predictive_check
 from analysis.checks.predictive_arm import arm_posterior_predictive_check
 from analysis.checks.reproduce import reproduce_published
@@ -169,6 +170,8 @@ def analyse_outcome(
             dataset, outcome, priors=priors, engine=engine, seed=seed, table=table, posterior=posterior
         ),
     )
+    if analysis.influence is not None and analysis.arm is not None:
+        analysis.influence.default = arm_leave_one_out(analysis.arm, dataset)
     return analysis
 
 
