@@ -30,3 +30,19 @@ def test_false_alarm_rate_and_its_clustered_monte_carlo_se():
     expected_se = np.sqrt(4 / 3 * np.sum((2 * per_rep - 2 * 0.25) ** 2)) / 8
     assert row["rate_0.05_mcse"] == pytest.approx(expected_se)
     assert "| Q | 8 (4) | 25.0%" in markdown_table(summary)
+
+
+def test_outlier_scenario_moves_the_treatment_arms_of_one_study_only():
+    from analysis.dataset.simulate import simulate_dataset
+    from analysis.studies.calibration import OUTLIER_SHIFT, shift_one_study
+
+    arms = simulate_dataset(3, omit_probability=0.0).arms
+    shifted, study = shift_one_study(arms, np.random.default_rng(0))
+    moved = (shifted["mean"] - arms["mean"]).abs() > 0
+    assert set(arms.loc[moved, "study"]) == {study} and set(arms.loc[moved, "role"]) == {"treatment"}
+    sd = arms["sd"].fillna(arms["sem"] * np.sqrt(arms["n"]))  # some simulated studies report SEM
+    ratio = (shifted["mean"] - arms["mean"])[moved] / sd[moved]
+    assert np.allclose(ratio.abs(), OUTLIER_SHIFT) and np.sign(ratio).nunique() == 1  # one sign per dataset
+    assert len(make_tasks(2, seed=1, scenario="outlier")) == 2
+    with pytest.raises(ValueError, match="scenario"):
+        make_tasks(1, seed=1, scenario="nope")

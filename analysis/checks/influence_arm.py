@@ -85,6 +85,8 @@ Meta-regression fits (``beta``) are not supported: the contrasts' mean would nee
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from arviz_stats.base import array_stats
@@ -96,7 +98,15 @@ from analysis.fitting.arm_level import LIKELIHOOD, outcome_arm_summaries
 from analysis.results.random_effects import MetaAnalysisResult
 from models.arm_level import LOG_SIGMA_PRIOR_SD, ArmSummaries
 
-__all__ = ["QUADRATURE_NODES", "arm_leave_one_out", "integrated_log_likelihood", "pareto_k_threshold"]
+__all__ = [
+    "QUADRATURE_NODES",
+    "LooWeights",
+    "arm_draws",
+    "arm_leave_one_out",
+    "integrated_log_likelihood",
+    "loo_weights",
+    "pareto_k_threshold",
+]
 
 #: Gauss–Hermite nodes of the integral over log sigma_i (error of log p <= 3e-9 down to nu_i = 4).
 QUADRATURE_NODES = 40
@@ -255,34 +265,94 @@ def arm_leave_one_out(result: MetaAnalysisResult, dataset: Dataset) -> pd.DataFr
         If ``result`` is not an arm-level random-effects fit with draws (normal likelihood,
         meta-regression) or does not match ``dataset``.
     """
+    data, draws = arm_draws(result, dataset)
+    loo = loo_weights(data, draws)
+    weights = loo.weights
+    flat = {p: v.ravel() for p, v in draws.items()}
+    rows = []
+    for i in range(data.k):
+        row = {
+            "n_comparisons": int(np.sum(data.comparison_study == i)),
+            "pareto_k": float(loo.pareto_k[i]),
+            "reliable": bool(loo.pareto_k[i] <= loo.threshold),
+            "elpd_i": float(logsumexp(loo.log_weights[:, i] + loo.log_lik[:, i])),
+        }
+        for p in draws:
+            row |= _summaries(p, flat[p], weights[:, i], float(flat[p].mean()))
+        rows.append(row)
+    return pd.DataFrame(rows, index=pd.Index([str(s) for s in data.study], name="study"))
+
+
+@dataclass(frozen=True)
+class LooWeights:
+    """Pareto-smoothed leave-one-study-out weights of a fit's draws (:func:`loo_weights`).
+
+    Attributes
+    ----------
+    log_weights : numpy.ndarray
+        ``(draws, studies)``, each column normalised (its weights sum to 1): the draws reweighted
+        to the posterior without that study.
+    pareto_k : numpy.ndarray
+        Pareto shape per study; above :attr:`threshold` the weights are unreliable.
+    threshold : float
+        :func:`pareto_k_threshold` of the number of draws.
+    log_lik : numpy.ndarray
+        ``(draws, studies)`` integrated log-likelihood (:func:`integrated_log_likelihood`).
+    """
+
+    log_weights: np.ndarray
+    pareto_k: np.ndarray
+    threshold: float
+    log_lik: np.ndarray
+
+    @property
+    def weights(self) -> np.ndarray:
+        """``exp(log_weights)``: each column sums to 1."""
+        return np.exp(self.log_weights)
+
+
+def arm_draws(result: MetaAnalysisResult, dataset: Dataset) -> tuple[ArmSummaries, dict[str, np.ndarray]]:
+    """The outcome's arm summaries and the fit's ``(chain, draw)`` draws of mu, tau (and omega).
+
+    Raises
+    ------
+    ValueError
+        If ``result`` is not a plain arm-level random-effects fit with draws that match ``dataset``.
+    """
     if result.settings.get("likelihood") != LIKELIHOOD or result.posterior is None:
-        raise ValueError("arm_leave_one_out needs an arm-level fit (fit_arm_level) with its posterior draws")
+        raise ValueError(
+            "leave-one-study-out of the default model needs an arm-level fit (fit_arm_level) with its draws"
+        )
     post = result.posterior["posterior"].to_dataset()
     if "beta" in post:
-        raise ValueError("arm_leave_one_out does not support meta-regression fits (beta): plain random effects only")
+        raise ValueError("leave-one-study-out of the default model does not support meta-regression fits (beta)")
     study = [str(s) for s in result.studies["study"]]
     data = outcome_arm_summaries(dataset, result.outcome.id, study)
     params = ["mu", "tau", *(["omega"] if "omega" in post else [])]
     if ("omega" in post) != data.multilevel or list(post["mu"].dims) != ["chain", "draw"]:
         raise ValueError("the fit's draws do not match the dataset's arm summaries of this outcome")
-    draws = {p: post[p].transpose("chain", "draw").to_numpy() for p in params}
+    return data, {p: post[p].transpose("chain", "draw").to_numpy() for p in params}
+
+
+def loo_weights(data: ArmSummaries, draws: dict[str, np.ndarray]) -> LooWeights:
+    """PSIS leave-one-study-out weights from the integrated likelihood (module docstring).
+
+    Parameters
+    ----------
+    data : ArmSummaries
+        The outcome's arm summaries.
+    draws : dict of numpy.ndarray
+        ``(chain, draw)`` draws of ``mu``, ``tau`` and, for the multilevel model, ``omega``.
+
+    Returns
+    -------
+    LooWeights
+    """
     chains, n_draws = draws["mu"].shape
     log_lik = integrated_log_likelihood(data, draws["mu"], draws["tau"], draws.get("omega"))
     r_eff = _relative_efficiency(log_lik.reshape(chains, n_draws, data.k))
-    threshold = pareto_k_threshold(chains * n_draws)
-    flat = {p: v.ravel() for p, v in draws.items()}
-    rows = []
+    log_weights, khat = np.empty_like(log_lik), np.empty(data.k)
     for i in range(data.k):
-        log_w, khat = array_stats.psislw(log_lik[:, i], r_eff=float(r_eff[i]))
-        log_w = log_w - logsumexp(log_w)
-        weights = np.exp(log_w)
-        row = {
-            "n_comparisons": int(np.sum(data.comparison_study == i)),
-            "pareto_k": float(khat),
-            "reliable": bool(khat <= threshold),
-            "elpd_i": float(logsumexp(log_w + log_lik[:, i])),
-        }
-        for p in params:
-            row |= _summaries(p, flat[p], weights, float(flat[p].mean()))
-        rows.append(row)
-    return pd.DataFrame(rows, index=pd.Index(study, name="study"))
+        log_w, khat[i] = array_stats.psislw(log_lik[:, i], r_eff=float(r_eff[i]))
+        log_weights[:, i] = log_w - logsumexp(log_w)
+    return LooWeights(log_weights, khat, pareto_k_threshold(chains * n_draws), log_lik)

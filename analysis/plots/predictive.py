@@ -10,7 +10,8 @@ import numpy as np
 from arviz_plots import PlotCollection
 from matplotlib.figure import Figure
 
-from analysis.results.predictive import PPCResult
+from analysis.checks.loo_pit import pit_tree
+from analysis.results.predictive import LooPitResult, PPCResult
 from analysis.results.random_effects import MetaAnalysisResult
 
 STAT_LABELS = {
@@ -56,5 +57,33 @@ def ppc_statistics_plot(result: MetaAnalysisResult, check: PPCResult) -> Figure:
     fig.suptitle(
         f"{result.outcome.id}: test statistics on replicated {check.unit} effects "
         f"(black: observed; {result.likelihood_label})"
+    )
+    return fig
+
+
+def loo_pit_plot(result: MetaAnalysisResult, check: LooPitResult) -> Figure:
+    """ArviZ ``plot_ecdf_pit`` of the studies' LOO-PIT values (Δ-ECDF: ECDF minus the uniform CDF)."""
+    tree = pit_tree(check)
+    pc = az.plot_ecdf_pit(
+        tree,
+        group="loo_pit",
+        sample_dims=["study"],
+        envelope_prob=0.95,
+        backend="matplotlib",
+        visuals={"p_value_text": False},  # its uniformity test is not calibrated for dependent LOO-PITs
+    )
+    fig = figure_of(pc)
+    fig.set_size_inches(7.5, 3.6)
+    fig.subplots_adjust(bottom=0.18, top=0.82)
+    for ax in fig.axes:
+        ax.set_title("")
+        ax.set_xlabel("LOO-PIT of the study's mean g")
+        ax.set_ylabel("ECDF − uniform")
+    flag = "FLAGGED" if check.flagged else "not flagged"
+    fig.suptitle(
+        f"{result.outcome.id}: leave-one-study-out PIT of {check.k} studies ({result.likelihood_label})\n"
+        f"outlier check (smallest study p, Bonferroni) p = {check.p_adjusted:.3f}: {flag} at "
+        f"{check.nominal_level:g}",
+        fontsize=9,
     )
     return fig

@@ -16,6 +16,7 @@ OUTCOME_FIGURES = {
     "caterpillar": "Study effects of {outcome}, sorted, with the pooled effect",
     "ppc": "Posterior predictive density of {outcome}",
     "ppc_stats": "Posterior predictive test statistics of {outcome}",
+    "loo_pit": "Leave-one-study-out PIT of {outcome}",
     "psense": "Power-scaling of {outcome}",
     "prior_grid": "Prior grid of {outcome}",
     "compare": "Comparison of fits of {outcome}",

@@ -217,6 +217,27 @@ def _ppc_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         "",
         figure_link("ppc_stats", oid),
         "",
+        *_loo_pit_lines(oid, analysis),
+    ]
+
+
+def _loo_pit_lines(oid: str, analysis: OutcomeAnalysis) -> list[str]:
+    """The leave-one-study-out PIT and outlier check of the default fit, if computed."""
+    check = analysis.loo_pit
+    if check is None:
+        return []
+    verdict = "flagged" if check.flagged else "not flagged"
+    unreliable = [s for s, ok in zip(check.study, check.reliable, strict=True) if not ok]
+    return [
+        "Leave-one-study-out check (the data are not used twice): each study's mean g against its predictive "
+        "distribution given the other studies (integrated PSIS weights, new animals with the study's arm sizes); "
+        f"smallest two-sided p = {check.p_value.min():.4f} ({check.most_outlying}), Bonferroni over {check.k} "
+        f"studies p = {check.p_adjusted:.3f}: {verdict} at {check.nominal_level:g}"
+        + (f"; PIT unreliable (Pareto k too high) for {', '.join(unreliable)}" if unreliable else "")
+        + ". False-alarm rate: README, 'Calibration of the predictive checks'.",
+        "",
+        figure_link("loo_pit", oid),
+        "",
     ]
 
 

@@ -14,7 +14,7 @@ from analysis.plots.forest import caterpillar_plot, forest_plot
 from analysis.plots.influence import influence_plot
 from analysis.plots.meta_regression import subgroup_plot
 from analysis.plots.multivariate import borrowing_plot, correlation_heatmap
-from analysis.plots.predictive import ppc_density_plot, ppc_statistics_plot
+from analysis.plots.predictive import loo_pit_plot, ppc_density_plot, ppc_statistics_plot
 from analysis.plots.sensitivity import prior_grid_plot, psense_plot
 from analysis.plots.small_study import funnel_plot
 from analysis.report.artifacts import MultivariateArtifacts, OutcomeArtifacts
@@ -37,6 +37,8 @@ def render_figures(analysis: OutcomeAnalysis) -> dict[str, dict[str, bytes]]:
         checked = analysis.arm or nuts  # the predictive check is of the primary NUTS fit
         figures[figure_stem("ppc", oid)] = figure_bytes(ppc_density_plot(checked))
         figures[figure_stem("ppc_stats", oid)] = figure_bytes(ppc_statistics_plot(checked, analysis.ppc))
+    if analysis.loo_pit is not None:
+        figures[figure_stem("loo_pit", oid)] = figure_bytes(loo_pit_plot(analysis.arm, analysis.loo_pit))
         figures[figure_stem("psense", oid)] = figure_bytes(psense_plot(primary, top_level_parameters(primary)))
     figures[figure_stem("prior_grid", oid)] = figure_bytes(prior_grid_plot(analysis.prior_grid))
     compared = {"NUTS, arm-level likelihood (default)": analysis.arm} if analysis.arm else {}
@@ -90,6 +92,8 @@ def build_artifacts(analysis: OutcomeAnalysis) -> OutcomeArtifacts:
     jsons["exact"] = analysis.exact.to_dict()
     if analysis.ppc is not None:
         jsons["ppc"] = analysis.ppc.to_dict()
+    if analysis.loo_pit is not None:
+        jsons["loo_pit"] = analysis.loo_pit.to_dict()
     if analysis.subgroups:
         jsons["subgroups"] = analysis.subgroups.to_dict()
     if analysis.small_study is not None:

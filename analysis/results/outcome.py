@@ -8,7 +8,7 @@ import pandas as pd
 
 from analysis.results.influence import InfluenceResult
 from analysis.results.meta_regression import SubgroupResults
-from analysis.results.predictive import PPCResult
+from analysis.results.predictive import LooPitResult, PPCResult
 from analysis.results.random_effects import MetaAnalysisResult
 from analysis.results.reproduction import Reproduction
 from analysis.results.small_study import SmallStudyResult
@@ -32,6 +32,7 @@ class OutcomeAnalysis:
     comparison: pd.DataFrame
     nuts: MetaAnalysisResult | None = None
     ppc: PPCResult | None = None
+    loo_pit: LooPitResult | None = None
     psense: pd.DataFrame | None = None
     subgroups: SubgroupResults | None = None
     engine_check: pd.DataFrame | None = None

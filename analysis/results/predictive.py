@@ -42,3 +42,83 @@ class PPCResult:
             "unit": self.unit,
             "statistics": {k: dict(v) for k, v in self.statistics.items()},
         }
+
+
+@dataclass(frozen=True)
+class LooPitResult:
+    """Leave-one-study-out PIT of every study and the outlier check (:mod:`analysis.checks.loo_pit`).
+
+    Attributes
+    ----------
+    outcome : str
+        Outcome id.
+    study : tuple of str
+        Studies, model order.
+    statistic_observed, pit, p_value, pareto_k : numpy.ndarray
+        Per study: the observed statistic (mean g of its comparisons), its LOO-PIT, the two-sided
+        p-value ``2 min(PIT, 1 - PIT)`` and the Pareto k of its PSIS weights.
+    reliable : numpy.ndarray
+        Per study: Pareto k at most the PSIS threshold.
+    nominal_level : float
+        Level of the Bonferroni outlier check.
+    """
+
+    outcome: str
+    study: tuple[str, ...]
+    statistic_observed: np.ndarray
+    pit: np.ndarray
+    p_value: np.ndarray
+    pareto_k: np.ndarray
+    reliable: np.ndarray
+    nominal_level: float
+
+    @property
+    def k(self) -> int:
+        """Number of studies."""
+        return len(self.study)
+
+    @property
+    def p_adjusted(self) -> float:
+        """Bonferroni-adjusted smallest p-value, ``min(1, k min_i p_i)``."""
+        return float(min(1.0, self.k * np.min(self.p_value)))
+
+    @property
+    def flagged(self) -> bool:
+        """True if the adjusted smallest p-value is below the nominal level."""
+        return self.p_adjusted < self.nominal_level
+
+    @property
+    def most_outlying(self) -> str:
+        """The study with the smallest LOO p-value."""
+        return self.study[int(np.argmin(self.p_value))]
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the check and one entry per study."""
+        return {
+            "outcome": self.outcome,
+            "name": "loo_outlier",
+            "statistic": "mean Hedges' g of the study's comparisons; LOO-PIT by integrated PSIS",
+            "p_value": self.p_adjusted,
+            "nominal_level": self.nominal_level,
+            "flagged": self.flagged,
+            "most_outlying": self.most_outlying,
+            "studies": [
+                {
+                    "study": s,
+                    "statistic": float(t),
+                    "pit": float(pit),
+                    "p_value": float(p),
+                    "pareto_k": float(kh),
+                    "reliable": bool(ok),
+                }
+                for s, t, pit, p, kh, ok in zip(
+                    self.study,
+                    self.statistic_observed,
+                    self.pit,
+                    self.p_value,
+                    self.pareto_k,
+                    self.reliable,
+                    strict=True,
+                )
+            ],
+        }

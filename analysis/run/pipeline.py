@@ -28,6 +28,7 @@ import pandas as pd
 from analysis.checks.compare import COMPARE_COLUMNS, compare_table
 from analysis.checks.influence import influence_analysis
 from analysis.checks.influence_arm import arm_leave_one_out
+from analysis.checks.loo_pit import arm_loo_pit
 from analysis.checks.predictive import posterior_predictive_check
 from analysis.checks.predictive_arm import arm_posterior_predictive_check
 from analysis.checks.reproduce import reproduce_published
@@ -202,6 +203,7 @@ def _nuts_analyses(
     primary = analysis.primary
     if analysis.arm is not None:
         analysis.ppc = arm_posterior_predictive_check(analysis.arm, dataset, seed=seed)
+        analysis.loo_pit = arm_loo_pit(analysis.arm, dataset, seed=seed)
     else:
         analysis.ppc = posterior_predictive_check(nuts, seed=seed)
     analysis.psense = power_scaling(primary, top_level=top_level_parameters(primary))
