@@ -209,7 +209,9 @@ def _ppc_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     return [
         f"#### Posterior predictive checks ({_primary_label(analysis)})",
         "",
-        f"{what}; ppp = P(T(y_rep) ≥ T(y)).",
+        f"{what}; ppp = P(T(y_rep) ≥ T(y)). Posterior predictive p-values use the data twice and are "
+        "conservative: their measured flag rates on data without misfit, and their power against one outlying "
+        "study, are in the README ('Calibration of the predictive checks'); read them as descriptions, not tests.",
         "",
         _ppc_table(analysis),
         "",
