@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from analysis.dataset.load import Dataset
+    from analysis.results.random_effects import MetaAnalysisResult
 
 TOML = """name = "tiny"
 title = "Tiny test dataset"
@@ -103,3 +110,20 @@ C2022,ev,treatment,BMD,0.24,0.04,,10,,local,25
 def write_comparison_moderator_dataset(root: Path, *, arms: str = ARMS_WITH_COMPARISON_MODERATORS) -> Path:
     """The tiny dataset with the study-level moderators of :data:`TOML` and :data:`COMPARISON_MODERATORS`."""
     return write_dataset(root, toml=TOML + COMPARISON_MODERATORS, arms=arms)
+
+
+@functools.cache
+def tiny_arm_fit() -> tuple[Dataset, MetaAnalysisResult]:
+    """The tiny dataset and one arm-level NUTS fit of its BMD (seed 3, 2 chains x 300 draws), made once per session.
+
+    Shared by the tests of the default fit and its checks, which only read the draws (the
+    predictive check adds its own ``posterior_predictive`` group), so that the fast suite samples
+    this model once instead of once per test.
+    """
+    from analysis.dataset.load import load_dataset
+    from analysis.fitting.arm_level import fit_arm_level
+    from analysis.fitting.sampling import SamplerSettings
+
+    dataset = load_dataset(write_dataset(Path(tempfile.mkdtemp(prefix="evmeta_tiny_"))))
+    fit = fit_arm_level(dataset, "BMD", seed=3, sampler=SamplerSettings(draws=300, tune=300, chains=2))
+    return dataset, fit

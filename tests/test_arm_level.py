@@ -16,12 +16,10 @@ from scipy import integrate, stats
 from analysis.config import DATA_DIR
 from analysis.dataset.load import load_dataset
 from analysis.fitting.arm_level import dataset_layout, fit_arm_level, outcome_arm_summaries
-from analysis.fitting.sampling import SamplerSettings
 from models.arm_level import Layout, arm_summaries, build_arm_level_model
 from models.priors import PriorSpec
-from tests.helpers import write_dataset
+from tests.helpers import tiny_arm_fit, write_dataset
 
-QUICK = SamplerSettings(draws=300, tune=300, chains=2)
 MU_PRIOR, TAU_PRIOR = PriorSpec.parse("normal:0:3"), PriorSpec.parse("halfnormal:1")
 STUDIES = ["A2020", "B2021", "C2022"]
 #: BMD arms of the fixture, control first: (mean, sd, n); B2021 reports SEM (sd = sem * sqrt(n)).
@@ -165,8 +163,8 @@ def test_meta_regression_graph_has_coefficients(tiny):
     assert np.isfinite(model.compile_logp()(model.initial_point()))
 
 
-def test_tiny_nuts_fit_result(tiny):
-    result = fit_arm_level(tiny, "BMD", seed=3, sampler=QUICK)
+def test_tiny_nuts_fit_result():
+    _, result = tiny_arm_fit()
     out = json.loads(json.dumps(result.to_dict()))
     assert out["model"] == "random-effects" and out["engine"] == "nuts" and out["settings"]["likelihood"] == "arm"
     assert out["k"] == 3 and [s["study"] for s in out["studies"]] == STUDIES
@@ -199,7 +197,7 @@ def test_padded_layout_changes_the_log_density_by_a_constant_only(tiny):
 
 def test_fit_trims_the_padding_of_the_dataset_layout(tiny):
     assert dataset_layout(tiny).studies >= 3
-    result = fit_arm_level(tiny, "BMD", seed=3, sampler=QUICK)
+    _, result = tiny_arm_fit()
     assert list(result.posterior.posterior["theta"].coords["study"].values) == STUDIES
     assert all(
         not str(label).startswith("__padding")

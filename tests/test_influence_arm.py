@@ -19,12 +19,10 @@ from scipy import integrate, stats
 from analysis.checks.influence import influence_analysis
 from analysis.checks.influence_arm import arm_leave_one_out, integrated_log_likelihood, pareto_k_threshold
 from analysis.dataset.load import load_dataset
-from analysis.fitting.arm_level import fit_arm_level, outcome_arm_summaries
-from analysis.fitting.sampling import SamplerSettings
+from analysis.fitting.arm_level import outcome_arm_summaries
 from models.arm_level import arm_summaries
-from tests.helpers import write_dataset
+from tests.helpers import tiny_arm_fit, write_dataset
 
-QUICK = SamplerSettings(draws=300, tune=300, chains=2)
 STUDIES = ["A2020", "B2021", "C2022"]
 MU, TAU, OMEGA = 0.8, 0.5, 0.3
 
@@ -126,8 +124,8 @@ def test_quadrature_over_log_sigma_has_converged(data):
     np.testing.assert_allclose(single, integrated_log_likelihood(data, mu, tau, np.zeros(500), nodes=40))
 
 
-def test_tiny_fit_leave_one_out_table(tiny):
-    result = fit_arm_level(tiny, "BMD", seed=3, sampler=QUICK)
+def test_tiny_fit_leave_one_out_table():
+    tiny, result = tiny_arm_fit()
     table = arm_leave_one_out(result, tiny)
     assert list(table.index) == list(result.studies["study"]) and table.index.name == "study"
     expected = {"n_comparisons", "pareto_k", "reliable", "elpd_i"}

@@ -15,14 +15,10 @@ from scipy import stats
 
 from analysis.checks.loo_pit import arm_loo_pit, loo_pit_values, pit_tree, study_means
 from analysis.checks.predictive_arm import replicate_arms
-from analysis.dataset.load import load_dataset
-from analysis.fitting.arm_level import fit_arm_level
-from analysis.fitting.sampling import SamplerSettings
 from analysis.plots.predictive import loo_pit_plot
 from models.arm_level import arm_summaries
-from tests.helpers import write_dataset
+from tests.helpers import tiny_arm_fit
 
-QUICK = SamplerSettings(draws=300, tune=300, chains=2)
 TRUTH = {"mu": 1.0, "tau": 0.5, "omega": 0.3}
 
 
@@ -61,13 +57,8 @@ def test_pit_of_studies_from_the_model_is_uniform_and_an_outlier_is_caught():
     assert 2 * min(pit[0], 1 - pit[0]) < 0.01
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return load_dataset(write_dataset(tmp_path_factory.mktemp("loo_pit")))
-
-
-def test_check_of_a_tiny_fit(tiny):
-    fit = fit_arm_level(tiny, "BMD", seed=3, sampler=QUICK)
+def test_check_of_a_tiny_fit():
+    tiny, fit = tiny_arm_fit()
     check = arm_loo_pit(fit, tiny, seed=3)
     assert check.study == ("A2020", "B2021", "C2022")
     assert np.all((check.pit >= 0) & (check.pit <= 1))

@@ -17,14 +17,12 @@ from analysis.checks.predictive_arm import arm_posterior_predictive_check, obser
 from analysis.dataset.effects import compute_effects
 from analysis.dataset.load import load_dataset
 from analysis.dataset.smd import correction_j, shared_control_covariance
-from analysis.fitting.arm_level import fit_arm_level, outcome_arm_summaries
-from analysis.fitting.sampling import SamplerSettings
+from analysis.fitting.arm_level import outcome_arm_summaries
 from analysis.plots.predictive import ppc_density_plot, ppc_statistics_plot
 from models.arm_level import arm_summaries
-from tests.helpers import write_dataset
+from tests.helpers import tiny_arm_fit, write_dataset
 from tests.tolerances import MCSE_MULTIPLE
 
-QUICK = SamplerSettings(draws=300, tune=300, chains=2)
 STUDIES = ["A2020", "B2021", "C2022"]
 N_REP = 200_000
 
@@ -93,8 +91,8 @@ def test_observed_comparisons_are_the_effect_table_rows(tiny):
     np.testing.assert_allclose(observed["vi"], expected["vi"], atol=1e-12)
 
 
-def test_check_of_a_tiny_arm_level_fit(tiny):
-    fit = fit_arm_level(tiny, "BMD", seed=3, sampler=QUICK)
+def test_check_of_a_tiny_arm_level_fit():
+    tiny, fit = tiny_arm_fit()
     check = arm_posterior_predictive_check(fit, tiny, seed=3)
     out = json.loads(json.dumps(check.to_dict()))
     assert out["unit"] == "comparison" and set(out["statistics"]) == {"max_std_residual", "Q", "egger_slope"}
