@@ -39,7 +39,9 @@ EXIT_INTERRUPTED = 130
 # --- fast: a tiny process inside staged_directory ---------------------------------------------------
 
 STAGING_CHILD = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    # a child of a background (nohup) shell inherits SIGINT ignored: restore Python's default handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from pathlib import Path
     from analysis.atomic import staged_directory, write_text_atomic
     with staged_directory(Path(sys.argv[1])) as stage:
