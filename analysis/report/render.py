@@ -37,9 +37,9 @@ def render_figures(analysis: OutcomeAnalysis) -> dict[str, dict[str, bytes]]:
         checked = analysis.arm or nuts  # the predictive check is of the primary NUTS fit
         figures[figure_stem("ppc", oid)] = figure_bytes(ppc_density_plot(checked))
         figures[figure_stem("ppc_stats", oid)] = figure_bytes(ppc_statistics_plot(checked, analysis.ppc))
+        figures[figure_stem("psense", oid)] = figure_bytes(psense_plot(primary, top_level_parameters(primary)))
     if analysis.loo_pit is not None:
         figures[figure_stem("loo_pit", oid)] = figure_bytes(loo_pit_plot(analysis.arm, analysis.loo_pit))
-        figures[figure_stem("psense", oid)] = figure_bytes(psense_plot(primary, top_level_parameters(primary)))
     figures[figure_stem("prior_grid", oid)] = figure_bytes(prior_grid_plot(analysis.prior_grid))
     compared = {"NUTS, arm-level likelihood (default)": analysis.arm} if analysis.arm else {}
     compared |= {"NUTS, normal likelihood": nuts} if nuts is not None else {}
