@@ -202,16 +202,22 @@ def _ppc_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         what = (
             "Replicated arm summaries (new study and comparison effects, new animals) from the arm-level fit, "
             "each comparison's Hedges' g and its variance recomputed from them as from the data; statistics "
-            "over comparisons"
+            "over comparisons; ppp = P(T(y_rep) ≥ T(y)). Posterior predictive p-values use the data twice and are "
+            "conservative: their measured flag rates on data without misfit, and their power against one "
+            "outlying study, are in the README ('Calibration of the predictive checks'); read them as "
+            "descriptions, not tests."
         )
     else:
-        what = "Replicated study effects from the mixed predictive distribution of the normal-likelihood fit"
+        what = (
+            "Replicated study effects from the mixed predictive distribution of the normal-likelihood fit; "
+            "ppp = P(T(y_rep) ≥ T(y)). Not calibrated for this likelihood (the README's calibration is of the "
+            "arm-level check); the replicates keep the observed variances, so for SMDs the slope's ppp is "
+            "biased towards flagging: read these as descriptions, not tests."
+        )
     return [
         f"#### Posterior predictive checks ({_primary_label(analysis)})",
         "",
-        f"{what}; ppp = P(T(y_rep) ≥ T(y)). Posterior predictive p-values use the data twice and are "
-        "conservative: their measured flag rates on data without misfit, and their power against one outlying "
-        "study, are in the README ('Calibration of the predictive checks'); read them as descriptions, not tests.",
+        what,
         "",
         _ppc_table(analysis),
         "",
