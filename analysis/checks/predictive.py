@@ -17,7 +17,15 @@ Test statistics :math:`T(y, \mu, \tau)`, each with its posterior predictive p-va
 Q needs at least two studies and the slope at least three of different precision; statistics
 that are undefined for an outcome are left out of its result.
 
-p-values near 0 or 1 flag misfit; under a well-fitting model they are not far in the tails.
+These posterior predictive p-values (ppp) average over the posterior and use the data twice: under
+a well-fitting model they concentrate near 0.5 (Bayarri & Berger 2000), so they describe, they
+do not test. The *checks* are sampled posterior p-values (Johnson 2004; Gosselin 2011): one
+posterior draw :math:`\tilde\vartheta` is chosen at random, many data sets are replicated from it,
+and :math:`p = P(T(y^{rep}, \tilde\vartheta) \ge T(y, \tilde\vartheta) \mid \tilde\vartheta)`.
+If the data come from the model (its prior predictive), :math:`(\tilde\vartheta, y)` has the
+joint distribution of :math:`(\vartheta, y)`, so :math:`y` and :math:`y^{rep}` are exchangeable
+given :math:`\tilde\vartheta` and :math:`p` is exactly uniform; at a fixed true parameter it is
+uniform asymptotically, and ``reports/calibration.json`` measures it on the flagship design.
 """
 
 from __future__ import annotations
@@ -30,6 +38,12 @@ from analysis.results.random_effects import MetaAnalysisResult
 
 #: Separate random stream for the replicated data (after sampler and theta streams).
 _PPC_STREAM = 2
+#: Random stream of the sampled posterior p-values (the chosen draw and its replicates).
+SAMPLED_STREAM = 3
+#: Data sets replicated from the chosen draw of a sampled posterior p-value.
+SAMPLED_REPLICATES = 2000
+#: Statistics whose p-value is two-sided (a slope can misfit in either direction).
+TWO_SIDED = ("egger_slope",)
 
 
 def cochran_q(y: np.ndarray, vi: np.ndarray) -> np.ndarray:
@@ -75,6 +89,24 @@ def _stat(observed: np.ndarray, replicated: np.ndarray, *, two_sided: bool = Fal
     return out
 
 
+def sampled_p_values(observed: dict[str, float], replicated: dict[str, np.ndarray]) -> dict[str, float]:
+    """Sampled posterior p-values: each statistic's observed value against its replicates from one draw.
+
+    Upper tail, ``P(T_rep >= T_obs)``; for :data:`TWO_SIDED` statistics ``2 min(P(T_rep >= T_obs),
+    P(T_rep <= T_obs))``, capped at 1.
+    """
+    out = {}
+    for name, rep in replicated.items():
+        upper = float(np.mean(rep >= observed[name]))
+        out[name] = min(1.0, 2 * min(upper, float(np.mean(rep <= observed[name])))) if name in TWO_SIDED else upper
+    return out
+
+
+def sampled_draw(n_draws: int, *, rng: np.random.Generator) -> int:
+    """Index (into the flattened chain x draw axis) of the posterior draw a sampled p-value uses."""
+    return int(rng.integers(n_draws))
+
+
 def statistics_of(
     observed: dict[str, np.ndarray], replicated: dict[str, np.ndarray]
 ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -116,16 +148,46 @@ def posterior_predictive_check(result: MetaAnalysisResult, *, seed: int = 1) -> 
     post = result.posterior.posterior
     mu, tau = post["mu"].to_numpy(), post["tau"].to_numpy()
     yi, vi = result.studies["yi"].to_numpy(dtype=float), result.studies["vi"].to_numpy(dtype=float)
-    y_rep = replicate(mu, tau, vi, rng=np.random.default_rng([result.settings.get("seed", seed), _PPC_STREAM, seed]))
-    observed = {"max_std_residual": max_standardised_residual(yi, vi, mu, tau)}
-    replicated = {"max_std_residual": max_standardised_residual(y_rep, vi, mu, tau)}
-    if yi.size >= 2:  # Q of a single study is identically 0
-        observed["Q"], replicated["Q"] = cochran_q(yi, vi), cochran_q(y_rep, vi)
-    if yi.size >= 3 and np.ptp(vi) > 0:  # a slope on SE needs three studies of different precision
-        observed["egger_slope"], replicated["egger_slope"] = egger_slope(yi, vi), egger_slope(y_rep, vi)
-    stats, observed, replicated = statistics_of(observed, replicated)
+    base_seed = result.settings.get("seed", seed)
+    y_rep = replicate(mu, tau, vi, rng=np.random.default_rng([base_seed, _PPC_STREAM, seed]))
+    stats, observed, replicated = statistics_of(_discrepancies(yi, vi, mu, tau), _discrepancies(y_rep, vi, mu, tau))
+    rng = np.random.default_rng([base_seed, SAMPLED_STREAM, seed])
+    s = sampled_draw(mu.size, rng=rng)
+    mu_s, tau_s = np.full(SAMPLED_REPLICATES, mu.ravel()[s]), np.full(SAMPLED_REPLICATES, tau.ravel()[s])
+    y_rep_s = replicate(mu_s, tau_s, vi, rng=rng)
+    sampled = sampled_statistics(_discrepancies(yi, vi, mu_s[:1], tau_s[:1]), _discrepancies(y_rep_s, vi, mu_s, tau_s))
     study = result.studies["study"].tolist()
     result.posterior["posterior_predictive"] = xr.DataTree(
         xr.Dataset({"y": xr.DataArray(y_rep, dims=("chain", "draw", "study"), coords={"study": study})})
     )
-    return PPCResult(outcome=result.outcome.id, y_rep=y_rep, statistics=stats, observed=observed, replicated=replicated)
+    return PPCResult(
+        outcome=result.outcome.id,
+        y_rep=y_rep,
+        statistics=stats,
+        observed=observed,
+        replicated=replicated,
+        sampled=sampled,
+        sampled_draw=s,
+    )
+
+
+def _discrepancies(y: np.ndarray, vi: np.ndarray, mu: np.ndarray, tau: np.ndarray) -> dict[str, np.ndarray]:
+    """Max residual, Q and slope of effects ``y`` (last axis = studies) for draws ``mu, tau``.
+
+    Q needs two studies and the slope three of different precision; undefined statistics are left out.
+    """
+    out = {"max_std_residual": max_standardised_residual(y, vi, mu, tau)}
+    if y.shape[-1] >= 2:  # Q of a single study is identically 0
+        out["Q"] = cochran_q(y, vi)
+    if y.shape[-1] >= 3 and np.ptp(vi) > 0:  # a slope on SE needs three studies of different precision
+        out["egger_slope"] = egger_slope(y, vi)
+    return out
+
+
+def sampled_statistics(
+    observed: dict[str, np.ndarray], replicated: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """Per statistic ``{observed, p_value}`` of a sampled posterior p-value (observed at the chosen draw)."""
+    obs = {name: float(np.ravel(value)[0]) for name, value in observed.items()}
+    p = sampled_p_values(obs, {name: np.asarray(rep, dtype=float).ravel() for name, rep in replicated.items()})
+    return {name: {"observed": obs[name], "p_value": p[name]} for name in obs}

@@ -38,7 +38,15 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from analysis.checks.predictive import cochran_q, egger_slope, statistics_of
+from analysis.checks.predictive import (
+    SAMPLED_REPLICATES,
+    SAMPLED_STREAM,
+    cochran_q,
+    egger_slope,
+    sampled_draw,
+    sampled_statistics,
+    statistics_of,
+)
 from analysis.dataset.load import Dataset
 from analysis.dataset.measures import comparison_pairs
 from analysis.dataset.smd import hedges_g
@@ -136,23 +144,22 @@ def arm_posterior_predictive_check(result: MetaAnalysisResult, dataset: Dataset,
     yi, vi = obs["yi"].to_numpy(), obs["vi"].to_numpy()
     post = result.posterior.posterior
     loc = _location(post, data)
-    rng = np.random.default_rng([result.settings.get("seed", seed), _PPC_STREAM, seed])
-    tau = post["tau"].to_numpy()[..., None]
-    omega = post["omega"].to_numpy()[..., None] if "omega" in post else np.zeros_like(tau)
-    theta_rep = (
-        loc
-        + tau * rng.standard_normal(tau.shape[:-1] + (data.k,))[..., data.comparison_study]
-        + omega * rng.standard_normal(loc.shape)
+    tau = post["tau"].to_numpy()
+    omega = post["omega"].to_numpy() if "omega" in post else np.zeros_like(tau)
+    base_seed = result.settings.get("seed", seed)
+    rng = np.random.default_rng([base_seed, _PPC_STREAM, seed])
+    g_rep, v_rep = replicate_arms(_new_effects(loc, tau, omega, data, rng), data, rng=rng)
+    stats, observed, replicated = statistics_of(
+        _discrepancies(yi, vi, loc, tau, omega), _discrepancies(g_rep, v_rep, loc, tau, omega)
     )
-    g_rep, v_rep = replicate_arms(theta_rep, data, rng=rng)
-    scale_obs, scale_rep = np.sqrt(vi + tau**2 + omega**2), np.sqrt(v_rep + tau**2 + omega**2)
-    observed = {"max_std_residual": (np.abs(yi - loc) / scale_obs).max(axis=-1)}
-    replicated = {"max_std_residual": (np.abs(g_rep - loc) / scale_rep).max(axis=-1)}
-    if yi.size >= 2:
-        observed["Q"], replicated["Q"] = cochran_q(yi, vi), cochran_q(g_rep, v_rep)
-    if yi.size >= 3 and np.ptp(vi) > 0:
-        observed["egger_slope"], replicated["egger_slope"] = egger_slope(yi, vi), egger_slope(g_rep, v_rep)
-    stats, observed, replicated = statistics_of(observed, replicated)
+    rng = np.random.default_rng([base_seed, SAMPLED_STREAM, seed])
+    s = sampled_draw(tau.size, rng=rng)
+    loc_s = np.broadcast_to(loc.reshape(-1, loc.shape[-1])[s], (SAMPLED_REPLICATES, loc.shape[-1]))
+    tau_s, omega_s = np.full(SAMPLED_REPLICATES, tau.ravel()[s]), np.full(SAMPLED_REPLICATES, omega.ravel()[s])
+    g_s, v_s = replicate_arms(_new_effects(loc_s, tau_s, omega_s, data, rng), data, rng=rng)
+    sampled = sampled_statistics(
+        _discrepancies(yi, vi, loc_s[:1], tau_s[:1], omega_s[:1]), _discrepancies(g_s, v_s, loc_s, tau_s, omega_s)
+    )
     coords = {"comparison": list(data.comparison)}
     result.posterior["posterior_predictive"] = xr.DataTree(
         xr.Dataset({"g": xr.DataArray(g_rep, dims=("chain", "draw", "comparison"), coords=coords)})
@@ -162,5 +169,37 @@ def arm_posterior_predictive_check(result: MetaAnalysisResult, dataset: Dataset,
         observed_data.assign(g=xr.DataArray(yi, dims=("comparison",), coords=coords))
     )
     return PPCResult(
-        outcome=oid, y_rep=g_rep, statistics=stats, unit="comparison", observed=observed, replicated=replicated
+        outcome=oid,
+        y_rep=g_rep,
+        statistics=stats,
+        unit="comparison",
+        observed=observed,
+        replicated=replicated,
+        sampled=sampled,
+        sampled_draw=s,
     )
+
+
+def _new_effects(
+    loc: np.ndarray, tau: np.ndarray, omega: np.ndarray, data: ArmSummaries, rng: np.random.Generator
+) -> np.ndarray:
+    """True comparison effects of replicated studies: new study and comparison effects around ``loc``."""
+    z = rng.standard_normal(tau.shape + (data.k,))[..., data.comparison_study]
+    return loc + tau[..., None] * z + omega[..., None] * rng.standard_normal(loc.shape)
+
+
+def _discrepancies(
+    g: np.ndarray, v: np.ndarray, loc: np.ndarray, tau: np.ndarray, omega: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Max standardised residual, Q and slope of comparisons ``g`` with variances ``v`` (own per replicate).
+
+    ``loc`` is ``x'beta`` per draw and comparison; ``tau`` and ``omega`` one value per draw. Q needs
+    two comparisons and the slope three of different precision; undefined statistics are left out.
+    """
+    scale = np.sqrt(v + tau[..., None] ** 2 + omega[..., None] ** 2)
+    out = {"max_std_residual": (np.abs(g - loc) / scale).max(axis=-1)}
+    if g.shape[-1] >= 2:
+        out["Q"] = cochran_q(g, v)
+    if g.shape[-1] >= 3 and np.ptp(v) > 0:
+        out["egger_slope"] = egger_slope(g, v)
+    return out

@@ -63,7 +63,9 @@ class SimulatedDataset:
     truth: dict
 
 
-def simulate_dataset(seed: int = DEFAULT_SEED, *, omit_probability: float = D.SELECTION_OMIT_PROB) -> SimulatedDataset:
+def simulate_dataset(
+    seed: int = DEFAULT_SEED, *, omit_probability: float = D.SELECTION_OMIT_PROB, effects_df: float | None = None
+) -> SimulatedDataset:
     """Simulate the design-matched BMSC-EV osteoporosis dataset (pure, in memory).
 
     Parameters
@@ -74,6 +76,11 @@ def simulate_dataset(seed: int = DEFAULT_SEED, *, omit_probability: float = D.SE
         Probability that a planned, non-significant Tb.N result is left out. The omission
         uniform is drawn either way, so 0 gives the same animals with every planned Tb.N
         result reported (the no-selection counterfactual of :mod:`analysis.studies.selection_power`).
+    effects_df : float, optional
+        Degrees of freedom of heavy-tailed (multivariate t) residual study effects with the same
+        covariance as the normal ones (a misfit of the random-effects distribution, for
+        :mod:`analysis.studies.calibration`); None (default) keeps them normal and the dataset
+        unchanged.
 
     Returns
     -------
@@ -83,7 +90,7 @@ def simulate_dataset(seed: int = DEFAULT_SEED, *, omit_probability: float = D.SE
     rng = np.random.default_rng(seed)
     design = D.design_rows()
     contrib, mod_info = _moderator_contributions(design)
-    delta = _study_effects(rng, contrib)
+    delta = _study_effects(rng, contrib, effects_df)
     l_within = np.linalg.cholesky(np.array(D.R_WITHIN))
     arm_rows, selection, arm_effects = [], {}, {}
     for i, study in enumerate(design):
@@ -123,12 +130,16 @@ def _moderator_contributions(design: list[dict]) -> tuple[np.ndarray, dict]:
     return contrib, info
 
 
-def _study_effects(rng: np.random.Generator, contrib: np.ndarray) -> np.ndarray:
-    """True study SMDs delta (studies x outcomes, natural sign)."""
+def _study_effects(rng: np.random.Generator, contrib: np.ndarray, effects_df: float | None = None) -> np.ndarray:
+    """True study SMDs delta (studies x outcomes, natural sign); multivariate t residuals given ``effects_df``."""
     tau_r = np.array([D.TAU_RESIDUAL[k] for k in D.OUTCOMES])
     corr = np.outer(_DIR, _DIR) * np.array(D.R_BETWEEN_BENEFIT)
     chol = np.linalg.cholesky(np.outer(tau_r, tau_r) * corr)
     u = rng.standard_normal((len(contrib), _K)) @ chol.T
+    if effects_df is not None:  # scale mixture of normals, rescaled to the normal covariance
+        if effects_df <= 2:
+            raise ValueError(f"effects_df must exceed 2 (finite variance), got {effects_df}")
+        u *= np.sqrt((effects_df - 2.0) / rng.chisquare(effects_df, size=(len(contrib), 1)))
     mu = np.array([D.MU[k] for k in D.OUTCOMES])
     return mu + np.outer(contrib, _DIR) + u
 

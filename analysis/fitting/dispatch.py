@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from analysis.checks.calibrated import check_fit
 from analysis.dataset.effects import EffectTable
 from analysis.dataset.load import Dataset
 from analysis.fitting.random_effects import fit_random_effects
 from analysis.fitting.sampling import SamplerSettings
 from analysis.results.fit_result import OutcomeFit
+from analysis.results.random_effects import MetaAnalysisResult
 from models.priors import PriorSet, PriorSpec
 
 PER_OUTCOME_MODELS = ("random-effects", "meta-regression", "small-study")
@@ -84,11 +86,22 @@ def resolve_likelihood(request: FitRequest, dataset: Dataset) -> str:
 def fit_outcome(dataset: Dataset, outcome: str, request: FitRequest, *, table: EffectTable) -> OutcomeFit:
     """Fit one outcome as requested; returns the model's result object (``to_dict()``, ``str()``).
 
+    NUTS fits of the random-effects model and arm-level meta-regressions carry their calibrated
+    predictive checks (``checks``, :func:`analysis.checks.calibrated.check_fit`).
+
     Raises
     ------
     ValueError
         On an unknown outcome or moderator, or a model that is not fitted per outcome.
     """
+    result = _fit(dataset, outcome, request, table=table)
+    if isinstance(result, MetaAnalysisResult):
+        check_fit(result, dataset, seed=request.seed)
+    return result
+
+
+def _fit(dataset: Dataset, outcome: str, request: FitRequest, *, table: EffectTable) -> OutcomeFit:
+    """The fit itself (see :func:`fit_outcome`)."""
     common = {
         "priors": request.priors,
         "seed": request.seed,

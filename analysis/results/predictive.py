@@ -26,6 +26,12 @@ class PPCResult:
     observed, replicated : dict of numpy.ndarray
         Per statistic, its values on the observed and on the replicated data, one per posterior
         draw (flattened; the observed value repeats when it does not depend on the draw).
+    sampled : dict
+        Per statistic, its sampled posterior p-value (the calibrated check,
+        :func:`analysis.checks.predictive.sampled_p_values`): ``observed`` (at the chosen draw) and
+        ``p_value``.
+    sampled_draw : int
+        Index of the chosen draw (flattened chain x draw).
     """
 
     outcome: str
@@ -34,13 +40,20 @@ class PPCResult:
     unit: str = "study"
     observed: dict[str, np.ndarray] = field(default_factory=dict)
     replicated: dict[str, np.ndarray] = field(default_factory=dict)
+    sampled: dict[str, dict[str, float]] = field(default_factory=dict)
+    sampled_draw: int = 0
 
     def to_dict(self) -> dict:
-        """JSON-ready statistics: ``{outcome, unit, statistics: {name: {observed, replicated_mean, ppp}}}``."""
+        """JSON-ready: ``{outcome, unit, statistics: {name: {observed, replicated_mean, ppp, ...}}, sampled}``.
+
+        ``statistics`` holds the descriptive ppp's; ``sampled`` the calibrated sampled p-values.
+        """
         return {
             "outcome": self.outcome,
             "unit": self.unit,
             "statistics": {k: dict(v) for k, v in self.statistics.items()},
+            "sampled": {k: dict(v) for k, v in self.sampled.items()},
+            "sampled_draw": self.sampled_draw,
         }
 
 

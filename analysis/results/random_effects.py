@@ -11,6 +11,7 @@ import xarray as xr
 
 from analysis.config import INTERVAL_KIND
 from analysis.dataset.load import Outcome
+from analysis.results.checks import Check
 from analysis.results.diagnostics import Diagnostics
 
 SUMMARY_PARAMS = ("mu", "tau", "theta_new", "I2")
@@ -46,6 +47,9 @@ class MetaAnalysisResult:
         Effect measure of ``yi`` (``"SMD"`` for Hedges' g; e.g. ``"logRR"`` for effect-level data).
     pymc_model : pymc.Model or None
         The compiled-graph model of a NUTS fit (for log-prior/likelihood and checks); not serialised.
+    checks : list of Check
+        The calibrated model checks of the fit (:func:`analysis.checks.calibrated.checks_of`); empty
+        where none ran (exact fits, models without a predictive check).
     """
 
     dataset: str
@@ -63,6 +67,7 @@ class MetaAnalysisResult:
     settings: dict = field(default_factory=dict)
     measure: str = "SMD"
     pymc_model: Any = field(default=None, repr=False)
+    checks: list[Check] = field(default_factory=list)
 
     @property
     def k(self) -> int:
@@ -116,6 +121,7 @@ class MetaAnalysisResult:
         if self.diagnostics is not None:
             out["diagnostics"] = self.diagnostics.to_dict() | {"retried": self.retried}
         out["converged"] = self.converged
+        out["checks"] = [c.to_dict() for c in self.checks]
         out["settings"] = dict(self.settings)
         return out
 

@@ -25,12 +25,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.checks.calibrated import check_fit
 from analysis.checks.compare import COMPARE_COLUMNS, compare_table
 from analysis.checks.influence import influence_analysis
 from analysis.checks.influence_arm import arm_leave_one_out
 from analysis.checks.loo_pit import arm_loo_pit
-from analysis.checks.predictive import posterior_predictive_check
-from analysis.checks.predictive_arm import arm_posterior_predictive_check
 from analysis.checks.reproduce import reproduce_published
 from analysis.checks.reweighting import reweighted_prior_grid
 from analysis.checks.sensitivity import power_scaling, prior_grid, top_level_parameters
@@ -201,11 +200,9 @@ def _nuts_analyses(
         )
     # predictive checks and power-scaling of the priors of the primary (default) fit
     primary = analysis.primary
+    analysis.ppc = check_fit(primary, dataset, seed=seed)
     if analysis.arm is not None:
-        analysis.ppc = arm_posterior_predictive_check(analysis.arm, dataset, seed=seed)
         analysis.loo_pit = arm_loo_pit(analysis.arm, dataset, seed=seed)
-    else:
-        analysis.ppc = posterior_predictive_check(nuts, seed=seed)
     analysis.psense = power_scaling(primary, top_level=top_level_parameters(primary))
     if analysis.arm is not None:
         analysis.prior_grid_default = reweighted_prior_grid(analysis.arm)

@@ -74,7 +74,7 @@ from analysis.fitting.random_effects import fit_random_effects
 from analysis.fitting.sampling import SamplerSettings
 from analysis.report.files import write_csv, write_json
 from analysis.results.random_effects import MetaAnalysisResult
-from analysis.studies.parallel import map_tasks
+from analysis.studies.parallel import interleave, map_tasks
 from analysis.studies.selection_power import _load, _seed_clustered
 from models.priors import default_priors
 
@@ -86,7 +86,6 @@ __all__ = [
     "ReplicateTask",
     "available_candidates",
     "flagship_truth",
-    "interleave",
     "make_tasks",
     "markdown_table",
     "run_replicate",
@@ -572,12 +571,6 @@ def combine_runs(paths: Sequence[Path]) -> tuple[pd.DataFrame, dict]:
         "markdown": markdown_table(summary),
     }
     return rows, payload
-
-
-def interleave(batches: Sequence[Sequence[ReplicateTask]]) -> list[ReplicateTask]:
-    """Tasks of several designs in proportional order, so that a partial run covers every design."""
-    keyed = [(i / len(b), j, t) for j, b in enumerate(batches) for i, t in enumerate(b)]
-    return [t for *_, t in sorted(keyed, key=lambda x: (x[0], x[1]))]
 
 
 def _payload(args: argparse.Namespace, tasks: list[ReplicateTask], rows: pd.DataFrame, clock: tuple) -> dict:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ClientLike", "map_tasks"]
+__all__ = ["ClientLike", "interleave", "map_tasks"]
 
 
 @runtime_checkable
@@ -94,3 +94,9 @@ def _collect[T, R](
         if progress is not None:
             progress(done, len(tasks))
     return results  # type: ignore[return-value]
+
+
+def interleave[T](batches: Sequence[Sequence[T]]) -> list[T]:
+    """Tasks of several batches in proportional order, so that a partial run covers every batch."""
+    keyed = [(i / len(b), j, t) for j, b in enumerate(batches) for i, t in enumerate(b)]
+    return [t for *_, t in sorted(keyed, key=lambda x: (x[0], x[1]))]

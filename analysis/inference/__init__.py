@@ -1,0 +1,1 @@
+"""Quantities derived from a fit's posterior for decisions: minimal relevant effects, new studies, replication."""
