@@ -24,6 +24,7 @@ from analysis.config import DEFAULT_DATASET, REPORTS_DIR
 from analysis.dataset.measures import ARM_MEASURES
 from analysis.dataset.problems import DatasetError, NotApplicable, Problem, errors
 from analysis.fitting.dispatch import LIKELIHOODS, MODELS, SLOPE_SCALES, FitRequest
+from analysis.inference.decision import DecisionSettings
 from models.priors import PriorSet, PriorSpec
 
 if TYPE_CHECKING:
@@ -180,6 +181,7 @@ def _fit_request(args: argparse.Namespace) -> FitRequest:
         beta_prior=args.beta_prior,
         slope_scale=args.slope_scale,
         center=not args.no_center,
+        decision=_decision(args),
     )
 
 
@@ -266,7 +268,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     sampler = SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains)
     _progress(f"loading and validating {args.dataset}")
-    plan = plan_run(_load(args), seed=args.seed, sampler=sampler, engine=args.engine)
+    plan = plan_run(_load(args), seed=args.seed, sampler=sampler, engine=args.engine, decision=_decision(args))
     if not args.no_cache and _report_up_to_date(args.out, plan):
         _progress(
             f"{args.out} is up to date (same data, settings and code): nothing to do "
@@ -413,7 +415,31 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="nuts: every analysis (default); exact: the exact engine only, in seconds (no NUTS-based checks)",
     )
     p.add_argument("--no-cache", action="store_true", help="recompute everything (ignore the .evmeta_cache/)")
+    _add_decision_options(p)
     p.set_defaults(func=cmd_run)
+
+
+def _add_decision_options(p: argparse.ArgumentParser) -> None:
+    from analysis.inference.decision import MIN_EFFECT_DEFAULTS
+
+    defaults = ", ".join(f"{m} {v:.3g}" for m, v in MIN_EFFECT_DEFAULTS.items())
+    p.add_argument(
+        "--min-effect",
+        type=float,
+        default=None,
+        help=f"minimal relevant effect on the measure's scale, benefit direction, for P(mu > delta) (default: {defaults})",
+    )
+    p.add_argument(
+        "--planned-n",
+        type=int,
+        default=None,
+        help="animals per arm of a planned new study, for its predicted effect and replication probability "
+        "(default: the median arm size of the outcome's data)",
+    )
+
+
+def _decision(args: argparse.Namespace) -> DecisionSettings:
+    return DecisionSettings(min_effect=args.min_effect, planned_n=args.planned_n)
 
 
 def _add_measure_option(p: argparse.ArgumentParser) -> None:
@@ -496,6 +522,7 @@ def _add_fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tune", type=int, default=1000)
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--json", type=Path, default=None, help="write the summaries as JSON to this file")
+    _add_decision_options(p)
     p.add_argument("--out", type=Path, default=None, help="folder for figures, tables and NetCDF posteriors")
     p.set_defaults(func=cmd_fit)
 

@@ -39,6 +39,14 @@ Slope priors (:func:`slope_prior_sds`)
     constants for the reasons. ``per="unit"`` uses ``S`` per unit of every column instead (e.g.
     the ``N(0, 10^2)`` of bmr's reference analysis).
 
+Variance explained (:func:`bayes_r2_draws`)
+    The share of the between-study variance of the true effects that the moderators explain,
+    per posterior draw ``s`` of ``(beta, tau)`` of *this* model (Gelman, Goodrich, Gabry &
+    Vehtari 2019, "R-squared for Bayesian regression models", Am Stat 73:307-309):
+    :math:`R^2_s = V_s / (V_s + \tau_s^2)`, with :math:`V_s` the variance over the ``k``
+    studies of the fitted moderator part :math:`x_i^\top \beta_s` (intercept excluded). Its
+    posterior (not one number) carries the uncertainty of both parts.
+
 This module builds designs and graphs only; it does no I/O and no fitting.
 """
 
@@ -63,6 +71,7 @@ __all__ = [
     "ModeratorLike",
     "ModeratorNotEstimable",
     "Term",
+    "bayes_r2_draws",
     "build_design",
     "build_meta_regression_model",
     "coef_name",
@@ -446,3 +455,52 @@ def build_meta_regression_model(
         X=design.X,
         coef_names=list(design.coef_names),
     )
+
+
+def bayes_r2_draws(X: np.ndarray, beta: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    r"""Bayesian R² of the between-study variance, one value per posterior draw.
+
+    Gelman, Goodrich, Gabry & Vehtari (2019, Am Stat 73:307) define R² per draw as the variance
+    of the fitted values over the variance of the fitted values plus the residual variance. In a
+    random-effects meta-regression the "data" are the true study effects ``theta_i``, the fitted
+    values the moderator part ``x_i' beta`` and the residual variance ``tau²``:
+
+    .. math::
+
+        R^2_s = \frac{V_s}{V_s + \tau_s^2}, \qquad
+        V_s = \frac{1}{k - 1} \sum_{i=1}^k \bigl(x_i^\top \beta_s - \overline{x^\top \beta_s}\bigr)^2,
+
+    with the intercept column left out of ``x_i`` (a constant does not vary across studies, so
+    it would not change ``V_s``). Every draw lies in [0, 1]; a draw with ``V_s + tau_s² = 0``
+    (nothing to explain and nothing explained) counts as 0.
+
+    Parameters
+    ----------
+    X : numpy.ndarray
+        ``(k, p)`` design matrix, column 0 the intercept (:attr:`Design.X`), ``k >= 2``.
+    beta : numpy.ndarray
+        ``(n, p)`` posterior draws of the coefficients (intercept first).
+    tau : numpy.ndarray
+        ``(n,)`` posterior draws of the residual between-study SD, in the same order.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n,)`` draws of R².
+
+    Raises
+    ------
+    ValueError
+        On mismatched shapes, fewer than two studies, or non-finite or negative ``tau``.
+    """
+    X, beta, tau = np.asarray(X, dtype=float), np.asarray(beta, dtype=float), np.asarray(tau, dtype=float)
+    if X.ndim != 2 or X.shape[0] < 2 or beta.ndim != 2 or beta.shape[1] != X.shape[1] or tau.shape != beta.shape[:1]:
+        raise ValueError(
+            f"need X (k >= 2, p), beta (n, p) and tau (n,); got shapes {X.shape}, {beta.shape}, {tau.shape}"
+        )
+    if not np.all(np.isfinite(tau)) or np.any(tau < 0):
+        raise ValueError("tau draws must be finite and non-negative")
+    fitted = beta[:, 1:] @ X[:, 1:].T
+    explained = fitted.var(axis=1, ddof=1)
+    total = explained + tau**2
+    return np.divide(explained, total, out=np.zeros_like(total), where=total > 0)

@@ -65,7 +65,7 @@ def test_check_of_a_tiny_fit():
     np.testing.assert_allclose(check.p_value, 2 * np.minimum(check.pit, 1 - check.pit))
     assert check.p_adjusted == pytest.approx(min(1.0, 3 * check.p_value.min()))
     out = json.loads(json.dumps(check.to_dict()))
-    assert out["name"] == "loo_outlier" and out["flagged"] == (out["p_value"] < out["nominal_level"])
+    assert out["name"] == "loo_pit" and out["p_bonferroni"] == check.p_adjusted and "flagged" not in out
     assert [s["study"] for s in out["studies"]] == list(check.study)
     assert arm_loo_pit(fit, tiny, seed=3).pit.tolist() == check.pit.tolist()  # seeded
     assert pit_tree(check)["loo_pit"]["T"].sizes["study"] == 3

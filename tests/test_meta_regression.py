@@ -258,7 +258,8 @@ def test_prob_benefit_follows_the_outcome_direction(tiny) -> None:
     assert tbsp.prob_benefit == pytest.approx(bmd.prob_benefit, abs=CLOSED_FORM_LIMIT_ABS)
 
 
-def test_r2_is_share_of_tau2_explained_truncated_at_zero(tiny) -> None:
+def test_former_point_r2_is_kept_in_json_as_one_minus_ratio_of_medians(tiny) -> None:
+    """The former point pseudo-R² (JSON only; the report shows the R² posterior, tests/test_meta_regression_r2.py)."""
     priors = PriorSet()
     y, v = np.array(list(YI.values())), np.array(list(VI.values()))
     plain = exact_posterior(y, v, tau_prior=priors.tau, mu_prior=priors.mu)
@@ -267,11 +268,14 @@ def test_r2_is_share_of_tau2_explained_truncated_at_zero(tiny) -> None:
     X = np.column_stack([np.ones(6), [0, 0, 0, 1, 1, 1]])
     mr = exact_posterior(y, v, tau_prior=priors.tau, X=X, beta_mean=[0.0, 0.0], beta_cov=np.diag([9.0, 1.0]))
     tau2_mr = mr.summary("tau")["median"] ** 2
-    r2 = species.R2
-    assert abs(r2["tau2_median_RE"] - tau2_re) <= EXACT_TAU_ABS and abs(r2["tau2_median_MR"] - tau2_mr) <= EXACT_TAU_ABS
-    assert r2["R2"] == pytest.approx(1.0 - r2["tau2_median_MR"] / r2["tau2_median_RE"]) and r2["R2"] > 0.5
+    point = species.R2["point_ratio_of_medians"]
+    assert abs(point["tau2_median_RE"] - tau2_re) <= EXACT_TAU_ABS
+    assert abs(point["tau2_median_MR"] - tau2_mr) <= EXACT_TAU_ABS
+    assert point["value"] == pytest.approx(1.0 - point["tau2_median_MR"] / point["tau2_median_RE"])
+    assert point["value"] > 0.5 and species.R2["median"] > 0.5  # species separates rats from mice
     batch = fit_meta_regression(tiny, "BMD", moderators=["batch"], engine="exact").R2  # explains nothing
-    assert batch["ratio"] > 1.0 and batch["R2"] == 0.0
+    assert batch["point_ratio_of_medians"]["ratio"] > 1.0 and batch["point_ratio_of_medians"]["value"] == 0.0
+    assert 0.0 <= batch["q025"] <= batch["median"] < species.R2["median"]
 
 
 def test_constant_moderator_in_fits(tiny) -> None:
@@ -346,7 +350,8 @@ def test_json_layout_and_report_text(tiny) -> None:
         "Subgroup means",
         "Contrasts vs reference",
         "Numeric slopes",
-        "R2 =",
+        "Bayesian R2",
+        "caution: k = 6 < 10 studies",
         "eti95",
         "lower is better",
     ):
@@ -377,6 +382,7 @@ def test_nuts_path_runs_and_records_diagnostics(tiny) -> None:
         sampler=SamplerSettings(draws=300, tune=300, chains=2),
     )
     assert again.beta == result.beta and again.subgroups == result.subgroups
+    assert result.R2["n_draws"] == post.sizes["chain"] * post.sizes["draw"] and again.R2 == result.R2  # all draws
 
 
 # --- the simulated default dataset: true moderator effects ----------------------------------------

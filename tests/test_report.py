@@ -72,14 +72,16 @@ def test_report_files_complete(run_and_report):
 def test_report_markdown_states_provenance_priors_intervals(run_and_report):
     run, out = run_and_report
     text = (out / "report.md").read_text()
-    assert text.index("SIMULATED DATA") < text.index("## Methods")
+    assert text.index("SIMULATED DATA") < text.index("## Conclusions") < text.index("## Methods")
     for needle in (
         "μ ~ normal:0:3",
         "τ ~ halfnormal:1",
         "95% equal-tailed (eti95)",
         "frequentist REML",
         "frequentist DL",
-        "Posterior predictive checks",
+        "Model checks",
+        "## Conclusions",
+        "What this means for the next experiment",
         "Prior sensitivity",
         "Risk of bias (SYRCLE)",
         "Convergence diagnostics",

@@ -13,6 +13,7 @@ from analysis.dataset.effects import EffectTable
 from analysis.dataset.load import Dataset
 from analysis.fitting.random_effects import fit_random_effects
 from analysis.fitting.sampling import SamplerSettings
+from analysis.inference.decision import DecisionSettings, decision_quantities
 from analysis.results.fit_result import OutcomeFit
 from analysis.results.random_effects import MetaAnalysisResult
 from models.priors import PriorSet, PriorSpec
@@ -44,6 +45,7 @@ class FitRequest:
     moderator: str | None = None
     progressbar: bool = False
     likelihood: str = "default"
+    decision: DecisionSettings = DecisionSettings()
     #: meta-regression: prior N(0, S²) of every slope (None: the default S), its scale and centring.
     beta_prior: PriorSpec | None = None
     slope_scale: str = "standardised"
@@ -87,7 +89,9 @@ def fit_outcome(dataset: Dataset, outcome: str, request: FitRequest, *, table: E
     """Fit one outcome as requested; returns the model's result object (``to_dict()``, ``str()``).
 
     NUTS fits of the random-effects model and arm-level meta-regressions carry their calibrated
-    predictive checks (``checks``, :func:`analysis.checks.calibrated.check_fit`).
+    predictive checks (``checks``, :func:`analysis.checks.calibrated.check_fit`), and NUTS
+    random-effects fits their decision quantities (``decision``,
+    :func:`analysis.inference.decision.decision_quantities`).
 
     Raises
     ------
@@ -95,8 +99,13 @@ def fit_outcome(dataset: Dataset, outcome: str, request: FitRequest, *, table: E
         On an unknown outcome or moderator, or a model that is not fitted per outcome.
     """
     result = _fit(dataset, outcome, request, table=table)
-    if isinstance(result, MetaAnalysisResult):
+    if isinstance(result, MetaAnalysisResult) and result.posterior is not None:
         check_fit(result, dataset, seed=request.seed)
+        if result.model == "random-effects":
+            d = request.decision
+            result.decision = decision_quantities(
+                result, dataset, min_effect=d.min_effect, planned_n=d.planned_n, seed=request.seed
+            )
     return result
 
 

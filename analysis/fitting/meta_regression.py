@@ -14,10 +14,17 @@ Derived quantities (both engines, 95% equal-tailed intervals):
 - contrasts level − reference (= the coefficient) with ``P(contrast > 0)`` and ``P(contrast
   favours treatment)``, i.e. the level shows more benefit than the reference (uses the outcome's
   ``direction``); numeric slopes per unit with ``P(slope > 0)`` and ``P(slope favours treatment)``;
-- share of heterogeneity explained, ``R2 = max(0, 1 - median(tau2_MR) / median(tau2_RE))``: the
-  Bayesian analogue of metafor's pseudo-R2 ``(tau2_RE - tau2_MR) / tau2_RE``, with the plain
-  random-effects model fitted to the same studies under the same mu/tau priors by the exact
-  engine (which NUTS would only approximate).
+- share of the between-study variance explained: the posterior of the Bayesian R²
+  ``V_s / (V_s + tau_s^2)`` (Gelman et al. 2019; :func:`models.meta_regression.bayes_r2_draws`)
+  over joint draws ``s`` of ``(beta, tau)`` of this one model: all NUTS draws, or
+  :data:`R2_N_DRAWS` independent draws from the exact posterior (tau from its quadrature CDF,
+  then ``beta | tau`` from its conditional normal; :meth:`models.exact.posterior.ExactPosterior.sample`,
+  seeded by ``seed``). Summarised by mean, SD, median and 95% ETI.
+  The former point value ``max(0, 1 - median(tau2_MR) / median(tau2_RE))`` (a ratio of the
+  posterior medians of two models, with no uncertainty; the Bayesian analogue of metafor's
+  pseudo-R²) is kept in the JSON under ``R2["point_ratio_of_medians"]`` for comparison only: at
+  the flagship design's k (4-10) a pure-noise moderator reaches 40% or more in about 11% of fits
+  (:mod:`analysis.studies.subgroup_r2`, simulated), so no report shows it.
 
 With the exact engine, the summary of a linear combination ``x' beta`` is exact: the model is
 reparametrised as ``beta* = T beta`` with ``x`` as one row of ``T`` (prior ``N(T b0, T B0 T')``,
@@ -48,6 +55,7 @@ from models.meta_regression import (
     DEFAULT_SLOPE_SD_SEPARATE,
     Design,
     ModeratorNotEstimable,
+    bayes_r2_draws,
     build_design,
     build_meta_regression_model,
     coef_name,
@@ -56,10 +64,16 @@ from models.meta_regression import (
 from models.priors import PriorSet, PriorSpec, default_priors, measure_scale
 from models.random_effects import draw_theta, draw_theta_new, i2_draws
 
-__all__ = ["fit_meta_regression", "fit_subgroups_one_at_a_time"]
+__all__ = ["R2_N_DRAWS", "fit_meta_regression", "fit_subgroups_one_at_a_time"]
 
 #: Separate random stream (after the sampler's) for the conditional draws of theta and theta_new.
 _THETA_STREAM = 1
+#: Separate random stream for the exact engine's joint draws of (beta, tau) behind R².
+_R2_STREAM = 2
+#: Joint posterior draws of the exact engine behind the R² posterior: the Monte Carlo SE of its
+#: 2.5% / 97.5% quantiles is then about sqrt(0.025 * 0.975 / 4000) / density ≈ 0.0025 / density,
+#: well below the reported precision (whole percent).
+R2_N_DRAWS: int = 4000
 
 
 def fit_meta_regression(
@@ -106,7 +120,7 @@ def fit_meta_regression(
         Centre numeric moderators at their mean over the analysed studies (default); ``False``
         keeps raw values (bayesmeta ``bmr`` / metafor designs ``[1, x]``).
     seed : int
-        Seed of every random step (sampler, θ draws).
+        Seed of every random step (sampler, θ draws, the exact engine's joint draws behind R²).
     sampler : SamplerSettings, optional
         NUTS settings (ignored by the exact engine).
     table : EffectTable, optional
@@ -143,7 +157,7 @@ def fit_meta_regression(
     else:
         fitted = _NutsFit(yi, vi, design, priors, slope_sds, seed=seed, sampler=sampler, progressbar=progressbar)
     rule = {"sd": scale, "per": slope_prior_scale, "default": beta_prior_sd is None}
-    return _assemble(dataset, outcome, effects, design, priors, fitted, slope_sds=slope_sds, slope_rule=rule)
+    return _assemble(dataset, outcome, effects, design, priors, fitted, slope_sds=slope_sds, slope_rule=rule, seed=seed)
 
 
 def fit_subgroups_one_at_a_time(
@@ -273,6 +287,11 @@ class _ExactFit:
     def tau2_median(self) -> float:
         return self.post.summary("tau")["median"] ** 2
 
+    def joint_draws(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` independent joint draws ``(beta (n, p), tau (n,))`` from the exact posterior."""
+        draws = self.post.sample(n, rng=rng)
+        return draws["beta"], draws["tau"]
+
     def theta_new(self) -> dict[str, float]:
         """Prediction for a new study at the intercept (reference levels, numeric moderators at their centre)."""
         return self.post.predict(np.eye(self.design.p)[0], new_study=True)
@@ -334,6 +353,10 @@ class _NutsFit:
 
     def tau2_median(self) -> float:
         return float(np.median(self.tau**2))
+
+    def joint_draws(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """All NUTS draws ``(beta (chains * draws, p), tau (chains * draws,))``; ``n`` and ``rng`` are unused."""
+        return self.beta.reshape(-1, self.beta.shape[-1]), self.tau.reshape(-1)
 
     def theta_new(self) -> dict[str, float]:
         """Prediction for a new study at the intercept (drawn at construction)."""
@@ -404,19 +427,35 @@ def _slopes(fitted: _ExactFit | _NutsFit, design: Design, direction: int) -> lis
     return out
 
 
-def _r2(fitted: _ExactFit | _NutsFit, yi: np.ndarray, vi: np.ndarray, design: Design, priors: PriorSet) -> dict:
-    """Share of τ² explained (pseudo-R², truncated at 0) against the plain random-effects model."""
+def _r2(fitted: _ExactFit | _NutsFit, design: Design, *, seed: int) -> dict:
+    """Posterior of the Bayesian R² (Gelman et al. 2019) from the joint draws of this model."""
+    beta, tau = fitted.joint_draws(R2_N_DRAWS, np.random.default_rng([seed, _R2_STREAM]))
+    return summarize_draws(bayes_r2_draws(design.X, beta, tau)) | {
+        "n_draws": int(tau.size),
+        "draws": "all NUTS draws" if fitted.engine == "nuts" else f"independent exact-posterior draws, seed {seed}",
+        "definition": "Bayesian R2 (Gelman, Goodrich, Gabry & Vehtari 2019, Am Stat 73:307): per joint posterior "
+        "draw s of (beta, tau) of this meta-regression, R2_s = V_s / (V_s + tau_s^2), V_s = variance (ddof 1) "
+        "over the k studies of x_i' beta_s without the intercept; summaries over the draws (95% ETI)",
+    }
+
+
+def _point_ratio_of_medians(
+    fitted: _ExactFit | _NutsFit, yi: np.ndarray, vi: np.ndarray, design: Design, priors: PriorSet
+) -> dict:
+    """The former point pseudo-R² (1 − ratio of posterior medians of τ², truncated at 0); JSON only."""
     plain = exact_posterior(yi, vi, tau_prior=priors.tau, mu_prior=priors.mu, study=list(design.study))
     tau2_re, tau2_mr = plain.summary("tau")["median"] ** 2, fitted.tau2_median()
     ratio = tau2_mr / tau2_re if tau2_re > 0 else float("nan")
     return {
-        "R2": max(0.0, 1.0 - ratio) if np.isfinite(ratio) else float("nan"),
+        "value": max(0.0, 1.0 - ratio) if np.isfinite(ratio) else float("nan"),
         "tau2_median_RE": tau2_re,
         "tau2_median_MR": tau2_mr,
         "ratio": ratio,
-        "definition": "R2 = max(0, 1 - median(tau2 | meta-regression) / median(tau2 | random effects)), "
+        "definition": "max(0, 1 - median(tau2 | meta-regression) / median(tau2 | random effects)), "
         "Bayesian analogue of metafor's pseudo-R2; random-effects fit on the same studies, "
         "same mu/tau priors, exact engine",
+        "caution": "a point value without uncertainty, from two models; a pure-noise moderator often reaches "
+        "large values at small k (analysis.studies.subgroup_r2). Kept for comparison only; not reported",
     }
 
 
@@ -435,6 +474,7 @@ def _assemble(
     *,
     slope_sds: dict[str, float],
     slope_rule: dict,
+    seed: int,
 ) -> MetaRegressionResult:
     direction = dataset.outcomes[outcome].direction
     yi, vi = effects["yi"].to_numpy(dtype=float), effects["vi"].to_numpy(dtype=float)
@@ -442,6 +482,8 @@ def _assemble(
     beta = {name: fitted.linear(eye[j]) for j, name in enumerate(design.coef_names)}
     subgroups, contrasts = _subgroups_and_contrasts(fitted, design, direction)
     studies = pd.concat([effects[["study", "yi", "vi"]].reset_index(drop=True), fitted.study_table()], axis=1)
+    r2 = _r2(fitted, design, seed=seed)
+    r2["point_ratio_of_medians"] = _point_ratio_of_medians(fitted, yi, vi, design, priors)
     summaries = {
         "mu": {k: v for k, v in beta[design.coef_names[0]].items() if k != "prob_gt_0"},
         "tau": fitted.scalar("tau"),
@@ -461,7 +503,7 @@ def _assemble(
         subgroups=subgroups,
         contrasts=contrasts,
         slopes=_slopes(fitted, design, direction),
-        R2=_r2(fitted, yi, vi, design, priors),
+        R2=r2,
         prob_benefit=_with_benefit(beta[design.coef_names[0]], direction)["prob_benefit"],
         studies=studies,
         diagnostics=fitted.diagnostics,

@@ -22,6 +22,8 @@ literature.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import stats
 
@@ -30,7 +32,7 @@ from analysis.dataset.smd import correction_j
 from analysis.inference.decision_result import DecisionQuantities
 from analysis.results.random_effects import MetaAnalysisResult
 
-__all__ = ["MIN_EFFECT_DEFAULTS", "decision_quantities", "new_study_draws", "planned_arm_size"]
+__all__ = ["MIN_EFFECT_DEFAULTS", "DecisionSettings", "decision_quantities", "new_study_draws", "planned_arm_size"]
 
 #: Default minimal relevant effect per measure. SMD 0.5: half a control-group SD, Cohen's
 #: "medium" effect and the smallest effect preclinical power calculations usually target
@@ -41,6 +43,20 @@ MIN_EFFECT_DEFAULTS: dict[str, float] = {"SMD": 0.5, "ROM": float(np.log(1.2)), 
 _DECISION_STREAM = 4
 #: Two-sided significance level of the new study's t-test.
 ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class DecisionSettings:
+    """The user's decision inputs: minimal relevant effect and planned arm size (None: defaults)."""
+
+    min_effect: float | None = None
+    planned_n: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.planned_n is not None and self.planned_n < 2:
+            raise ValueError(f"the planned arm size must be at least 2, got {self.planned_n}")
+        if self.min_effect is not None and not np.isfinite(self.min_effect):
+            raise ValueError(f"the minimal relevant effect must be finite, got {self.min_effect}")
 
 
 def planned_arm_size(dataset: Dataset, outcome: str) -> int | None:

@@ -10,7 +10,9 @@ figure is a :class:`matplotlib.figure.Figure` built without pyplot and is neithe
 
 Artists that tests and the report look up carry a ``gid``: ``"subgroups"`` / ``"slopes"`` (axes),
 ``"subgroup_mean"``, ``"subgroup_eti"``, ``"slope"``, ``"slope_eti"``, ``"benefit_annotation"``,
-``"simulated_marker"``.
+``"simulated_marker"``, ``"few_studies_warning"`` (fewer than
+:data:`analysis.results.meta_regression.MIN_K_SUBGROUPS` studies). One-at-a-time fits are titled
+exploratory.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from matplotlib.figure import Figure
 
 from analysis.config import INTERVAL_KIND
 from analysis.plots.labels import display_label
-from analysis.results.meta_regression import MetaRegressionResult
+from analysis.results.meta_regression import MIN_K_SUBGROUPS, MetaRegressionResult
 
 __all__ = ["subgroup_plot"]
 
@@ -47,7 +49,9 @@ def subgroup_plot(result: MetaRegressionResult | Mapping[str, MetaRegressionResu
         moderators at the baseline stated in the caption); the table gives the mean [95% ETI],
         the number of studies, and for non-reference levels the contrast with the reference and
         P(level more beneficial). Bottom panel (if any numeric moderator): slope per unit with
-        95% ETI and P(more benefit at higher values). A red SIMULATED label marks simulated data.
+        95% ETI and P(more benefit at higher values). A red SIMULATED label marks simulated data;
+        one-at-a-time fits are titled exploratory, and below ``MIN_K_SUBGROUPS`` studies a red
+        line warns that k is too small for subgroup analyses.
 
     Raises
     ------
@@ -186,7 +190,7 @@ def _benefit_annotation(ax: Axes, direction: int, *, slopes: bool) -> None:
 def _titles(fig: Figure, fits: list[MetaRegressionResult], *, separate: bool) -> None:
     o, first = fits[0].outcome, fits[0]
     better = "higher" if o.direction > 0 else "lower"
-    kind = "one moderator at a time" if separate else "moderators jointly"
+    kind = "one moderator at a time, exploratory" if separate else "moderators jointly"
     engine = "exact (quadrature over τ)" if first.engine == "exact" else "NUTS"
     fig.suptitle(
         f"{display_label(o.label)}: Bayesian meta-regression, {kind} (normal likelihood)",
@@ -208,6 +212,14 @@ def _titles(fig: Figure, fits: list[MetaRegressionResult], *, separate: bool) ->
         fontsize=8,
         color="#444444",
     )
+    if first.k < MIN_K_SUBGROUPS:
+        warning = fig.axes[1].set_title(
+            f"k = {first.k} < {MIN_K_SUBGROUPS} studies: too few for subgroup\nanalyses (Cochrane Handbook §10.11.5.1)",
+            loc="left",
+            color=COLORS["simulated"],
+            fontsize=9,
+        )
+        warning.set_gid("few_studies_warning")
     if any(f.provenance == "simulated" for f in fits):
         fig.axes[1].set_title(
             "SIMULATED DATA",

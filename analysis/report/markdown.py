@@ -8,9 +8,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.report.artifacts import RunResult
+from analysis.report.conclusions import conclusions_section
 from analysis.report.figures import INFLUENCE_ROWS, LARGE_K, figure_link, figure_path
+from analysis.report.rob_lines import rob_sensitivity_lines
 from analysis.report.tables import compare_markdown, interval, markdown_table
 from analysis.results.influence import format_influence
+from analysis.results.meta_regression import MIN_K_SUBGROUPS, SubgroupResults
 from analysis.results.multivariate import MultivariateResult
 from analysis.results.outcome import OutcomeAnalysis
 from analysis.results.random_effects import MetaAnalysisResult
@@ -76,7 +79,8 @@ def methods_section(run: RunResult) -> list[str]:
         "",
         f"- priors: μ ~ {run.priors.mu}, τ ~ {run.priors.tau} (defaults: weakly informative on the scale of "
         f"{run.dataset.effect_measure}; see models.priors.default_priors)",
-        "- intervals: 95% equal-tailed (eti95); θ_new is the prediction for a new study; "
+        "- intervals: 95% equal-tailed (eti95); θ_new is the true effect of a new study (what the new study would "
+        "observe adds its sampling error: see each outcome's 'next experiment'); "
         "I² = τ²/(τ² + s²) with s² the typical within-study variance",
         *_engine_lines(run),
         "",
@@ -151,6 +155,30 @@ def pooled_section(results: Sequence[MetaAnalysisResult], *, engine: str = "nuts
     return [title, "", markdown_table(pd.DataFrame(rows)), "", figure_link("pooled_summary"), ""]
 
 
+#: What each check's discrepancy measures, for the checks table.
+_CHECK_TEXT = {
+    "Q": "Cochran's Q (heterogeneity beyond the model's)",
+    "max_std_residual": "largest standardised residual (an outlying comparison)",
+    "egger_slope": "slope of g on its SE (funnel asymmetry; two-sided)",
+}
+
+
+def _checks_table(analysis: OutcomeAnalysis) -> str:
+    rows = [
+        {
+            "check": _CHECK_TEXT.get(c.name, c.name),
+            "T(y)": f"{c.statistic:.3f}",
+            "p (sampled)": f"{c.p_value:.3f}",
+            f"flagged at {c.nominal_level:g}": "**FLAGGED**" if c.flagged else "no",
+            "false-alarm rate (measured)": "not measured"
+            if c.false_alarm_rate is None
+            else f"{100 * c.false_alarm_rate:.1f}%",
+        }
+        for c in analysis.primary.checks
+    ]
+    return markdown_table(pd.DataFrame(rows))
+
+
 def _ppc_table(analysis: OutcomeAnalysis) -> str:
     rows = [
         {
@@ -200,24 +228,23 @@ def _ppc_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         return []
     if analysis.ppc.unit == "comparison":
         what = (
-            "Replicated arm summaries (new study and comparison effects, new animals) from the arm-level fit, "
-            "each comparison's Hedges' g and its variance recomputed from them as from the data; statistics "
-            "over comparisons; ppp = P(T(y_rep) ≥ T(y)). Posterior predictive p-values use the data twice and are "
-            "conservative: their measured flag rates on data without misfit, and their power against one "
-            "outlying study, are in the README ('Calibration of the predictive checks'); read them as "
-            "descriptions, not tests."
+            "Replicated arm summaries (new study and comparison effects, new animals) from the arm-level fit, each "
+            "comparison's Hedges' g and its variance recomputed from them as from the data."
         )
     else:
-        what = (
-            "Replicated study effects from the mixed predictive distribution of the normal-likelihood fit; "
-            "ppp = P(T(y_rep) ≥ T(y)). Not calibrated for this likelihood (the README's calibration is of the "
-            "arm-level check); the replicates keep the observed variances, so for SMDs the slope's ppp is "
-            "biased towards flagging: read these as descriptions, not tests."
-        )
+        what = "Replicated study effects (new study effects, the studies' own sampling variances) from the fit."
     return [
-        f"#### Posterior predictive checks ({_primary_label(analysis)})",
+        f"#### Model checks ({_primary_label(analysis)})",
         "",
-        what,
+        what + " **Checks** are sampled posterior p-values (one posterior draw chosen at random, 2000 data sets "
+        "replicated from it: exactly uniform when the model is right; Johnson 2004, Gosselin 2011); each states "
+        "the flag rate measured on simulated data without misfit (README, 'Calibration of the checks').",
+        "",
+        _checks_table(analysis),
+        "",
+        "For description only, the posterior predictive p-values averaged over all draws (ppp = P(T(y_rep) ≥ "
+        "T(y) | y)): they use the data twice and sit near 0.5 under a good fit, so they are not tests "
+        "(Bayarri & Berger 2000; measured in the README).",
         "",
         _ppc_table(analysis),
         "",
@@ -230,23 +257,55 @@ def _ppc_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
 
 
 def _loo_pit_lines(oid: str, analysis: OutcomeAnalysis) -> list[str]:
-    """The leave-one-study-out PIT and outlier check of the default fit, if computed."""
+    """The leave-one-study-out PIT of the default fit (a description: its outlier rule is not calibrated)."""
     check = analysis.loo_pit
     if check is None:
         return []
-    verdict = "flagged" if check.flagged else "not flagged"
     unreliable = [s for s, ok in zip(check.study, check.reliable, strict=True) if not ok]
     return [
-        "Leave-one-study-out check (the data are not used twice): each study's mean g against its predictive "
-        "distribution given the other studies (integrated PSIS weights, new animals with the study's arm sizes); "
-        f"smallest two-sided p = {check.p_value.min():.4f} ({check.most_outlying}), Bonferroni over {check.k} "
-        f"studies p = {check.p_adjusted:.3f}: {verdict} at {check.nominal_level:g}"
+        "Leave-one-study-out PIT (a description, not a check): each study's mean g against its predictive "
+        "distribution given the other studies (integrated PSIS weights, new animals with the study's arm sizes). "
+        f"Most outlying: {check.most_outlying} (two-sided p = {check.p_value.min():.4f}; Bonferroni over "
+        f"{check.k} studies {check.p_adjusted:.3f})"
         + (f"; PIT unreliable (Pareto k too high) for {', '.join(unreliable)}" if unreliable else "")
-        + ". False-alarm rate: README, 'Calibration of the predictive checks'.",
+        + ". As an outlier rule it flags too rarely on data without misfit (README, 'Calibration of the checks'), "
+        "so it is shown, not used as a flag.",
         "",
         figure_link("loo_pit", oid),
         "",
     ]
+
+
+def _decision_section(analysis: OutcomeAnalysis) -> list[str]:
+    """P(mu > delta), a new study's true and observed effect, and the replication probability."""
+    q = analysis.decision
+    if q is None:
+        return []
+    o = analysis.primary.outcome
+    sign = ">" if o.direction > 0 else "<"
+    lines = [f"#### What this means for the next experiment ({_primary_label(analysis)})", ""]
+    if q.prob_mu_above_min is not None and q.min_effect is not None:
+        lines.append(
+            f"- P(μ {sign} {o.direction * q.min_effect:g}) = {q.prob_mu_above_min:.3f}: the probability that the "
+            f"pooled effect is at least the minimal relevant effect δ = {q.min_effect:g} ({q.measure}; "
+            "`--min-effect`, default and its justification in the README)."
+        )
+    lines.append(
+        f"- P(θ_new {sign} 0) = {q.prob_theta_new_benefit:.3f}: the probability that a new study's *true* effect "
+        "is a benefit."
+    )
+    if q.new_study_effect is not None and q.prob_replication is not None:
+        e = q.new_study_effect
+        lines.append(
+            f"- A new study with {q.planned_n} animals per arm (`--planned-n`; default the median arm size) would "
+            f"observe g = {e['mean']:.2f}, 95% predictive interval [{e['q025']:.2f}, {e['q975']:.2f}] (θ_new plus "
+            f"its sampling error); the probability that its two-sided t-test is significant at 0.05 in the "
+            f"direction of benefit (replication probability) is {q.prob_replication:.3f}. Calibration of both on "
+            "simulated data: README, 'Calibration of the checks'."
+        )
+    if q.note:
+        lines.append(f"- Not computed: {q.note}.")
+    return lines + [""]
 
 
 def _primary_label(analysis: OutcomeAnalysis) -> str:
@@ -317,13 +376,68 @@ def _reweighted_grid_lines(analysis: OutcomeAnalysis) -> list[str]:
     ]
 
 
-def subgroup_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
-    """Subgroup means, contrasts and slopes (one moderator at a time) with P(benefit) and R²."""
-    if not analysis.subgroups:
+#: Stands for the run's number of subgroup comparisons in a per-outcome section: outcome sections are
+#: rendered per outcome (in worker processes, cached) before the run's total is known, and
+#: :func:`outcome_sections` fills it in (:func:`subgroup_comparison_count`).
+SUBGROUP_COUNT_PLACEHOLDER = "{n_subgroup_comparisons}"
+
+
+def subgroup_section(oid: str, analysis: OutcomeAnalysis, n_comparisons: int | None = None) -> list[str]:
+    """Exploratory subgroup analyses (one moderator at a time): means, contrasts, slopes, R² posterior.
+
+    Parameters
+    ----------
+    oid : str
+        Outcome id.
+    analysis : OutcomeAnalysis
+        The outcome's analyses; nothing is shown without an estimable subgroup fit.
+    n_comparisons : int, optional
+        Subgroup comparisons (contrasts and slopes) made over the whole run, stated in the heading;
+        None writes :data:`SUBGROUP_COUNT_PLACEHOLDER`, which :func:`outcome_sections` replaces.
+
+    Returns
+    -------
+    list of str
+        Markdown lines. Below :data:`analysis.results.meta_regression.MIN_K_SUBGROUPS` studies only
+        the heading and a note saying why the tables are not shown.
+    """
+    fits = analysis.subgroups
+    if not fits:
         return []
+    count = SUBGROUP_COUNT_PLACEHOLDER if n_comparisons is None else str(n_comparisons)
+    lines = [
+        f"#### Subgroups: exploratory ({count} subgroup comparisons over all outcomes of this report; "
+        "one moderator at a time, exact engine, normal likelihood)",
+        "",
+    ]
+    if not fits.shown_in_report:
+        return lines + [
+            f"Not shown: k = {fits.k} studies, fewer than {MIN_K_SUBGROUPS} (Cochrane Handbook §10.11.5.1: at least "
+            f"ten studies per characteristic modelled). The {fits.n_comparisons} comparisons of this outcome are "
+            "counted in that total and kept in `fits/subgroups.json` (`shown_in_report: false`).",
+            "",
+        ]
+    means, effects = _subgroup_rows(fits)
+    skipped = [f"{k} ({v})" for k, v in fits.skipped.items()]
+    lines += [
+        f"Exploratory, not pre-specified tests: each moderator is analysed on its own, and with {count} comparisons "
+        "in this report some P(favours) near 0 or 1 are expected by chance. R² is the posterior of the share of the "
+        "between-study variance explained by the moderator (Bayesian R², Gelman et al. 2019), median [eti95]; at "
+        "k near 10 its median is far from 0 even for a pure-noise moderator, so read the interval: only a lower "
+        "end clearly above 0 suggests that the moderator explains heterogeneity.",
+        "",
+    ]
+    if means:
+        lines += [markdown_table(pd.DataFrame(means)), ""]
+    lines += [markdown_table(pd.DataFrame(effects)), "", figure_link("subgroups", oid), ""]
+    return lines + ([f"Not estimable for this outcome: {'; '.join(skipped)}", ""] if skipped else [])
+
+
+def _subgroup_rows(fits: SubgroupResults) -> tuple[list[dict], list[dict]]:
+    """Rows of the subgroup-means table and of the contrasts-and-slopes table."""
     means, effects = [], []
-    for name, fit in analysis.subgroups.items():
-        r2 = f"{100 * fit.R2['R2']:.0f}%"
+    for name, fit in fits.items():
+        r2 = f"{100 * fit.R2['median']:.0f}% [{100 * fit.R2['q025']:.0f}%, {100 * fit.R2['q975']:.0f}%]"
         means += [
             {
                 "moderator": name,
@@ -334,32 +448,24 @@ def subgroup_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
             }
             for g in fit.subgroups
         ]
+        rows = [(f"{c['level']} − {c['reference']}", interval(c), c) for c in fit.contrasts]
+        rows += [("slope per unit", interval(sl, 3), sl) for sl in fit.slopes]
         effects += [
             {
                 "moderator": name,
-                "effect": f"{c['level']} − {c['reference']}",
-                "mean [eti95]": interval(c),
-                "P(favours)": f"{c['prob_benefit']:.3f}",
-                "R² (τ² explained)": r2,
+                "effect": effect,
+                "mean [eti95]": text,
+                "P(favours)": f"{row['prob_benefit']:.3f}",
+                "R² of moderator [eti95]": r2,
             }
-            for c in fit.contrasts
+            for effect, text, row in rows
         ]
-        effects += [
-            {
-                "moderator": name,
-                "effect": "slope per unit",
-                "mean [eti95]": interval(sl, 3),
-                "P(favours)": f"{sl['prob_benefit']:.3f}",
-                "R² (τ² explained)": r2,
-            }
-            for sl in fit.slopes
-        ]
-    skipped = [f"{k} ({v})" for k, v in analysis.subgroups.skipped.items()]
-    lines = ["#### Subgroups (moderators as covariates, one at a time, exact engine, normal likelihood)", ""]
-    if means:
-        lines += [markdown_table(pd.DataFrame(means)), ""]
-    lines += [markdown_table(pd.DataFrame(effects)), "", figure_link("subgroups", oid), ""]
-    return lines + ([f"Not estimable for this outcome: {'; '.join(skipped)}", ""] if skipped else [])
+    return means, effects
+
+
+def subgroup_comparison_count(run: RunResult) -> int:
+    """Subgroup comparisons (contrasts and slopes) made over every outcome of a run, shown or not."""
+    return sum(int(a.jsons["subgroups"]["n_comparisons"]) for a in run.outcomes.values() if "subgroups" in a.jsons)
 
 
 def small_study_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
@@ -370,7 +476,9 @@ def small_study_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         "#### Small-study effects (replacing Egger's test; normal likelihood)",
         "",
         "PET/PEESE meta-regressions on SE and on √(1/ñ) (SMD and SE are correlated in small animal studies, "
-        "which fakes asymmetry; Zwetsloot et al. 2017) and a one-sided step-function selection model.",
+        "which fakes asymmetry; Zwetsloot et al. 2017) and a one-sided step-function selection model. Their "
+        "measured behaviour on this design (README, 'Can the small-study models detect the Tb.N selection?') is "
+        "poor: they are shown as single models and not used in the conclusions.",
         "",
         "```",
         str(analysis.small_study),
@@ -418,8 +526,12 @@ def influence_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
     ]
 
 
-def outcome_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
-    """One outcome: forest plot, fit report, predictive checks, prior sensitivity, comparison."""
+def outcome_section(oid: str, analysis: OutcomeAnalysis, n_subgroup_comparisons: int | None = None) -> list[str]:
+    """One outcome: forest plot, fit report, predictive checks, prior sensitivity, comparison.
+
+    ``n_subgroup_comparisons`` (the run's total, for the subgroup heading) is left as a placeholder
+    when None, filled in by :func:`outcome_sections`.
+    """
     r = analysis.primary
     return [
         f"### {r.outcome.label} ({oid})",
@@ -434,7 +546,9 @@ def outcome_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         f"[{r.summaries['theta_new']['q025']:.2f}, {r.summaries['theta_new']['q975']:.2f}]; "
         f"P(benefit) = {r.prob_benefit:.3f}.",
         "",
-        *subgroup_section(oid, analysis),
+        *_decision_section(analysis),
+        *subgroup_section(oid, analysis, n_subgroup_comparisons),
+        *([] if analysis.rob is None else rob_sensitivity_lines(oid, analysis.rob)),
         *small_study_section(oid, analysis),
         *influence_section(oid, analysis),
         *[f"Not run: {reason}." for reason in analysis.skipped.values()],
@@ -465,7 +579,8 @@ def outcome_sections(run: RunResult) -> list[str]:
     lines = ["## Outcomes", ""]
     for artifacts in run.outcomes.values():
         lines += artifacts.markdown
-    return lines
+    count = str(subgroup_comparison_count(run))
+    return [line.replace(SUBGROUP_COUNT_PLACEHOLDER, count) for line in lines]
 
 
 def multivariate_section(result: MultivariateResult, sensitivity: pd.DataFrame) -> list[str]:
@@ -541,7 +656,8 @@ def engine_section(run: RunResult) -> list[str]:
 
 def build_report_markdown(run: RunResult) -> str:
     """The complete ``report.md`` text of a run."""
-    lines = header_section(run) + methods_section(run) + pooled_section(run.primary, engine=run.engine)
+    lines = header_section(run) + conclusions_section(run) + methods_section(run)
+    lines += pooled_section(run.primary, engine=run.engine)
     if run.skipped:
         lines += ["Outcomes not analysed: " + "; ".join(f"{k} ({v})" for k, v in run.skipped.items()), ""]
     lines += rob_section(run) + outcome_sections(run)

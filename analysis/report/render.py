@@ -94,6 +94,10 @@ def build_artifacts(analysis: OutcomeAnalysis) -> OutcomeArtifacts:
         jsons["ppc"] = analysis.ppc.to_dict()
     if analysis.loo_pit is not None:
         jsons["loo_pit"] = analysis.loo_pit.to_dict()
+    if analysis.decision is not None:
+        jsons["decision"] = analysis.decision.to_dict()
+    if analysis.rob is not None:
+        jsons["rob"] = analysis.rob.to_dict()
     if analysis.subgroups:
         jsons["subgroups"] = analysis.subgroups.to_dict()
     if analysis.small_study is not None:

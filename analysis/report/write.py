@@ -170,7 +170,8 @@ def write_artifacts(run: RunResult, stage: Path) -> None:
         write_csv(stage / "tables" / f"{name}.csv", pd.concat(frames, ignore_index=True))
     if run.multivariate is not None:
         write_multivariate(run.multivariate, stage)
-    kinds = ("arm", "nuts", "exact", "ppc", "loo_pit", "subgroups", "small_study", "influence", "reproduction")
+    kinds = ("arm", "nuts", "exact", "ppc", "loo_pit", "decision", "rob", "subgroups", "small_study", "influence")
+    kinds += ("reproduction",)
     for kind in (*kinds, "skipped"):
         parts = {oid: art.jsons[kind] for oid, art in run.outcomes.items() if kind in art.jsons}
         if parts:

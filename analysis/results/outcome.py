@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from analysis.checks.risk_of_bias import RobSensitivity
+from analysis.inference.decision_result import DecisionQuantities
 from analysis.results.influence import InfluenceResult
 from analysis.results.meta_regression import SubgroupResults
 from analysis.results.predictive import LooPitResult, PPCResult
@@ -43,6 +45,10 @@ class OutcomeAnalysis:
     arm: MetaAnalysisResult | None = None
     #: the default fit under alternative priors by PSIS reweighting (analysis.checks.reweighting)
     prior_grid_default: pd.DataFrame | None = None
+    #: P(mu > delta), the new study and its replication (analysis.inference.decision), from the primary fit
+    decision: DecisionQuantities | None = None
+    #: the pooled effect by SYRCLE risk-of-bias judgement (analysis.checks.risk_of_bias)
+    rob: RobSensitivity | None = None
     seconds: float = 0.0
 
     @property

@@ -11,6 +11,7 @@ import xarray as xr
 
 from analysis.config import INTERVAL_KIND
 from analysis.dataset.load import Outcome
+from analysis.inference.decision_result import DecisionQuantities
 from analysis.results.checks import Check
 from analysis.results.diagnostics import Diagnostics
 
@@ -50,6 +51,9 @@ class MetaAnalysisResult:
     checks : list of Check
         The calibrated model checks of the fit (:func:`analysis.checks.calibrated.checks_of`); empty
         where none ran (exact fits, models without a predictive check).
+    decision : DecisionQuantities or None
+        P(mu > delta), the new study's predicted effect and replication probability
+        (:func:`analysis.inference.decision.decision_quantities`; NUTS random-effects fits).
     """
 
     dataset: str
@@ -68,6 +72,7 @@ class MetaAnalysisResult:
     measure: str = "SMD"
     pymc_model: Any = field(default=None, repr=False)
     checks: list[Check] = field(default_factory=list)
+    decision: DecisionQuantities | None = None
 
     @property
     def k(self) -> int:
@@ -122,6 +127,8 @@ class MetaAnalysisResult:
             out["diagnostics"] = self.diagnostics.to_dict() | {"retried": self.retried}
         out["converged"] = self.converged
         out["checks"] = [c.to_dict() for c in self.checks]
+        if self.decision is not None:
+            out["decision"] = self.decision.to_dict()
         out["settings"] = dict(self.settings)
         return out
 
@@ -154,15 +161,16 @@ def format_result(result: MetaAnalysisResult) -> str:
         f"dataset: {result.dataset}   outcome: {o.id} ({o.label}; {better} is better)",
         f"k = {result.k} studies   engine: {engine}",
         "priors: " + ", ".join(f"{name} ~ {prior}" for name, prior in result.priors.items()),
-        "intervals: 95% equal-tailed (eti95); theta_new = true effect of a new study"
-        + (
-            " (a new comparison in it); omega = SD between a study's comparisons" if "omega" in result.summaries else ""
-        ),
+        "intervals: 95% equal-tailed (eti95); theta_new = TRUE effect of a new study"
+        + (" (a new comparison in it)" if "omega" in result.summaries else "")
+        + " (what it would observe adds sampling error)"
+        + ("; omega = SD between a study's comparisons" if "omega" in result.summaries else ""),
         "",
         table.to_string(float_format=lambda z: f"{z:.4f}"),
         "",
         f"P(benefit) = P(mu {'>' if o.direction > 0 else '<'} 0 | data) = {result.prob_benefit:.4f}",
     ]
+    lines += _decision_lines(result) + _check_lines(result)
     if result.diagnostics is not None:
         d = result.diagnostics
         status = "passed" if d.passed else "FAILED: " + "; ".join(d.failures())
@@ -172,6 +180,35 @@ def format_result(result: MetaAnalysisResult) -> str:
             + (" (after one retry)" if result.retried else "")
         )
     return "\n".join(lines)
+
+
+def _decision_lines(result: MetaAnalysisResult) -> list[str]:
+    q = result.decision
+    if q is None:
+        return []
+    sign = ">" if result.outcome.direction > 0 else "<"
+    lines = [f"P(theta_new {sign} 0 | data) = {q.prob_theta_new_benefit:.3f}"]
+    if q.prob_mu_above_min is not None and q.min_effect is not None:
+        delta = result.outcome.direction * q.min_effect
+        lines.insert(0, f"P(mu {sign} {delta:g} | data) = {q.prob_mu_above_min:.3f}  (minimal relevant effect)")
+    if q.new_study_effect is not None and q.prob_replication is not None:
+        e = q.new_study_effect
+        lines.append(
+            f"new study with {q.planned_n} animals per arm: observed g {e['mean']:.2f} "
+            f"[{e['q025']:.2f}, {e['q975']:.2f}] (95% predictive); P(significant at 0.05 in the direction "
+            f"of benefit) = {q.prob_replication:.3f}"
+        )
+    return lines + ([f"note: {q.note}"] if q.note else [])
+
+
+def _check_lines(result: MetaAnalysisResult) -> list[str]:
+    if not result.checks:
+        return []
+    parts = []
+    for c in result.checks:
+        rate = "not calibrated" if c.false_alarm_rate is None else f"false alarms {100 * c.false_alarm_rate:.1f}%"
+        parts.append(f"{c.name} p = {c.p_value:.3f}{' FLAGGED' if c.flagged else ''} ({rate})")
+    return [f"checks (sampled posterior p, level {result.checks[0].nominal_level:g}): " + "; ".join(parts)]
 
 
 def _nuts_text(result: MetaAnalysisResult) -> str:

@@ -31,6 +31,7 @@ from analysis.checks.influence import influence_analysis
 from analysis.checks.influence_arm import arm_leave_one_out
 from analysis.checks.loo_pit import arm_loo_pit
 from analysis.checks.reproduce import reproduce_published
+from analysis.checks.risk_of_bias import rob_sensitivity
 from analysis.checks.reweighting import reweighted_prior_grid
 from analysis.checks.sensitivity import power_scaling, prior_grid, top_level_parameters
 from analysis.dataset.effects import EffectTable, compute_effects
@@ -42,6 +43,7 @@ from analysis.fitting.multivariate import fit_multivariate, rho_within_sensitivi
 from analysis.fitting.random_effects import fit_random_effects
 from analysis.fitting.sampling import SamplerSettings
 from analysis.fitting.small_study import fit_small_study
+from analysis.inference.decision import DecisionSettings, decision_quantities
 from analysis.report.artifacts import MultivariateArtifacts, OutcomeArtifacts, RunResult
 from analysis.report.files import json_text
 from analysis.report.render import build_artifacts, build_multivariate_artifacts
@@ -76,6 +78,7 @@ class OutcomeJob:
     sampler: SamplerSettings
     kind: str = "outcome"
     engine: str = "nuts"
+    decision: DecisionSettings = DecisionSettings()
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ def analyse_outcome(
     seed: int,
     engine: str = "nuts",
     progressbar: bool = False,
+    decision: DecisionSettings = DecisionSettings(),
 ) -> OutcomeAnalysis:
     """Fit, check and compare one outcome (see the module docstring).
 
@@ -122,6 +126,9 @@ def analyse_outcome(
     if engine == "nuts":
         _nuts_analyses(
             analysis, dataset, table, outcome, priors=priors, sampler=sampler, seed=seed, progressbar=progressbar
+        )
+        analysis.decision = analysis.primary.decision = decision_quantities(
+            analysis.primary, dataset, min_effect=decision.min_effect, planned_n=decision.planned_n, seed=seed
         )
         fits = {"NUTS, normal likelihood (default priors)": analysis.nuts.to_dict()} | fits
         if analysis.arm is not None:
@@ -147,6 +154,10 @@ def analyse_outcome(
             analysis,
             "subgroups",
             lambda: fit_subgroups_one_at_a_time(dataset, outcome, engine="exact", priors=priors, table=table),
+        )
+    if any(c.startswith("rob_") for c in dataset.studies.columns):
+        analysis.rob = _optional(
+            analysis, "risk-of-bias sensitivity", lambda: rob_sensitivity(dataset, outcome, priors=priors, table=table)
         )
     analysis.small_study = _optional(
         analysis,
@@ -242,7 +253,14 @@ def run_outcome_fits(job: OutcomeJob) -> OutcomeAnalysis:
     """Worker entry point: analyse one outcome (picklable result, no PyMC models)."""
     started = time.perf_counter()
     analysis = analyse_outcome(
-        job.dataset, job.table, job.outcome, priors=job.priors, sampler=job.sampler, seed=job.seed, engine=job.engine
+        job.dataset,
+        job.table,
+        job.outcome,
+        priors=job.priors,
+        sampler=job.sampler,
+        seed=job.seed,
+        engine=job.engine,
+        decision=job.decision,
     )
     analysis.nuts = None if analysis.nuts is None else without_model(analysis.nuts)
     analysis.arm = None if analysis.arm is None else without_model(analysis.arm)
@@ -259,7 +277,14 @@ def run_outcome_figures(job: OutcomeJob, analysis: OutcomeAnalysis) -> OutcomeAr
 
 
 def _jobs(
-    dataset: Dataset, table: EffectTable, *, seed: int, priors: PriorSet, sampler: SamplerSettings, engine: str
+    dataset: Dataset,
+    table: EffectTable,
+    *,
+    seed: int,
+    priors: PriorSet,
+    sampler: SamplerSettings,
+    engine: str,
+    decision: DecisionSettings = DecisionSettings(),
 ) -> tuple[list[OutcomeJob], dict[str, str]]:
     """One job per outcome with data (seed ``seed + j`` for the j-th declared outcome), and the skipped ones."""
     files = {
@@ -269,6 +294,7 @@ def _jobs(
     }
     source = cache.source_digest()
     common = {"dataset": dataset, "table": table, "priors": priors, "sampler": sampler, "engine": engine}
+    common["decision"] = decision
     jobs, skipped = [], {}
     for j, outcome in enumerate(dataset.outcomes):
         rows = table.data[table.data["outcome"] == outcome]
@@ -277,6 +303,7 @@ def _jobs(
             skipped[outcome] = "no study reports this outcome"
             continue
         settings = {"priors": priors.to_dict(), "sampler": asdict(sampler), "seed": seed + j, "engine": engine}
+        settings["decision"] = asdict(decision)
         settings["measure"] = dataset.effect_measure  # --measure may differ from dataset.toml
         key = cache.outcome_key(
             source=source,
@@ -430,6 +457,7 @@ def plan_run(
     priors: PriorSet | None = None,
     sampler: SamplerSettings | None = None,
     engine: str = "nuts",
+    decision: DecisionSettings = DecisionSettings(),
 ) -> RunPlan:
     """Load and validate the dataset (unless given loaded) and plan its jobs without running them."""
     if engine not in ENGINES:
@@ -437,7 +465,9 @@ def plan_run(
     dataset = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     priors, sampler = priors or default_priors(dataset.effect_measure), sampler or SamplerSettings()
     table = compute_effects(dataset)
-    jobs, skipped = _jobs(dataset, table, seed=seed, priors=priors, sampler=sampler, engine=engine)
+    jobs, skipped = _jobs(
+        dataset, table, seed=seed, priors=priors, sampler=sampler, engine=engine, decision=decision
+    )
     notes = () if engine == "nuts" else ("the multivariate model was not fitted: it needs NUTS (--engine nuts)",)
     return RunPlan(
         dataset=dataset,
@@ -463,6 +493,7 @@ def run_analysis(
     progress: Progress = _silent,
     workers: int = 2,
     use_cache: bool = True,
+    decision: DecisionSettings = DecisionSettings(),
 ) -> RunResult:
     """Run every analysis step on a dataset (no report files are written here).
 
@@ -486,11 +517,13 @@ def run_analysis(
         Worker processes for outcomes that are not cached (1 = in this process).
     use_cache : bool
         Load and store per-outcome artifacts in the content-addressed cache.
+    decision : DecisionSettings
+        Minimal relevant effect and planned arm size of the decision quantities (defaults if omitted).
     """
     clock = time.perf_counter()
     if not isinstance(dataset, Dataset):
         progress(f"loading and validating {dataset}")
-    plan = plan_run(dataset, seed=seed, priors=priors, sampler=sampler, engine=engine)
+    plan = plan_run(dataset, seed=seed, priors=priors, sampler=sampler, engine=engine, decision=decision)
     return execute_plan(plan, progress=progress, workers=workers, use_cache=use_cache, started=clock)
 
 

@@ -1,0 +1,163 @@
+"""The report's conclusions: one row per outcome, each statement traceable to a number further down.
+
+Effect (with the likelihood named), consistency, risk of bias, small-study evidence and
+robustness come from the outcome's primary fit and its checks; the certainty rating from
+:func:`analysis.inference.certainty.rate`. Robustness is the range of the pooled effect over the
+prior grid (PSIS-reweighted default fit), over leave-one-study-out (integrated PSIS of the default
+fit) and, for outcomes of the multivariate model, over its within-study correlation grid; it says
+whether the conclusion about relevance (or, without a minimal relevant effect, direction) survives.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.checks.risk_of_bias import KEY_DOMAIN_GROUPS, low_risk_studies
+from analysis.dataset.load import Dataset
+from analysis.inference.certainty import Certainty, Evidence, rate
+from analysis.report.artifacts import OutcomeArtifacts, RunResult
+from analysis.report.tables import markdown_table
+from analysis.results.random_effects import MetaAnalysisResult
+
+__all__ = ["conclusions_section", "outcome_evidence", "robustness_range"]
+
+
+def _benefit(d: int, lo: float, hi: float) -> tuple[float, float]:
+    a, b = d * lo, d * hi
+    return (min(a, b), max(a, b))
+
+
+def _n_low_risk(dataset: Dataset, studies: list[str]) -> int | None:
+    """Studies (of ``studies``) at low risk on randomisation and blinding; None without judgements."""
+    domains = [d for d in KEY_DOMAIN_GROUPS["both"] if f"rob_{d}" in dataset.studies.columns]
+    if not domains:
+        return None
+    table = dataset.studies[dataset.studies["study"].astype(str).isin(studies)]
+    return len(low_risk_studies(table, domains))
+
+
+def outcome_evidence(fit: MetaAnalysisResult, dataset: Dataset) -> Evidence:
+    """The numbers of one outcome's primary fit that its certainty rating rests on."""
+    d = fit.outcome.direction
+    mu, new = fit.summaries["mu"], fit.summaries["theta_new"]
+    asym = next((c for c in fit.checks if c.name == "egger_slope"), None)
+    delta = None if fit.decision is None else fit.decision.min_effect
+    return Evidence(
+        k=fit.k,
+        mu_interval=_benefit(d, mu["q025"], mu["q975"]),
+        theta_new_interval=_benefit(d, new["q025"], new["q975"]),
+        min_effect=delta,
+        n_low_risk=_n_low_risk(dataset, [str(s) for s in fit.studies["study"]]),
+        asymmetry_p=None if asym is None else asym.p_value,
+        asymmetry_flagged=bool(asym is not None and asym.flagged),
+    )
+
+
+def robustness_range(art: OutcomeArtifacts, multivariate: dict | None) -> dict[str, tuple[float, float]]:
+    """Range of the pooled effect's posterior mean (natural scale) under each sensitivity analysis."""
+    out = {}
+    grid = art.tables.get("prior_grid_default_model")
+    if grid is not None and len(grid):
+        ok = grid[grid["reliable"].astype(bool)]
+        if len(ok):
+            out["prior grid"] = (float(ok["mu_mean"].min()), float(ok["mu_mean"].max()))
+    loo = (art.jsons.get("influence") or {}).get("default_model")
+    if loo:
+        means = [s["mu"]["mean"] for s in loo["studies"] if s.get("reliable", True)]
+        if means:
+            out["leave one study out"] = (float(min(means)), float(max(means)))
+    if multivariate:
+        rows = [
+            r["mean"]
+            for r in multivariate.get("rho_within_sensitivity", [])
+            if r["outcome"] == art.outcome and r["parameter"] == "mu"
+        ]
+        if rows:
+            out["within-study correlation (multivariate)"] = (float(min(rows)), float(max(rows)))
+    return out
+
+
+def _effect_text(fit: MetaAnalysisResult) -> str:
+    mu = fit.summaries["mu"]
+    text = f"μ {mu['mean']:.2f} [{mu['q025']:.2f}, {mu['q975']:.2f}] ({fit.likelihood_label})"
+    q = fit.decision
+    if q is not None and q.prob_mu_above_min is not None and q.min_effect is not None:
+        text += f"; P(benefit > {q.min_effect:g}) = {q.prob_mu_above_min:.2f}"
+    return text
+
+
+def _consistency_text(fit: MetaAnalysisResult) -> str:
+    tau, new = fit.summaries["tau"], fit.summaries["theta_new"]
+    text = f"τ {tau['median']:.2f}; new study's true effect [{new['q025']:.2f}, {new['q975']:.2f}]"
+    if fit.decision is not None:
+        text += f", P(benefit) = {fit.decision.prob_theta_new_benefit:.2f}"
+    return text
+
+
+def _rob_text(e: Evidence) -> str:
+    if e.n_low_risk is None:
+        return "not judged"
+    return f"{e.n_low_risk} of {e.k} studies at low risk on randomisation and blinding"
+
+
+def _bias_text(e: Evidence) -> str:
+    if e.asymmetry_p is None:
+        return "asymmetry not checked"
+    verdict = "flagged" if e.asymmetry_flagged else "not flagged"
+    few = f"; k = {e.k}: little power" if e.k < 10 else ""
+    return f"asymmetry check {verdict} (p = {e.asymmetry_p:.2f}){few}"
+
+
+def _robustness_text(ranges: dict[str, tuple[float, float]], fit: MetaAnalysisResult, e: Evidence) -> str:
+    if not ranges:
+        return "not assessed"
+    d = fit.outcome.direction
+    lows = [min(d * lo, d * hi) for lo, hi in ranges.values()]
+    threshold = 0.0 if e.min_effect is None else e.min_effect
+    parts = "; ".join(f"{name} {lo:.2f} to {hi:.2f}" for name, (lo, hi) in ranges.items())
+    holds = "benefit" if e.min_effect is None else f"effect > {e.min_effect:g}"
+    verdict = f"{holds} in every analysis" if min(lows) > threshold else f"{holds} NOT in every analysis"
+    return f"μ: {parts} ({verdict})"
+
+
+def _certainty_text(c: Certainty) -> str:
+    if not c.downgrades:
+        return f"**{c.level}**"
+    return f"**{c.level}** (−1 for " + "; −1 for ".join(f"{domain}: {why}" for domain, why in c.downgrades) + ")"
+
+
+def conclusions_section(run: RunResult) -> list[str]:
+    """The conclusions table at the top of the report (one row per outcome) and how to read it."""
+    if not run.outcomes:
+        return []
+    multivariate = None if run.multivariate is None else run.multivariate.json
+    rows, notes = [], set()
+    for oid, art in run.outcomes.items():
+        fit = art.primary
+        e = outcome_evidence(fit, run.dataset)
+        c = rate(e)
+        notes.update(c.notes)
+        rows.append(
+            {
+                "outcome": f"{fit.outcome.label} ({oid}), k = {fit.k}",
+                "effect (95% ETI)": _effect_text(fit),
+                "consistency": _consistency_text(fit),
+                "risk of bias": _rob_text(e),
+                "small-study / selection": _bias_text(e),
+                "robustness": _robustness_text(robustness_range(art, multivariate), fit, e),
+                "certainty": _certainty_text(c),
+            }
+        )
+    lines = [
+        "## Conclusions",
+        "",
+        "What the evidence supports for each outcome and how firmly. Effects are on the measure's scale "
+        "(treatment − control); 'benefit' uses the outcome's direction. Certainty follows GRADE for animal "
+        "studies (Hooijmans et al. 2018): it starts high and loses one level per serious concern, with the "
+        "reason given; the rules are in the README ('Conclusions and certainty'). Every number is "
+        "repeated, with its method, in the outcome's section below.",
+        "",
+        markdown_table(pd.DataFrame(rows)),
+        "",
+    ]
+    return lines + [f"- {note[0].upper()}{note[1:]}." for note in sorted(notes)] + [""]
