@@ -52,6 +52,9 @@ _EXPORTS: dict[str, str] = {
     "MetaAnalysisResult": "analysis.results.random_effects",
     # checks and comparisons
     "posterior_predictive_check": "analysis.checks.predictive",
+    "check_fit": "analysis.checks.calibrated",
+    "decision_quantities": "analysis.inference.decision",
+    "rob_sensitivity": "analysis.checks.risk_of_bias",
     "power_scaling": "analysis.checks.sensitivity",
     "prior_grid": "analysis.checks.sensitivity",
     "influence_analysis": "analysis.checks.influence",
@@ -73,6 +76,8 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "Dataset",
     "DatasetError",
+    "check_fit",
+    "decision_quantities",
     "EffectTable",
     "ImportReport",
     "MetaAnalysisResult",
@@ -100,6 +105,7 @@ __all__ = [
     "power_scaling",
     "prior_grid",
     "rma_uni",
+    "rob_sensitivity",
     "run_analysis",
     "simulate_dataset",
     "standard_comparison",
@@ -112,9 +118,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from analysis.checks.calibrated import check_fit
     from analysis.checks.compare import compare_table, standard_comparison
     from analysis.checks.influence import influence_analysis
     from analysis.checks.predictive import posterior_predictive_check
+    from analysis.checks.risk_of_bias import rob_sensitivity
     from analysis.checks.sensitivity import power_scaling, prior_grid
     from analysis.dataset.effects import EffectTable, compute_effects, study_effects, with_measure
     from analysis.dataset.load import Dataset, load_dataset
@@ -128,6 +136,7 @@ if TYPE_CHECKING:
     from analysis.fitting.sampling import SamplerSettings
     from analysis.fitting.small_study import fit_small_study
     from analysis.importing.comparisons import ImportReport, import_comparisons
+    from analysis.inference.decision import decision_quantities
     from analysis.plots.compare import compare_forest
     from analysis.plots.forest import forest_plot, pooled_summary_plot
     from analysis.plots.influence import influence_plot

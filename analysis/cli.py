@@ -427,7 +427,8 @@ def _add_decision_options(p: argparse.ArgumentParser) -> None:
         "--min-effect",
         type=float,
         default=None,
-        help=f"minimal relevant effect on the measure's scale, benefit direction, for P(mu > delta) (default: {defaults})",
+        help=f"minimal relevant effect on the measure's scale, benefit direction, for P(mu > delta) "
+        f"(default: {defaults})",
     )
     p.add_argument(
         "--planned-n",

@@ -64,19 +64,21 @@ def test_sampled_p_values_tails():
 
 def test_check_flags_below_its_level():
     check = Check("Q", 3.0, 0.049, NOMINAL_LEVEL, 0.05, "x")
-    assert check.flagged and not Check("Q", 3.0, 0.05, NOMINAL_LEVEL, 0.05, "x").flagged
+    assert check.flagged is True and Check("Q", 3.0, 0.05, NOMINAL_LEVEL, 0.05, "x").flagged is False
+    assert Check("Q", 3.0, 0.001, NOMINAL_LEVEL, None, "not measured").flagged is None  # no calibration, no flag
     assert set(check.to_dict()) >= {"name", "statistic", "p_value", "nominal_level", "flagged", "false_alarm_rate"}
 
 
 def test_check_fit_stores_the_checks_of_an_arm_fit():
     dataset, fit = tiny_arm_fit()
     ppc = check_fit(fit, dataset, seed=5)
-    assert ppc is not None and fit.checks == checks_of(ppc, "arm")
+    assert ppc is not None and fit.checks == checks_of(ppc, "arm", measure="SMD")
     assert {c.name for c in fit.checks} == set(ppc.sampled) == set(ppc.statistics)
     for check in fit.checks:
         assert 0.0 <= check.p_value <= 1.0
-        assert check.flagged == (check.p_value < check.nominal_level)
-        assert check.false_alarm_rate == FALSE_ALARM_RATES.get(("arm", check.name, check.nominal_level))
+        rate = FALSE_ALARM_RATES.get(("arm", check.name, check.nominal_level))
+        assert check.false_alarm_rate == rate
+        assert check.flagged == (None if rate is None else check.p_value < check.nominal_level)
     out = json.loads(json.dumps(fit.to_dict()))
     assert [c["name"] for c in out["checks"]] == [c.name for c in fit.checks]
     # the sampled p-value uses one draw: another seed picks another draw
@@ -94,3 +96,13 @@ def test_false_alarm_rates_are_the_committed_calibration_study():
         for level in study["settings"]["nominal_levels"]
     }
     assert FALSE_ALARM_RATES == pytest.approx(measured)
+
+
+def test_uncalibrated_slope_of_the_normal_likelihood_on_smds_is_not_a_check():
+    dataset, fit = tiny_arm_fit()
+    ppc = check_fit(fit, dataset, seed=5)
+    assert ppc is not None and "egger_slope" in ppc.sampled
+    names = {c.name for c in checks_of(ppc, "normal", measure="SMD")}
+    assert "egger_slope" not in names and names == set(ppc.sampled) - {"egger_slope"}
+    other = checks_of(ppc, "normal", measure="ROM")  # calibrated by theory, not measured: no flags
+    assert "egger_slope" in {c.name for c in other} and all(c.flagged is None for c in other)

@@ -1,4 +1,4 @@
-"""Certainty rating (:mod:`analysis.inference.certainty`): each GRADE-style rule fires when, and only when, it should."""
+"""Certainty rating (:mod:`analysis.inference.certainty`): each GRADE-style rule fires when, and only when, due."""
 
 from __future__ import annotations
 

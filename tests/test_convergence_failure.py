@@ -69,6 +69,10 @@ def test_cli_fit_exits_3_and_still_writes_the_marked_result(tmp_path, capsys):
             "2",
             "--seed",
             "3",
+            "--min-effect",
+            "0.3",
+            "--planned-n",
+            "7",
             "--json",
             str(target),
         ]
@@ -78,3 +82,8 @@ def test_cli_fit_exits_3_and_still_writes_the_marked_result(tmp_path, capsys):
     assert "FAILED convergence gates: BMD" in err
     written = json.loads(target.read_text())
     assert written["converged"] is False and written["diagnostics"]["retried"] is True
+    # the decision inputs and the calibrated checks reach the JSON of evmeta fit
+    assert written["decision"]["min_effect"] == 0.3 and written["decision"]["planned_n"] == 7
+    names = {c["name"] for c in written["checks"]}
+    assert names == {"Q", "max_std_residual", "egger_slope"}
+    assert all(c["flagged"] in (c["p_value"] < c["nominal_level"], None) for c in written["checks"])

@@ -163,3 +163,16 @@ def test_a_run_keeps_other_reports_and_files_in_its_folder(tmp_path):
     _keep_foreign_files(out, stage)
     kept = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
     assert kept == ["benchmark.json", "other/figures/a.png", "other/report.md"]
+
+
+def test_conclusions_have_one_rated_row_per_outcome(run_and_report):
+    run, out = run_and_report
+    text = (out / "report.md").read_text()
+    block = text[text.index("## Conclusions") : text.index("## Methods")]
+    rows = [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| outcome")]
+    assert len(rows) == len(run.outcomes)
+    levels = ("**high**", "**moderate**", "**low**", "**very low**")
+    for oid, row in zip(run.outcomes, rows, strict=True):
+        assert row.startswith(f"| {oid}: ") and sum(level in row for level in levels) == 1
+        fit = run.outcomes[oid].primary
+        assert f"μ {fit.summaries['mu']['mean']:.2f}" in row  # traceable to the fit's numbers

@@ -16,8 +16,10 @@ from analysis.results.checks import NOMINAL_LEVEL, Check
 from analysis.results.predictive import PPCResult
 from analysis.results.random_effects import MetaAnalysisResult
 
-__all__ = ["CALIBRATION_SOURCE", "FALSE_ALARM_RATES", "check_fit", "checks_of"]
+__all__ = ["CALIBRATION_SOURCE", "FALSE_ALARM_RATES", "UNCALIBRATED", "check_fit", "checks_of"]
 
+#: The measure of the calibration study's data (the flagship design): rates apply to fits on it only.
+CALIBRATED_MEASURE = "SMD"
 #: Measured flag rate on datasets without misfit: ``(likelihood, check, nominal level) -> rate``
 #: (``reports/calibration.json``, scenario ``null``).
 FALSE_ALARM_RATES: dict[tuple[str, str, float], float] = {}
@@ -28,7 +30,15 @@ CALIBRATION_SOURCE = (
 )
 
 
-def checks_of(ppc: PPCResult, likelihood: str, *, nominal_level: float = NOMINAL_LEVEL) -> list[Check]:
+#: Checks that are not calibrated for a (likelihood, measure) and are therefore not reported as checks:
+#: the normal likelihood holds each SMD's variance fixed although it grows with g, so on SMDs its
+#: funnel slope flags healthy data far above its level (reports/calibration.json).
+UNCALIBRATED: dict[tuple[str, str], tuple[str, ...]] = {("normal", "SMD"): ("egger_slope",)}
+
+
+def checks_of(
+    ppc: PPCResult, likelihood: str, *, measure: str = "SMD", nominal_level: float = NOMINAL_LEVEL
+) -> list[Check]:
     """The calibrated checks of one predictive check result (its sampled posterior p-values).
 
     Parameters
@@ -39,17 +49,23 @@ def checks_of(ppc: PPCResult, likelihood: str, *, nominal_level: float = NOMINAL
         :func:`analysis.checks.predictive_arm.arm_posterior_predictive_check`).
     likelihood : str
         Likelihood of the checked fit (``"arm"`` or ``"normal"``): the calibration is per likelihood.
+    measure : str
+        Effect measure of the fit; statistics in :data:`UNCALIBRATED` for it are left out.
     nominal_level : float
         Level at which each check flags.
 
     Returns
     -------
     list of Check
-        One per statistic, with ``false_alarm_rate`` None where it has not been measured.
+        One per calibrated statistic, with ``false_alarm_rate`` None (and no flag) where it has not
+        been measured: other measures than :data:`CALIBRATED_MEASURE`, or levels the study did not use.
     """
     out = []
+    dropped = UNCALIBRATED.get((likelihood, measure), ())
     for name, value in ppc.sampled.items():
-        rate = FALSE_ALARM_RATES.get((likelihood, name, nominal_level))
+        if name in dropped:
+            continue
+        rate = FALSE_ALARM_RATES.get((likelihood, name, nominal_level)) if measure == CALIBRATED_MEASURE else None
         out.append(
             Check(
                 name=name,
@@ -84,5 +100,5 @@ def check_fit(result: MetaAnalysisResult, dataset: Dataset, *, seed: int = 1) ->
         ppc = posterior_predictive_check(result, seed=seed)
     else:
         return None
-    result.checks = checks_of(ppc, result.likelihood)
+    result.checks = checks_of(ppc, result.likelihood, measure=result.measure)
     return ppc

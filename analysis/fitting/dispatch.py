@@ -13,7 +13,7 @@ from analysis.dataset.effects import EffectTable
 from analysis.dataset.load import Dataset
 from analysis.fitting.random_effects import fit_random_effects
 from analysis.fitting.sampling import SamplerSettings
-from analysis.inference.decision import DecisionSettings, decision_quantities
+from analysis.inference.decision import DEFAULT_DECISION, DecisionSettings, decision_quantities
 from analysis.results.fit_result import OutcomeFit
 from analysis.results.random_effects import MetaAnalysisResult
 from models.priors import PriorSet, PriorSpec
@@ -45,7 +45,7 @@ class FitRequest:
     moderator: str | None = None
     progressbar: bool = False
     likelihood: str = "default"
-    decision: DecisionSettings = DecisionSettings()
+    decision: DecisionSettings = DEFAULT_DECISION
     #: meta-regression: prior N(0, S²) of every slope (None: the default S), its scale and centring.
     beta_prior: PriorSpec | None = None
     slope_scale: str = "standardised"

@@ -32,7 +32,14 @@ from analysis.dataset.smd import correction_j
 from analysis.inference.decision_result import DecisionQuantities
 from analysis.results.random_effects import MetaAnalysisResult
 
-__all__ = ["MIN_EFFECT_DEFAULTS", "DecisionSettings", "decision_quantities", "new_study_draws", "planned_arm_size"]
+__all__ = [
+    "DEFAULT_DECISION",
+    "MIN_EFFECT_DEFAULTS",
+    "DecisionSettings",
+    "decision_quantities",
+    "new_study_draws",
+    "planned_arm_size",
+]
 
 #: Default minimal relevant effect per measure. SMD 0.5: half a control-group SD, Cohen's
 #: "medium" effect and the smallest effect preclinical power calculations usually target
@@ -57,6 +64,10 @@ class DecisionSettings:
             raise ValueError(f"the planned arm size must be at least 2, got {self.planned_n}")
         if self.min_effect is not None and not np.isfinite(self.min_effect):
             raise ValueError(f"the minimal relevant effect must be finite, got {self.min_effect}")
+
+
+#: The defaults: minimal relevant effect of the measure, median arm size.
+DEFAULT_DECISION = DecisionSettings()
 
 
 def planned_arm_size(dataset: Dataset, outcome: str) -> int | None:

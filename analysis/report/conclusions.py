@@ -49,7 +49,7 @@ def outcome_evidence(fit: MetaAnalysisResult, dataset: Dataset) -> Evidence:
         min_effect=delta,
         n_low_risk=_n_low_risk(dataset, [str(s) for s in fit.studies["study"]]),
         asymmetry_p=None if asym is None else asym.p_value,
-        asymmetry_flagged=bool(asym is not None and asym.flagged),
+        asymmetry_flagged=asym is not None and asym.flagged is True,
     )
 
 
@@ -67,8 +67,10 @@ def robustness_range(art: OutcomeArtifacts, multivariate: dict | None) -> dict[s
         if means:
             out["leave one study out"] = (float(min(means)), float(max(means)))
     if multivariate:
+        # the multivariate model works on the benefit scale (effect x direction): back to the natural one
+        sign = art.primary.outcome.direction if str(multivariate.get("scale", "")).startswith("benefit") else 1
         rows = [
-            r["mean"]
+            sign * r["mean"]
             for r in multivariate.get("rho_within_sensitivity", [])
             if r["outcome"] == art.outcome and r["parameter"] == "mu"
         ]
@@ -115,8 +117,8 @@ def _robustness_text(ranges: dict[str, tuple[float, float]], fit: MetaAnalysisRe
     lows = [min(d * lo, d * hi) for lo, hi in ranges.values()]
     threshold = 0.0 if e.min_effect is None else e.min_effect
     parts = "; ".join(f"{name} {lo:.2f} to {hi:.2f}" for name, (lo, hi) in ranges.items())
-    holds = "benefit" if e.min_effect is None else f"effect > {e.min_effect:g}"
-    verdict = f"{holds} in every analysis" if min(lows) > threshold else f"{holds} NOT in every analysis"
+    holds = "a benefit" if e.min_effect is None else f"beyond the minimal relevant {e.min_effect:g}"
+    verdict = f"mean {holds} in every analysis" if min(lows) > threshold else f"mean NOT {holds} in every analysis"
     return f"μ: {parts} ({verdict})"
 
 
@@ -139,7 +141,7 @@ def conclusions_section(run: RunResult) -> list[str]:
         notes.update(c.notes)
         rows.append(
             {
-                "outcome": f"{fit.outcome.label} ({oid}), k = {fit.k}",
+                "outcome": f"{oid}: {fit.outcome.label}, k = {fit.k}",
                 "effect (95% ETI)": _effect_text(fit),
                 "consistency": _consistency_text(fit),
                 "risk of bias": _rob_text(e),

@@ -143,9 +143,12 @@ def pooled_section(results: Sequence[MetaAnalysisResult], *, engine: str = "nuts
                 f"{r.summaries['tau']['median']:.2f} "
                 f"[{r.summaries['tau']['q025']:.2f}, {r.summaries['tau']['q975']:.2f}]"
             ),
-            "prediction eti95": f"[{r.summaries['theta_new']['q025']:.2f}, {r.summaries['theta_new']['q975']:.2f}]",
+            "θ_new (true effect of a new study) eti95": (
+                f"[{r.summaries['theta_new']['q025']:.2f}, {r.summaries['theta_new']['q975']:.2f}]"
+            ),
             "I² median": f"{100 * r.summaries['I2']['median']:.0f}%",
             "P(benefit)": f"{r.prob_benefit:.3f}",
+            "P(benefit > δ)": _prob_above_min(r),
             "likelihood": r.likelihood_label,
             "gates": "passed" if r.converged else "**FAILED**",
         }
@@ -153,6 +156,14 @@ def pooled_section(results: Sequence[MetaAnalysisResult], *, engine: str = "nuts
     ]
     title = "## Pooled effects (NUTS)" if engine == "nuts" else "## Pooled effects (exact engine, normal likelihood)"
     return [title, "", markdown_table(pd.DataFrame(rows)), "", figure_link("pooled_summary"), ""]
+
+
+def _prob_above_min(r: MetaAnalysisResult) -> str:
+    """P(mu beyond the minimal relevant effect) with delta, or a dash where it was not computed."""
+    q = r.decision
+    if q is None or q.prob_mu_above_min is None or q.min_effect is None:
+        return "—"
+    return f"{q.prob_mu_above_min:.3f} (δ = {q.min_effect:g})"
 
 
 #: What each check's discrepancy measures, for the checks table.
@@ -163,13 +174,16 @@ _CHECK_TEXT = {
 }
 
 
+_FLAG_TEXT = {True: "**FLAGGED**", False: "no", None: "— (not calibrated)"}
+
+
 def _checks_table(analysis: OutcomeAnalysis) -> str:
     rows = [
         {
             "check": _CHECK_TEXT.get(c.name, c.name),
             "T(y)": f"{c.statistic:.3f}",
             "p (sampled)": f"{c.p_value:.3f}",
-            f"flagged at {c.nominal_level:g}": "**FLAGGED**" if c.flagged else "no",
+            f"flagged at {c.nominal_level:g}": _FLAG_TEXT[c.flagged],
             "false-alarm rate (measured)": "not measured"
             if c.false_alarm_rate is None
             else f"{100 * c.false_alarm_rate:.1f}%",

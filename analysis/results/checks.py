@@ -24,7 +24,8 @@ class Check:
         The check flags when ``p_value < nominal_level``.
     false_alarm_rate : float or None
         Flag rate at ``nominal_level`` measured on datasets without misfit (the flagship design,
-        ``reports/calibration.json``); None where it has not been measured for this likelihood.
+        ``reports/calibration.json``); None where it has not been measured (then the check reports
+        its p-value but never a flag).
     calibration : str
         Where ``false_alarm_rate`` comes from, in words.
     """
@@ -37,8 +38,10 @@ class Check:
     calibration: str
 
     @property
-    def flagged(self) -> bool:
-        """True if the p-value is below the nominal level."""
+    def flagged(self) -> bool | None:
+        """True if the p-value is below the nominal level; None for a check whose calibration was not measured."""
+        if self.false_alarm_rate is None:
+            return None
         return self.p_value < self.nominal_level
 
     def to_dict(self) -> dict[str, str | float | bool | None]:

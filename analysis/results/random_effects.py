@@ -208,6 +208,8 @@ def _check_lines(result: MetaAnalysisResult) -> list[str]:
     for c in result.checks:
         rate = "not calibrated" if c.false_alarm_rate is None else f"false alarms {100 * c.false_alarm_rate:.1f}%"
         parts.append(f"{c.name} p = {c.p_value:.3f}{' FLAGGED' if c.flagged else ''} ({rate})")
+    if any(c.flagged is None for c in result.checks):
+        parts.append("checks without a measured false-alarm rate report no flag")
     return [f"checks (sampled posterior p, level {result.checks[0].nominal_level:g}): " + "; ".join(parts)]
 
 

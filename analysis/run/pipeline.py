@@ -31,8 +31,8 @@ from analysis.checks.influence import influence_analysis
 from analysis.checks.influence_arm import arm_leave_one_out
 from analysis.checks.loo_pit import arm_loo_pit
 from analysis.checks.reproduce import reproduce_published
-from analysis.checks.risk_of_bias import rob_sensitivity
 from analysis.checks.reweighting import reweighted_prior_grid
+from analysis.checks.risk_of_bias import rob_sensitivity
 from analysis.checks.sensitivity import power_scaling, prior_grid, top_level_parameters
 from analysis.dataset.effects import EffectTable, compute_effects
 from analysis.dataset.load import Dataset, load_dataset
@@ -43,7 +43,7 @@ from analysis.fitting.multivariate import fit_multivariate, rho_within_sensitivi
 from analysis.fitting.random_effects import fit_random_effects
 from analysis.fitting.sampling import SamplerSettings
 from analysis.fitting.small_study import fit_small_study
-from analysis.inference.decision import DecisionSettings, decision_quantities
+from analysis.inference.decision import DEFAULT_DECISION, DecisionSettings, decision_quantities
 from analysis.report.artifacts import MultivariateArtifacts, OutcomeArtifacts, RunResult
 from analysis.report.files import json_text
 from analysis.report.render import build_artifacts, build_multivariate_artifacts
@@ -78,7 +78,7 @@ class OutcomeJob:
     sampler: SamplerSettings
     kind: str = "outcome"
     engine: str = "nuts"
-    decision: DecisionSettings = DecisionSettings()
+    decision: DecisionSettings = DEFAULT_DECISION
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def analyse_outcome(
     seed: int,
     engine: str = "nuts",
     progressbar: bool = False,
-    decision: DecisionSettings = DecisionSettings(),
+    decision: DecisionSettings = DEFAULT_DECISION,
 ) -> OutcomeAnalysis:
     """Fit, check and compare one outcome (see the module docstring).
 
@@ -284,7 +284,7 @@ def _jobs(
     priors: PriorSet,
     sampler: SamplerSettings,
     engine: str,
-    decision: DecisionSettings = DecisionSettings(),
+    decision: DecisionSettings = DEFAULT_DECISION,
 ) -> tuple[list[OutcomeJob], dict[str, str]]:
     """One job per outcome with data (seed ``seed + j`` for the j-th declared outcome), and the skipped ones."""
     files = {
@@ -457,7 +457,7 @@ def plan_run(
     priors: PriorSet | None = None,
     sampler: SamplerSettings | None = None,
     engine: str = "nuts",
-    decision: DecisionSettings = DecisionSettings(),
+    decision: DecisionSettings = DEFAULT_DECISION,
 ) -> RunPlan:
     """Load and validate the dataset (unless given loaded) and plan its jobs without running them."""
     if engine not in ENGINES:
@@ -465,9 +465,7 @@ def plan_run(
     dataset = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     priors, sampler = priors or default_priors(dataset.effect_measure), sampler or SamplerSettings()
     table = compute_effects(dataset)
-    jobs, skipped = _jobs(
-        dataset, table, seed=seed, priors=priors, sampler=sampler, engine=engine, decision=decision
-    )
+    jobs, skipped = _jobs(dataset, table, seed=seed, priors=priors, sampler=sampler, engine=engine, decision=decision)
     notes = () if engine == "nuts" else ("the multivariate model was not fitted: it needs NUTS (--engine nuts)",)
     return RunPlan(
         dataset=dataset,
@@ -493,7 +491,7 @@ def run_analysis(
     progress: Progress = _silent,
     workers: int = 2,
     use_cache: bool = True,
-    decision: DecisionSettings = DecisionSettings(),
+    decision: DecisionSettings = DEFAULT_DECISION,
 ) -> RunResult:
     """Run every analysis step on a dataset (no report files are written here).
 

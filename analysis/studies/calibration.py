@@ -277,21 +277,41 @@ def summarise_predictions(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def markdown_table(summary: pd.DataFrame) -> str:
-    """The summary as a Markdown table (rates in %, Monte Carlo SE in brackets)."""
-    levels = " | ".join(f"flagged at {level:g} (MCSE)" for level in NOMINAL_LEVELS)
-    lines = [
-        f"| scenario | likelihood | statistic | checks (datasets) | {levels} | mean p | SD of p |",
-        "|---|---|---|---|" + "---|" * len(NOMINAL_LEVELS) + "---|---|",
+def _rate(summary: pd.DataFrame, scenario: str, likelihood: str, statistic: str, level: float) -> str:
+    row = summary[
+        (summary["scenario"] == scenario) & (summary["likelihood"] == likelihood) & (summary["statistic"] == statistic)
     ]
-    for _, r in summary.iterrows():
-        rates = " | ".join(
-            f"{100 * r[f'rate_{level:g}']:.1f}% ({100 * r[f'rate_{level:g}_mcse']:.1f})" for level in NOMINAL_LEVELS
-        )
-        counts = f"{r['n_checks']} ({r['n_datasets']})"
+    if row.empty:
+        return "—"
+    r = row.iloc[0]
+    return f"{100 * r[f'rate_{level:g}']:.1f}% ({100 * r[f'rate_{level:g}_mcse']:.1f}; {r['n_checks']})"
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    """Checks and descriptions: false-alarm rate at each level and power at 0.05 per misfit scenario.
+
+    Cells: rate in %, (Monte Carlo SE; number of checked outcomes).
+    """
+    levels = [f"false alarms at {level:g}" for level in NOMINAL_LEVELS]
+    misfits = [s for s in SCENARIOS[1:] if s in set(summary["scenario"])]
+    head = ["likelihood", "statistic", *levels, *(f"power at 0.05: {s}" for s in misfits)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keys = summary[summary["scenario"] == "null"][["likelihood", "statistic"]].drop_duplicates()
+    for likelihood, statistic in keys.itertuples(index=False):
+        cells = [_rate(summary, "null", likelihood, statistic, level) for level in NOMINAL_LEVELS]
+        cells += [_rate(summary, s, likelihood, statistic, 0.05) for s in misfits]
+        lines.append(f"| {likelihood} | {statistic} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def predictions_table(predictions: pd.DataFrame) -> str:
+    """Predicted against observed for the new-study quantities (null scenario, default model)."""
+    lines = ["| prediction | outcomes | predicted (mean) | observed (MCSE) | Brier score |", "|---|---|---|---|---|"]
+    for _, r in predictions.iterrows():
+        brier = "—" if not np.isfinite(r["brier"]) else f"{r['brier']:.3f}"
         lines.append(
-            f"| {r['scenario']} | {r['likelihood']} | {r['statistic']} | {counts} | {rates} "
-            f"| {r['p_mean']:.3f} | {r['p_sd']:.3f} |"
+            f"| {r['statistic']} | {r['n']} | {100 * r['predicted_mean']:.1f}% | "
+            f"{100 * r['observed_rate']:.1f}% ({100 * r['observed_mcse']:.1f}) | {brier} |"
         )
     return "\n".join(lines)
 
@@ -352,10 +372,11 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summary.to_dict(orient="records"),
             "predictions": predictions.to_dict(orient="records"),
             "markdown": markdown_table(summary),
+            "markdown_predictions": predictions_table(predictions) if len(predictions) else "",
         }
         write_json(args.out_dir / "calibration.json", payload)
         print(f"  replicate {min(lo + args.batch, len(tasks))}/{len(tasks)}", file=sys.stderr, flush=True)
-    print("SIMULATED data.\n" + payload["markdown"])
+    print("SIMULATED data.\n" + payload["markdown"] + "\n\n" + payload["markdown_predictions"])
     return 0
 
 
