@@ -22,7 +22,20 @@ __all__ = ["CALIBRATION_SOURCE", "FALSE_ALARM_RATES", "UNCALIBRATED", "check_fit
 CALIBRATED_MEASURE = "SMD"
 #: Measured flag rate on datasets without misfit: ``(likelihood, check, nominal level) -> rate``
 #: (``reports/calibration.json``, scenario ``null``).
-FALSE_ALARM_RATES: dict[tuple[str, str, float], float] = {}
+FALSE_ALARM_RATES: dict[tuple[str, str, float], float] = {
+    ("arm", "max_std_residual", 0.05): 0.04,
+    ("arm", "max_std_residual", 0.1): 0.09666666666666666,
+    ("arm", "Q", 0.05): 0.03333333333333333,
+    ("arm", "Q", 0.1): 0.07333333333333333,
+    ("arm", "egger_slope", 0.05): 0.02666666666666667,
+    ("arm", "egger_slope", 0.1): 0.08666666666666667,
+    ("normal", "max_std_residual", 0.05): 0.04,
+    ("normal", "max_std_residual", 0.1): 0.09333333333333334,
+    ("normal", "Q", 0.05): 0.02,
+    ("normal", "Q", 0.1): 0.07,
+    ("normal", "egger_slope", 0.05): 0.4266666666666667,
+    ("normal", "egger_slope", 0.1): 0.61,
+}
 
 CALIBRATION_SOURCE = (
     "reports/calibration.json: flag rate on simulated flagship datasets without misfit "
@@ -32,8 +45,9 @@ CALIBRATION_SOURCE = (
 
 #: Checks that are not calibrated for a (likelihood, measure) and are therefore not reported as checks:
 #: the normal likelihood holds each SMD's variance fixed although it grows with g, so on SMDs its
-#: funnel slope flags healthy data far above its level (reports/calibration.json).
-UNCALIBRATED: dict[tuple[str, str], tuple[str, ...]] = {("normal", "SMD"): ("egger_slope",)}
+#: funnel slope flags 43% of healthy datasets at 5% and its Q only 2.0% (MCSE 0.8), far from the
+#: level (reports/calibration.json, 300 datasets).
+UNCALIBRATED: dict[tuple[str, str], tuple[str, ...]] = {("normal", "SMD"): ("egger_slope", "Q")}
 
 
 def checks_of(
