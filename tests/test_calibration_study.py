@@ -99,3 +99,28 @@ def test_heavy_tailed_study_effects_keep_the_normal_covariance():
     assert np.all(kurtosis > 4.5)  # t_5: 3 + 6 / (5 - 4) = 9; normal: 3
     with pytest.raises(ValueError, match="exceed 2"):
         _study_effects(np.random.default_rng(1), np.zeros(3), effects_df=2.0)
+
+
+def test_runs_combine_when_their_replicates_are_disjoint(tmp_path):
+    from analysis.studies.calibration import combine, read_rows
+
+    def run(reps):
+        return pd.DataFrame(
+            {
+                "scenario": "null",
+                "rep": reps,
+                "outcome": "BMD",
+                "likelihood": "arm",
+                "statistic": "Q",
+                "p_value": 0.5,
+            }
+        )
+
+    path = tmp_path / "calibration.csv"
+    run([0, 1]).to_csv(path, index=False)
+    first = read_rows(path)
+    assert (first["scenario"] == "null").all()  # "null" is a scenario name, not a missing value
+    both = combine([first, run([2, 3])])
+    assert sorted(both["rep"]) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="more than one run"):
+        combine([first, run([1, 2])])

@@ -47,7 +47,6 @@ __all__ = [
     "MIN_K_REGRESSION_LEVEL",
     "MIN_K_SUBSET",
     "MODEL",
-    "SYRCLE_DOMAINS",
     "RobGroup",
     "RobSensitivity",
     "low_risk_studies",
@@ -55,22 +54,7 @@ __all__ = [
     "subset_table",
 ]
 
-#: The ten SYRCLE risk-of-bias domains (Hooijmans et al. 2014, BMC Med Res Methodol 14:43), as the
-#: ``rob_<domain>`` columns of ``studies.csv``.
-SYRCLE_DOMAINS: tuple[str, ...] = (
-    "sequence_generation",
-    "baseline_characteristics",
-    "allocation_concealment",
-    "random_housing",
-    "blinding_performance",
-    "random_outcome_assessment",
-    "blinding_outcome",
-    "incomplete_data",
-    "selective_reporting",
-    "other",
-)
-
-#: Key domain groups: group -> its SYRCLE domains.
+#: Key domain groups of the SYRCLE tool (Hooijmans et al. 2014, BMC Med Res Methodol 14:43): group -> domains.
 KEY_DOMAIN_GROUPS: dict[str, tuple[str, ...]] = {
     "randomisation": ("sequence_generation", "allocation_concealment"),
     "blinding": ("blinding_performance", "blinding_outcome"),

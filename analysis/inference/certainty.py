@@ -86,11 +86,11 @@ def rate(evidence: Evidence) -> Certainty:
     threshold = 0.0 if e.min_effect is None else e.min_effect
     if lo < threshold < hi:
         what = "no effect" if e.min_effect is None else f"effects below the minimal relevant {e.min_effect:g}"
-        downgrades.append(("imprecision", f"95% interval of μ [{lo:.2f}, {hi:.2f}] includes {what}"))
+        downgrades.append(("imprecision", f"95% interval of μ (benefit scale) [{lo:.2f}, {hi:.2f}] includes {what}"))
     lo_new, hi_new = e.theta_new_interval
     if lo_new < 0.0 < hi_new:
-        interval = f"[{lo_new:.2f}, {hi_new:.2f}]"
-        downgrades.append(("inconsistency", f"a new study's true effect could go either way (95% interval {interval})"))
+        interval = f"95% interval, benefit scale, [{lo_new:.2f}, {hi_new:.2f}]"
+        downgrades.append(("inconsistency", f"a new study's true effect could go either way ({interval})"))
     if e.asymmetry_flagged and e.asymmetry_p is not None:
         downgrades.append(("publication bias", f"funnel-asymmetry check flagged (p = {e.asymmetry_p:.3f})"))
     if e.k < MIN_K_ASYMMETRY:

@@ -41,6 +41,7 @@ def outcome_evidence(fit: MetaAnalysisResult, dataset: Dataset) -> Evidence:
     d = fit.outcome.direction
     mu, new = fit.summaries["mu"], fit.summaries["theta_new"]
     asym = next((c for c in fit.checks if c.name == "egger_slope"), None)
+    calibrated = asym is not None and asym.flagged is not None
     delta = None if fit.decision is None else fit.decision.min_effect
     return Evidence(
         k=fit.k,
@@ -48,24 +49,30 @@ def outcome_evidence(fit: MetaAnalysisResult, dataset: Dataset) -> Evidence:
         theta_new_interval=_benefit(d, new["q025"], new["q975"]),
         min_effect=delta,
         n_low_risk=_n_low_risk(dataset, [str(s) for s in fit.studies["study"]]),
-        asymmetry_p=None if asym is None else asym.p_value,
-        asymmetry_flagged=asym is not None and asym.flagged is True,
+        asymmetry_p=asym.p_value if calibrated else None,
+        asymmetry_flagged=calibrated and asym.flagged is True,
     )
 
 
 def robustness_range(art: OutcomeArtifacts, multivariate: dict | None) -> dict[str, tuple[float, float]]:
-    """Range of the pooled effect's posterior mean (natural scale) under each sensitivity analysis."""
+    """Range of the pooled effect's posterior mean (natural scale) under each sensitivity analysis.
+
+    Prior grid and leave-one-study-out of the primary fit: the PSIS-reweighted default (arm-level)
+    fit where it ran, else the exact refits of the normal model; the multivariate model's ρ_w grid
+    for its outcomes.
+    """
     out = {}
-    grid = art.tables.get("prior_grid_default_model")
+    default = art.arm is not None
+    grid = art.tables.get("prior_grid_default_model" if default else "prior_grid")
     if grid is not None and len(grid):
-        ok = grid[grid["reliable"].astype(bool)]
+        ok = grid[grid["reliable"].astype(bool)] if "reliable" in grid else grid
         if len(ok):
             out["prior grid"] = (float(ok["mu_mean"].min()), float(ok["mu_mean"].max()))
-    loo = (art.jsons.get("influence") or {}).get("default_model")
-    if loo:
-        means = [s["mu"]["mean"] for s in loo["studies"] if s.get("reliable", True)]
-        if means:
-            out["leave one study out"] = (float(min(means)), float(max(means)))
+    influence = art.jsons.get("influence") or {}
+    loo = (influence.get("default_model") or {}).get("studies") if default else influence.get("studies")
+    means = [s["mu"]["mean"] for s in loo or [] if s.get("reliable", True)]
+    if means:
+        out["leave one study out"] = (float(min(means)), float(max(means)))
     if multivariate:
         # the multivariate model works on the benefit scale (effect x direction): back to the natural one
         sign = art.primary.outcome.direction if str(multivariate.get("scale", "")).startswith("benefit") else 1
@@ -102,9 +109,11 @@ def _rob_text(e: Evidence) -> str:
     return f"{e.n_low_risk} of {e.k} studies at low risk on randomisation and blinding"
 
 
-def _bias_text(e: Evidence) -> str:
+def _bias_text(e: Evidence, fit: MetaAnalysisResult) -> str:
     if e.asymmetry_p is None:
-        return "asymmetry not checked"
+        if any(c.name == "egger_slope" for c in fit.checks):
+            return f"asymmetry check not calibrated for {fit.measure} (no flag)"
+        return "no calibrated asymmetry check for this fit"
     verdict = "flagged" if e.asymmetry_flagged else "not flagged"
     few = f"; k = {e.k}: little power" if e.k < 10 else ""
     return f"asymmetry check {verdict} (p = {e.asymmetry_p:.2f}){few}"
@@ -145,7 +154,7 @@ def conclusions_section(run: RunResult) -> list[str]:
                 "effect (95% ETI)": _effect_text(fit),
                 "consistency": _consistency_text(fit),
                 "risk of bias": _rob_text(e),
-                "small-study / selection": _bias_text(e),
+                "small-study / selection": _bias_text(e, fit),
                 "robustness": _robustness_text(robustness_range(art, multivariate), fit, e),
                 "certainty": _certainty_text(c),
             }

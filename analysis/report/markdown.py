@@ -169,8 +169,8 @@ def _prob_above_min(r: MetaAnalysisResult) -> str:
 #: What each check's discrepancy measures, for the checks table.
 _CHECK_TEXT = {
     "Q": "Cochran's Q (heterogeneity beyond the model's)",
-    "max_std_residual": "largest standardised residual (an outlying comparison)",
-    "egger_slope": "slope of g on its SE (funnel asymmetry; two-sided)",
+    "max_std_residual": "largest standardised residual (an outlier)",
+    "egger_slope": "slope of the effects on their SE (funnel asymmetry; two-sided)",
 }
 
 

@@ -212,6 +212,8 @@ def _nuts_analyses(
     # predictive checks and power-scaling of the priors of the primary (default) fit
     primary = analysis.primary
     analysis.ppc = check_fit(primary, dataset, seed=seed)
+    if primary is not nuts:  # the normal-likelihood fit's own checks, for its JSON
+        check_fit(nuts, dataset, seed=seed)
     if analysis.arm is not None:
         analysis.loo_pit = arm_loo_pit(analysis.arm, dataset, seed=seed)
     analysis.psense = power_scaling(primary, top_level=top_level_parameters(primary))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -328,13 +329,71 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--batch", type=int, default=20, help="replicates between rewrites of the outputs")
     parser.add_argument("--out-dir", type=Path, default=REPORTS_DIR, help="folder of calibration.json/.csv")
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="merge the calibration.csv files (each with its calibration.json) of runs with disjoint replicates "
+        "into --out-dir, without fitting",
+    )
     return parser
+
+
+def read_rows(path: Path) -> pd.DataFrame:
+    """A ``calibration.csv`` as written (the scenario ``null`` is a name, not a missing value)."""
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def combine(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Rows of several runs with disjoint replicates; refuses a replicate that appears twice."""
+    rows = pd.concat(frames, ignore_index=True)
+    key = ["scenario", "rep", "outcome", "likelihood", "statistic"]
+    if rows.duplicated(subset=key).any():
+        twice = rows.loc[rows.duplicated(subset=key), ["scenario", "rep"]].drop_duplicates()
+        raise ValueError(f"replicates in more than one run: {twice.to_dict(orient='records')[:5]}")
+    return rows
+
+
+def _payload(frame: pd.DataFrame, settings: dict, runtime: float, complete: bool) -> dict:
+    summary, predictions = summarise(frame), summarise_predictions(frame)
+    return {
+        "provenance": "simulated",
+        "description": __doc__.split("\n\n")[0],
+        "complete": complete,
+        "settings": settings | {"reps_done": frame.groupby("scenario")["rep"].nunique().to_dict()},
+        "runtime_seconds": round(runtime, 1),
+        "summary": summary.to_dict(orient="records"),
+        "predictions": predictions.to_dict(orient="records"),
+        "markdown": markdown_table(summary),
+        "markdown_predictions": predictions_table(predictions) if len(predictions) else "",
+    }
+
+
+def _combine_main(paths: list[Path], out_dir: Path) -> int:
+    """``--combine``: merge runs (their CSVs and the JSON beside each) into ``out_dir``."""
+    studies = [json.loads(p.with_suffix(".json").read_text(encoding="utf-8")) for p in paths]
+    frame = combine([read_rows(p) for p in paths])
+    settings = dict(studies[0]["settings"]) | {"combined_from": [str(p) for p in paths]}
+    settings["reps_planned"] = {
+        k: sum(s["settings"]["reps_planned"].get(k, 0) for s in studies) for k in settings["reps_planned"]
+    }
+    settings.pop("first_rep", None)
+    runtime = sum(s["runtime_seconds"] for s in studies)
+    payload = _payload(frame, settings, runtime, all(s["complete"] for s in studies))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(out_dir / "calibration.csv", frame)
+    write_json(out_dir / "calibration.json", payload)
+    print("SIMULATED data.\n" + payload["markdown"] + "\n\n" + payload["markdown_predictions"])
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: run the replicates in batches, rewrite the outputs after each batch, print the table."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.combine:
+        return _combine_main(args.combine, args.out_dir)
     if args.reps < 1 or args.jobs < 1 or args.batch < 1 or args.reps_misfit < 0:
         parser.error("--reps, --jobs and --batch must be >= 1, --reps-misfit >= 0")
     batches = [make_tasks(args.reps, args.seed, args.first_rep, "null", args.outcomes)]
@@ -345,35 +404,24 @@ def main(argv: list[str] | None = None) -> int:
     ]
     tasks = interleave(batches)
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "reps_planned": {"null": args.reps} | {s: args.reps_misfit for s in SCENARIOS[1:]},
+        "outlier_shift_sd": OUTLIER_SHIFT,
+        "effects_df": EFFECTS_DF,
+        "first_rep": args.first_rep,
+        "seed": args.seed,
+        "design": "flagship design; no selection (omit_probability=0) except in 'selection'",
+        "min_k": MIN_K,
+        "outcomes_per_dataset": args.outcomes,
+        "nominal_levels": list(NOMINAL_LEVELS),
+    }
     start = time.perf_counter()
     rows: list[dict] = []
     for lo in range(0, len(tasks), args.batch):
         rows += [r for chunk in map_tasks(run_replicate, tasks[lo : lo + args.batch], jobs=args.jobs) for r in chunk]
         frame = pd.DataFrame(rows)
-        summary, predictions = summarise(frame), summarise_predictions(frame)
         write_csv(args.out_dir / "calibration.csv", frame)
-        payload = {
-            "provenance": "simulated",
-            "description": __doc__.split("\n\n")[0],
-            "complete": lo + args.batch >= len(tasks),
-            "settings": {
-                "reps_planned": {"null": args.reps} | {s: args.reps_misfit for s in SCENARIOS[1:]},
-                "reps_done": frame.groupby("scenario")["rep"].nunique().to_dict(),
-                "outlier_shift_sd": OUTLIER_SHIFT,
-                "effects_df": EFFECTS_DF,
-                "first_rep": args.first_rep,
-                "seed": args.seed,
-                "design": "flagship design; no selection (omit_probability=0) except in 'selection'",
-                "min_k": MIN_K,
-                "outcomes_per_dataset": args.outcomes,
-                "nominal_levels": list(NOMINAL_LEVELS),
-            },
-            "runtime_seconds": round(time.perf_counter() - start, 1),
-            "summary": summary.to_dict(orient="records"),
-            "predictions": predictions.to_dict(orient="records"),
-            "markdown": markdown_table(summary),
-            "markdown_predictions": predictions_table(predictions) if len(predictions) else "",
-        }
+        payload = _payload(frame, settings, time.perf_counter() - start, lo + args.batch >= len(tasks))
         write_json(args.out_dir / "calibration.json", payload)
         print(f"  replicate {min(lo + args.batch, len(tasks))}/{len(tasks)}", file=sys.stderr, flush=True)
     print("SIMULATED data.\n" + payload["markdown"] + "\n\n" + payload["markdown_predictions"])
