@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis.checks.calibrated import FALSE_ALARM_RATES, check_fit, checks_of
+from analysis.checks import calibrated
+from analysis.checks.calibrated import FALSE_ALARM_RATES, calibration_status, check_fit, checks_of
 from analysis.checks.predictive import sampled_p_values
 from analysis.config import REPORTS_DIR
 from analysis.results.checks import NOMINAL_LEVEL, Check
@@ -63,9 +64,10 @@ def test_sampled_p_values_tails():
 
 
 def test_check_flags_below_its_level():
-    check = Check("Q", 3.0, 0.049, NOMINAL_LEVEL, 0.05, "x")
-    assert check.flagged is True and Check("Q", 3.0, 0.05, NOMINAL_LEVEL, 0.05, "x").flagged is False
+    check = Check("Q", 3.0, 0.049, NOMINAL_LEVEL, 0.05, "x", calibrated=True)
+    assert check.flagged is True and Check("Q", 3.0, 0.05, NOMINAL_LEVEL, 0.05, "x", calibrated=True).flagged is False
     assert Check("Q", 3.0, 0.001, NOMINAL_LEVEL, None, "not measured").flagged is None  # no calibration, no flag
+    assert Check("Q", 3.0, 0.001, NOMINAL_LEVEL, 0.02, "x", calibrated=False).flagged is None  # outside the band
     assert set(check.to_dict()) >= {"name", "statistic", "p_value", "nominal_level", "flagged", "false_alarm_rate"}
 
 
@@ -73,12 +75,13 @@ def test_check_fit_stores_the_checks_of_an_arm_fit():
     dataset, fit = tiny_arm_fit()
     ppc = check_fit(fit, dataset, seed=5)
     assert ppc is not None and fit.checks == checks_of(ppc, "arm", measure="SMD")
-    assert {c.name for c in fit.checks} == set(ppc.sampled) == set(ppc.statistics)
+    assert set(ppc.sampled) == set(ppc.statistics) == {"Q", "max_std_residual", "egger_slope"}
+    assert [c.name for c in fit.checks] == list(ppc.sampled)
     for check in fit.checks:
         assert 0.0 <= check.p_value <= 1.0
-        rate = FALSE_ALARM_RATES.get(("arm", check.name, check.nominal_level))
-        assert check.false_alarm_rate == rate
-        assert check.flagged == (None if rate is None else check.p_value < check.nominal_level)
+        assert check.false_alarm_rate == FALSE_ALARM_RATES[("arm", check.name, check.nominal_level)][0]
+        assert check.calibrated == calibration_status("arm", check.name, "SMD")
+        assert check.flagged == (check.p_value < check.nominal_level if check.calibrated else None)
     out = json.loads(json.dumps(fit.to_dict()))
     assert [c["name"] for c in out["checks"]] == [c.name for c in fit.checks]
     # the sampled p-value uses one draw: another seed picks another draw
@@ -90,19 +93,38 @@ def test_false_alarm_rates_are_the_committed_calibration_study():
     """FALSE_ALARM_RATES copies reports/calibration.json (scenario null) exactly, for every check it names."""
     study = json.loads((REPORTS_DIR / "calibration.json").read_text(encoding="utf-8"))
     measured = {
-        (row["likelihood"], row["statistic"], level): row[f"rate_{level:g}"]
+        (row["likelihood"], row["statistic"], level): (row[f"rate_{level:g}"], row[f"rate_{level:g}_mcse"])
         for row in study["summary"]
         if row["scenario"] == "null" and not row["statistic"].startswith(("ppp_", "loo_"))
         for level in study["settings"]["nominal_levels"]
     }
-    assert FALSE_ALARM_RATES == pytest.approx(measured)
+    assert FALSE_ALARM_RATES.keys() == measured.keys()
+    for key, (rate, mcse) in measured.items():
+        assert FALSE_ALARM_RATES[key] == (pytest.approx(rate), pytest.approx(mcse)), key
 
 
-def test_uncalibrated_checks_of_the_normal_likelihood_on_smds_are_left_out():
+def test_miscalibrated_and_unmeasured_checks_never_flag():
     dataset, fit = tiny_arm_fit()
     ppc = check_fit(fit, dataset, seed=5)
-    assert ppc is not None and "egger_slope" in ppc.sampled
-    names = {c.name for c in checks_of(ppc, "normal", measure="SMD")}
-    assert names == set(ppc.sampled) - {"egger_slope", "Q"} == {"max_std_residual"}
-    other = checks_of(ppc, "normal", measure="ROM")  # calibrated by theory, not measured: no flags
-    assert "egger_slope" in {c.name for c in other} and all(c.flagged is None for c in other)
+    assert ppc is not None
+    normal = {c.name: c for c in checks_of(ppc, "normal", measure="SMD")}
+    assert normal["egger_slope"].calibrated is False and normal["egger_slope"].flagged is None  # ~40% false alarms
+    assert normal["egger_slope"].false_alarm_rate > 0.3
+    other = checks_of(ppc, "normal", measure="ROM")  # calibrated by theory, not measured: no rates, no flags
+    assert all(c.calibrated is None and c.flagged is None and c.false_alarm_rate is None for c in other)
+
+
+def test_calibration_status_is_the_two_mcse_band_at_every_level(monkeypatch):
+    table = {
+        ("arm", "good", 0.05): (0.045, 0.01),
+        ("arm", "good", 0.1): (0.11, 0.012),
+        ("arm", "shy", 0.05): (0.02, 0.008),  # 3.75 MCSE below the level: conservative
+        ("arm", "shy", 0.1): (0.09, 0.012),
+        ("arm", "loud", 0.05): (0.40, 0.02),
+    }
+    monkeypatch.setattr(calibrated, "FALSE_ALARM_RATES", table)
+    assert calibration_status("arm", "good", "SMD") is True
+    assert calibration_status("arm", "shy", "SMD") is False
+    assert calibration_status("arm", "loud", "SMD") is False
+    assert calibration_status("arm", "never_measured", "SMD") is None
+    assert calibration_status("arm", "good", "ROM") is None  # measured on SMDs only

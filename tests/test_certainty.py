@@ -69,3 +69,8 @@ def test_downgrades_accumulate_to_very_low():
 def test_unjudged_risk_of_bias_is_noted_not_downgraded():
     c = rate(dataclasses.replace(CLEAN, n_low_risk=None))
     assert c.level == "high" and any("no SYRCLE" in n for n in c.notes)
+
+
+def test_publication_bias_without_a_calibrated_check_is_not_rated():
+    c = rate(dataclasses.replace(CLEAN, asymmetry_p=None, asymmetry_flagged=False))
+    assert c.level == "high" and any("no calibrated funnel-asymmetry check" in n for n in c.notes)

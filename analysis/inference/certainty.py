@@ -14,9 +14,10 @@ outcome's direction, :math:`\delta` the minimal relevant effect):
 * **inconsistency**: serious when the 95% interval of a new study's true effect
   :math:`d\theta_{new}` contains 0 (the studies disagree about the direction, not only the size);
 * **publication bias**: serious when the calibrated funnel-asymmetry check (sampled posterior
-  p-value of the slope of g on its SE, false-alarm rate measured in ``reports/calibration.json``)
-  flags; fewer than :data:`MIN_K_ASYMMETRY` studies are noted as too few to judge asymmetry
-  (Sterne et al. 2011, BMJ 343:d4002), not downgraded;
+  p-value of the slope of the effects on their SE, where ``reports/calibration.json`` measured it
+  calibrated) flags; fewer than :data:`MIN_K_ASYMMETRY` studies are noted as too few to judge
+  asymmetry (Sterne et al. 2011, BMJ 343:d4002), not downgraded; without a calibrated check the
+  domain is not rated (noted);
 * **indirectness** (animal model, outcome and intervention against the reader's question) is not
   rated: it depends on the question, which the data do not contain.
 
@@ -93,7 +94,9 @@ def rate(evidence: Evidence) -> Certainty:
         downgrades.append(("inconsistency", f"a new study's true effect could go either way ({interval})"))
     if e.asymmetry_flagged and e.asymmetry_p is not None:
         downgrades.append(("publication bias", f"funnel-asymmetry check flagged (p = {e.asymmetry_p:.3f})"))
-    if e.k < MIN_K_ASYMMETRY:
+    if e.asymmetry_p is None:
+        notes.append("publication bias not rated where no calibrated funnel-asymmetry check ran")
+    elif e.k < MIN_K_ASYMMETRY:
         notes.append(
             f"publication bias not rated where k < {MIN_K_ASYMMETRY}: too few studies to judge funnel asymmetry "
             "(Sterne et al. 2011); a flag still downgrades"

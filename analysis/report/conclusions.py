@@ -111,9 +111,11 @@ def _rob_text(e: Evidence) -> str:
 
 def _bias_text(e: Evidence, fit: MetaAnalysisResult) -> str:
     if e.asymmetry_p is None:
-        if any(c.name == "egger_slope" for c in fit.checks):
-            return f"asymmetry check not calibrated for {fit.measure} (no flag)"
-        return "no calibrated asymmetry check for this fit"
+        slope = next((c for c in fit.checks if c.name == "egger_slope"), None)
+        if slope is None:
+            return "no asymmetry check for this fit"
+        why = "not measured for " + fit.measure if slope.calibrated is None else "outside its calibration band"
+        return f"funnel slope p = {slope.p_value:.2f}, not a calibrated check ({why}): not judged"
     verdict = "flagged" if e.asymmetry_flagged else "not flagged"
     few = f"; k = {e.k}: little power" if e.k < 10 else ""
     return f"asymmetry check {verdict} (p = {e.asymmetry_p:.2f}){few}"

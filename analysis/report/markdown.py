@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from analysis.checks.calibrated import FALSE_ALARM_RATES, calibration_status
 from analysis.report.artifacts import RunResult
 from analysis.report.conclusions import conclusions_section
 from analysis.report.figures import INFLUENCE_ROWS, LARGE_K, figure_link, figure_path
@@ -174,21 +175,33 @@ _CHECK_TEXT = {
 }
 
 
-_FLAG_TEXT = {True: "**FLAGGED**", False: "no", None: "— (not calibrated)"}
+_FLAG_TEXT = {True: "**FLAGGED**", False: "no", None: "—"}
+
+
+def _status_text(likelihood: str, name: str, measure: str) -> str:
+    """How the calibration study judged a statistic, with its measured false-alarm rates."""
+    rates = "; ".join(
+        f"{100 * rate:.1f}% (MCSE {100 * mcse:.1f}) at {level:g}"
+        for (lik, n, level), (rate, mcse) in sorted(FALSE_ALARM_RATES.items())
+        if lik == likelihood and n == name
+    )
+    status = calibration_status(likelihood, name, measure)
+    if status is None:
+        return f"not measured for {measure}: p-value only"
+    return ("calibrated check: " if status else "not a check (more than 2 MCSE from the level): ") + rates
 
 
 def _checks_table(analysis: OutcomeAnalysis) -> str:
+    primary = analysis.primary
     rows = [
         {
-            "check": _CHECK_TEXT.get(c.name, c.name),
+            "statistic": _CHECK_TEXT.get(c.name, c.name),
             "T(y)": f"{c.statistic:.3f}",
             "p (sampled)": f"{c.p_value:.3f}",
-            f"flagged at {c.nominal_level:g}": _FLAG_TEXT[c.flagged],
-            "false-alarm rate (measured)": "not measured"
-            if c.false_alarm_rate is None
-            else f"{100 * c.false_alarm_rate:.1f}%",
+            f"flagged at {c.nominal_level:g}": _FLAG_TEXT[c.flagged] if c.calibrated else "— (not a calibrated check)",
+            "false alarms on healthy data (measured)": _status_text(primary.likelihood, c.name, primary.measure),
         }
-        for c in analysis.primary.checks
+        for c in primary.checks
     ]
     return markdown_table(pd.DataFrame(rows))
 
@@ -252,7 +265,8 @@ def _ppc_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         "",
         what + " **Checks** are sampled posterior p-values (one posterior draw chosen at random, 2000 data sets "
         "replicated from it: exactly uniform when the model is right; Johnson 2004, Gosselin 2011); each states "
-        "the flag rate measured on simulated data without misfit (README, 'Calibration of the checks').",
+        "the flag rate measured on simulated data without misfit (README, 'Calibration of the checks'); a statistic "
+        "whose measured rate lies more than two Monte Carlo SE from the level is shown but is not a check.",
         "",
         _checks_table(analysis),
         "",

@@ -24,10 +24,13 @@ class Check:
         The check flags when ``p_value < nominal_level``.
     false_alarm_rate : float or None
         Flag rate at ``nominal_level`` measured on datasets without misfit (the flagship design,
-        ``reports/calibration.json``); None where it has not been measured (then the check reports
-        its p-value but never a flag).
+        ``reports/calibration.json``); None where it has not been measured.
     calibration : str
         Where ``false_alarm_rate`` comes from, in words.
+    calibrated : bool or None
+        True when the measured false-alarm rates lie within the calibration band of the level
+        (:func:`analysis.checks.calibrated.calibration_status`), False when measured outside it,
+        None when not measured. Only a calibrated check flags.
     """
 
     name: str
@@ -36,16 +39,17 @@ class Check:
     nominal_level: float
     false_alarm_rate: float | None
     calibration: str
+    calibrated: bool | None = None
 
     @property
     def flagged(self) -> bool | None:
-        """True if the p-value is below the nominal level; None for a check whose calibration was not measured."""
-        if self.false_alarm_rate is None:
+        """True if the p-value is below the nominal level; None unless the check is calibrated."""
+        if self.calibrated is not True:
             return None
         return self.p_value < self.nominal_level
 
     def to_dict(self) -> dict[str, str | float | bool | None]:
-        """JSON-ready: ``{name, statistic, p_value, nominal_level, flagged, false_alarm_rate, calibration}``."""
+        """JSON-ready: every attribute and ``flagged``."""
         return {
             "name": self.name,
             "statistic": self.statistic,
@@ -53,5 +57,6 @@ class Check:
             "nominal_level": self.nominal_level,
             "flagged": self.flagged,
             "false_alarm_rate": self.false_alarm_rate,
+            "calibrated": self.calibrated,
             "calibration": self.calibration,
         }
