@@ -206,11 +206,14 @@ def _check_lines(result: MetaAnalysisResult) -> list[str]:
         return []
     parts = []
     for c in result.checks:
-        rate = "not calibrated" if c.false_alarm_rate is None else f"false alarms {100 * c.false_alarm_rate:.1f}%"
-        parts.append(f"{c.name} p = {c.p_value:.3f}{' FLAGGED' if c.flagged else ''} ({rate})")
-    if any(c.flagged is None for c in result.checks):
-        parts.append("checks without a measured false-alarm rate report no flag")
-    return [f"checks (sampled posterior p, level {result.checks[0].nominal_level:g}): " + "; ".join(parts)]
+        if c.calibrated:
+            state = f"{'FLAGGED' if c.flagged else 'not flagged'}; false alarms {100 * c.false_alarm_rate:.1f}%"
+        elif c.calibrated is False:
+            state = f"not a calibrated check: false alarms {100 * c.false_alarm_rate:.1f}% at this level"
+        else:
+            state = "calibration not measured"
+        parts.append(f"{c.name} p = {c.p_value:.3f} ({state})")
+    return [f"model checks (sampled posterior p, level {result.checks[0].nominal_level:g}): " + "; ".join(parts)]
 
 
 def _nuts_text(result: MetaAnalysisResult) -> str:
