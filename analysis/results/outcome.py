@@ -45,11 +45,14 @@ class OutcomeAnalysis:
     arm: MetaAnalysisResult | None = None
     #: the default fit under alternative priors by PSIS reweighting (analysis.checks.reweighting)
     prior_grid_default: pd.DataFrame | None = None
-    #: P(mu > delta), the new study and its replication (analysis.inference.decision), from the primary fit
-    decision: DecisionQuantities | None = None
     #: the pooled effect by SYRCLE risk-of-bias judgement (analysis.checks.risk_of_bias)
     rob: RobSensitivity | None = None
     seconds: float = 0.0
+
+    @property
+    def decision(self) -> DecisionQuantities | None:
+        """P(mu > delta), the new study and its replication (:mod:`analysis.inference.decision`) of the primary fit."""
+        return self.primary.decision
 
     @property
     def primary(self) -> MetaAnalysisResult:

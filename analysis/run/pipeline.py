@@ -127,7 +127,7 @@ def analyse_outcome(
         _nuts_analyses(
             analysis, dataset, table, outcome, priors=priors, sampler=sampler, seed=seed, progressbar=progressbar
         )
-        analysis.decision = analysis.primary.decision = decision_quantities(
+        analysis.primary.decision = decision_quantities(
             analysis.primary, dataset, min_effect=decision.min_effect, planned_n=decision.planned_n, seed=seed
         )
         fits = {"NUTS, normal likelihood (default priors)": analysis.nuts.to_dict()} | fits
