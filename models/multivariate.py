@@ -255,6 +255,8 @@ def _sd_dist(prior: PriorSpec, n: int) -> pt.TensorVariable:
         return pm.HalfStudentT.dist(nu=p[0], sigma=p[1], size=n)
     if fam == "lognormal":
         return pm.LogNormal.dist(mu=p[0], sigma=p[1], size=n)
+    if fam == "invgamma":
+        return pm.InverseGamma.dist(alpha=p[0], beta=p[1], size=n)
     return pm.Uniform.dist(lower=p[0], upper=p[1], size=n)
 
 

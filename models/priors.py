@@ -11,6 +11,8 @@ string              distribution                    PyMC 6
 ``lognormal:M:S``   log-normal, log-mean M, log-sd S > 0  ``pm.LogNormal(mu=M, sigma=S)``
 ``uniform:A:B``     uniform on [A, B], A < B        ``pm.Uniform(lower=A, upper=B)``
 ``normal:M:S``      normal, mean M, sd S > 0        ``pm.Normal(mu=M, sigma=S)``
+``invgamma:A:B``    inverse-gamma, shape A > 0,     ``pm.InverseGamma(alpha=A, beta=B)``
+                    scale B > 0 (RoBMA's tau prior)
 ==================  ==============================  =====================================
 
 Family names are case-insensitive and surrounding blanks are ignored; every parameter must be a
@@ -54,6 +56,7 @@ _PARAM_NAMES: dict[str, tuple[str, ...]] = {
     "lognormal": ("M", "S"),
     "uniform": ("A", "B"),
     "normal": ("M", "S"),
+    "invgamma": ("ALPHA", "BETA"),
 }
 
 #: The accepted forms, for error messages and CLI help.
@@ -84,7 +87,7 @@ def _check(family: str, params: tuple[float, ...], text: str) -> None:
     for name, value in values.items():
         if not math.isfinite(value):
             raise _bad(text, f"parameter {name}={value} is not finite")
-    for name in ("S", "NU"):
+    for name in ("S", "NU", "ALPHA", "BETA"):
         if name in values and values[name] <= 0:
             raise _bad(text, f"parameter {name} must be > 0, got {values[name]:g}")
     if family == "uniform" and values["A"] >= values["B"]:
@@ -167,7 +170,7 @@ class PriorSpec:
         """True if the prior puts all its mass on ``[0, inf)`` (usable for tau)."""
         if self.family == "uniform":
             return self.params[0] >= 0.0
-        return self.family in _HALF_FAMILIES or self.family == "lognormal"
+        return self.family in _HALF_FAMILIES or self.family in ("lognormal", "invgamma")
 
     @property
     def support(self) -> tuple[float, float]:
@@ -189,7 +192,7 @@ class PriorSpec:
         if not self.is_positive:
             raise ValueError(
                 f"prior {str(self)!r} for {name} must live on [0, inf): use halfnormal:S, "
-                "halfcauchy:S, halfstudentt:NU:S, lognormal:M:S or uniform:A:B with A >= 0"
+                "halfcauchy:S, halfstudentt:NU:S, lognormal:M:S, invgamma:A:B or uniform:A:B with A >= 0"
             )
         return self
 
@@ -207,19 +210,35 @@ class PriorSpec:
             Log density, same shape as ``x``.
         """
         x = np.asarray(x, dtype=float)
+        if self.family == "halfstudentt":
+            dens = math.log(2.0) + stats.t.logpdf(x, self.params[0], scale=self.params[1])
+            return np.where(x >= 0, dens, -np.inf)
+        return self.scipy_dist().logpdf(x)
+
+    def scipy_dist(self) -> Any:
+        """The prior as a frozen :mod:`scipy.stats` distribution (``cdf``, ``ppf``, ``logpdf``).
+
+        ``halfstudentt`` is the Student-t folded at 0 (``scipy.stats.t`` with ``|x|``), built from
+        the t distribution's ``cdf``/``ppf`` by :class:`_HalfT`.
+        """
         fam, p = self.family, self.params
         if fam == "halfnormal":
-            return stats.halfnorm.logpdf(x, scale=p[0])
+            return stats.halfnorm(scale=p[0])
         if fam == "halfcauchy":
-            return stats.halfcauchy.logpdf(x, scale=p[0])
+            return stats.halfcauchy(scale=p[0])
         if fam == "halfstudentt":
-            dens = math.log(2.0) + stats.t.logpdf(x, p[0], scale=p[1])
-            return np.where(x >= 0, dens, -np.inf)
+            return _HalfT(p[0], p[1])
         if fam == "lognormal":
-            return stats.lognorm.logpdf(x, s=p[1], scale=math.exp(p[0]))
+            return stats.lognorm(s=p[1], scale=math.exp(p[0]))
         if fam == "uniform":
-            return stats.uniform.logpdf(x, loc=p[0], scale=p[1] - p[0])
-        return stats.norm.logpdf(x, loc=p[0], scale=p[1])
+            return stats.uniform(loc=p[0], scale=p[1] - p[0])
+        if fam == "invgamma":
+            return stats.invgamma(p[0], scale=p[1])
+        return stats.norm(loc=p[0], scale=p[1])
+
+    def ppf(self, u: np.ndarray) -> np.ndarray:
+        """Quantile function (inverse CDF) at probabilities ``u`` in [0, 1]."""
+        return np.asarray(self.scipy_dist().ppf(np.asarray(u, dtype=float)), dtype=float)
 
     def to_pymc(self, name: str, dims: str | None = None) -> Any:
         """Create the matching PyMC 6 random variable in the current model context.
@@ -250,7 +269,26 @@ class PriorSpec:
             return pm.LogNormal(name, mu=p[0], sigma=p[1], **kwargs)
         if fam == "uniform":
             return pm.Uniform(name, lower=p[0], upper=p[1], **kwargs)
+        if fam == "invgamma":
+            return pm.InverseGamma(name, alpha=p[0], beta=p[1], **kwargs)
         return pm.Normal(name, mu=p[0], sigma=p[1], **kwargs)
+
+
+class _HalfT:
+    """Half-Student-t distribution (the t folded at 0): the ``cdf``/``ppf``/``logpdf`` trio."""
+
+    def __init__(self, nu: float, scale: float) -> None:
+        self._t = stats.t(nu, scale=scale)
+
+    def cdf(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(2.0 * self._t.cdf(x) - 1.0, 0.0, 1.0)
+
+    def ppf(self, u: np.ndarray) -> np.ndarray:
+        return self._t.ppf(0.5 + 0.5 * np.asarray(u, dtype=float))
+
+    def logpdf(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        return np.where(x >= 0, math.log(2.0) + self._t.logpdf(x), -np.inf)
 
 
 DEFAULT_MU_PRIOR: PriorSpec = PriorSpec.parse("normal:0:3")
