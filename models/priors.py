@@ -38,7 +38,6 @@ __all__ = [
     "DEFAULT_LKJ_ETA",
     "DEFAULT_MU_PRIOR",
     "DEFAULT_OMEGA_PRIOR",
-    "DEFAULT_OMEGA_SIGMA",
     "DEFAULT_SLOPE_PRIOR",
     "DEFAULT_TAU_PRIOR",
     "PRIOR_FORMS",
@@ -329,8 +328,6 @@ prior grid); with many multi-arm studies it does not.
 #: sqrt(1/n~) scale of animal studies (about 0.3–0.8) a 1-SMD difference between the smallest and
 #: the largest study is beta1 ≈ 2, so N(0, 5²) is weak and centred on no small-study effect.
 DEFAULT_SLOPE_PRIOR: PriorSpec = PriorSpec.parse("normal:0:5")
-#: SD of log(omega_j) in the selection model: LogNormal(0, 1) on the relative publication probabilities.
-DEFAULT_OMEGA_SIGMA: float = 1.0
 DEFAULT_LKJ_ETA: float = 2.0
 """LKJ shape of the multivariate model's between-study correlation matrix R: eta = 2.
 
@@ -359,8 +356,6 @@ class PriorSet:
     omega : PriorSpec
         Prior of the between-comparison SD within a study of the multilevel models (on
         [0, inf)). Default :data:`DEFAULT_OMEGA_PRIOR`, HalfNormal(0.5).
-    omega_sigma : float
-        SD of log omega_j of the selection model (> 0). Default :data:`DEFAULT_OMEGA_SIGMA`.
     lkj_eta : float
         LKJ shape of the multivariate between-study correlation matrix (> 0). Default
         :data:`DEFAULT_LKJ_ETA`.
@@ -370,7 +365,6 @@ class PriorSet:
     tau: PriorSpec = DEFAULT_TAU_PRIOR
     slope: PriorSpec = DEFAULT_SLOPE_PRIOR
     omega: PriorSpec = DEFAULT_OMEGA_PRIOR
-    omega_sigma: float = DEFAULT_OMEGA_SIGMA
     lkj_eta: float = DEFAULT_LKJ_ETA
 
     def __post_init__(self) -> None:
@@ -380,8 +374,6 @@ class PriorSet:
             raise ValueError(f"the prior of the slope must be normal:M:S, got {self.slope}")
         self.tau.require_positive("tau")
         self.omega.require_positive("omega")
-        if not (math.isfinite(self.omega_sigma) and self.omega_sigma > 0):
-            raise ValueError(f"omega_sigma must be a finite number > 0, got {self.omega_sigma}")
         if not (math.isfinite(self.lkj_eta) and self.lkj_eta > 0):
             raise ValueError(f"LKJ eta must be a finite number > 0, got {self.lkj_eta}")
 
@@ -394,13 +386,8 @@ class PriorSet:
         return {**self.to_dict(), "omega": str(self.omega)}
 
     def small_study_dict(self) -> dict[str, str]:
-        """Prior strings of the small-study models (PET/PEESE and the selection model)."""
-        return {
-            "beta0 (and selection mu)": str(self.mu),
-            "beta1": str(self.slope),
-            "tau": str(self.tau),
-            "omega_j (j >= 2)": f"lognormal:0:{self.omega_sigma:g}",
-        }
+        """Prior strings of the PET/PEESE single regressions."""
+        return {"beta0": str(self.mu), "beta1": str(self.slope), "tau": str(self.tau)}
 
     def multivariate_dict(self) -> dict[str, str]:
         """Prior strings of the multivariate model."""
@@ -433,10 +420,10 @@ def default_priors(measure: str) -> PriorSet:
 
     ``mu`` and ``tau`` live on the scale of ``yi``, so their weakly informative defaults depend
     on the measure. The PET/PEESE slope prior N(0, 5²) is scaled by :func:`measure_scale` (ROM
-    N(0, 2.5²), NMD N(0, 250²)): the headline small-study regressions of arm-level data are on
+    N(0, 2.5²), NMD N(0, 250²)): the small-study regressions of arm-level data are on
     sqrt(1/ñ) and 1/ñ, whose slopes are in units of ``yi``; so is the between-comparison SD prior
-    HalfNormal(0.5) (ROM HalfNormal(0.25), NMD HalfNormal(25)). The selection weights and the LKJ
-    shape are unit-free and keep the :class:`PriorSet` defaults.
+    HalfNormal(0.5) (ROM HalfNormal(0.25), NMD HalfNormal(25)). The LKJ shape is unit-free and
+    keeps the :class:`PriorSet` default.
 
     * ``"SMD"`` (Hedges' g) and any measure not listed below (e.g. effect-level log risk
       ratios): :class:`PriorSet` unchanged, mu ~ N(0, 3²), tau ~ HalfNormal(1)

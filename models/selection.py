@@ -52,12 +52,14 @@ from scipy import special, stats
 __all__ = [
     "CUTPOINT_SETS",
     "check_cutpoints",
+    "hedges_j",
     "interval_index",
     "interval_labels",
     "normal_thresholds",
     "omega_from_increments",
     "selection_log_lik",
     "stick_breaking",
+    "t_test_p",
     "t_thresholds",
 ]
 
@@ -93,8 +95,21 @@ def t_thresholds(n_treatment: np.ndarray, n_control: np.ndarray, cutpoints: Sequ
     if nt.shape != nc.shape or not np.all((nt >= 2) & (nc >= 2)):
         raise ValueError("t-test thresholds need at least 2 animals per group in every study")
     df = nt + nc - 2.0
-    j = np.exp(special.gammaln(df / 2.0) - special.gammaln((df - 1.0) / 2.0)) / np.sqrt(df / 2.0)
-    return (j * np.sqrt(1.0 / nt + 1.0 / nc))[:, None] * stats.t.isf(a[None, :], df[:, None])
+    return (hedges_j(df) * np.sqrt(1.0 / nt + 1.0 / nc))[:, None] * stats.t.isf(a[None, :], df[:, None])
+
+
+def hedges_j(df: np.ndarray) -> np.ndarray:
+    """Exact small-sample correction ``J(m) = Γ(m/2) / (sqrt(m/2) Γ((m-1)/2))`` of Hedges' g."""
+    df = np.asarray(df, dtype=float)
+    return np.exp(special.gammaln(df / 2.0) - special.gammaln((df - 1.0) / 2.0)) / np.sqrt(df / 2.0)
+
+
+def t_test_p(yi: np.ndarray, n_treatment: np.ndarray, n_control: np.ndarray) -> np.ndarray:
+    """One-sided p-value (direction of ``yi``) of each study's two-sample t-test, from Hedges' g."""
+    nt, nc = np.asarray(n_treatment, dtype=float), np.asarray(n_control, dtype=float)
+    df = nt + nc - 2.0
+    t = np.asarray(yi, dtype=float) / (hedges_j(df) * np.sqrt(1.0 / nt + 1.0 / nc))
+    return stats.t.sf(t, df)
 
 
 def interval_index(yi: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

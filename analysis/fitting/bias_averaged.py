@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from analysis.dataset.effects import EffectTable, compute_effects, outcome_effects
 from analysis.dataset.load import Dataset, Outcome
 from analysis.dataset.problems import NotApplicable
 from analysis.results.bias_averaged import BiasAveragedResult, ModelFit, averaged_summary
-from models.bias_models import BIAS_KINDS, BiasData, BiasModel, EnsemblePriors, ensemble
+from models.bias_models import BIAS_KINDS, PEESE_PRIOR, BiasData, BiasModel, EnsemblePriors, ensemble
 from models.exact.cube import integrate
-from models.priors import PriorSet, default_priors
-from models.selection import CUTPOINT_SETS, normal_thresholds, t_thresholds
+from models.priors import PriorSet, PriorSpec, default_priors, measure_scale
+from models.selection import CUTPOINT_SETS, normal_thresholds, t_test_p, t_thresholds
 
 __all__ = [
     "MIN_K_REGRESSION",
@@ -42,6 +43,7 @@ __all__ = [
     "ensemble_priors",
     "fit_bias_averaged",
     "fit_bias_averaged_effects",
+    "one_sided_p",
 ]
 
 #: Fewest studies for the ensemble (as the small-study models).
@@ -93,6 +95,17 @@ def bias_data(effects: pd.DataFrame, direction: int, measure: str, cutpoint_sets
     return BiasData(y, v, s, thresholds, "sei", "z")
 
 
+def one_sided_p(effects: pd.DataFrame, direction: int, measure: str) -> np.ndarray:
+    """Each study's one-sided p-value in the direction of benefit, by the test :func:`bias_data` uses."""
+    y = direction * effects["yi"].to_numpy(dtype=float)
+    p = stats.norm.sf(y / np.sqrt(effects["vi"].to_numpy(dtype=float)))
+    if measure == "SMD" and _has_group_sizes(effects):
+        n_comp = effects["n_comparisons"].to_numpy(dtype=float) if "n_comparisons" in effects else np.ones(y.size)
+        nt, nc = effects["n_treatment"].to_numpy(dtype=float), effects["n_control"].to_numpy(dtype=float)
+        p = np.where(n_comp > 1, p, t_test_p(y, nt, nc))
+    return p
+
+
 def bias_kinds(data: BiasData) -> tuple[tuple[str, ...], list[str]]:
     """Bias kinds the design can inform (see the module docstring) and notes on what was left out."""
     spread = float(data.x.max() / data.x.min())
@@ -107,9 +120,16 @@ def bias_kinds(data: BiasData) -> tuple[tuple[str, ...], list[str]]:
     ]
 
 
-def ensemble_priors(priors: PriorSet, bias: tuple[str, ...] = BIAS_KINDS) -> EnsemblePriors:
-    """The ensemble's priors from the run's :class:`~models.priors.PriorSet` (mu and tau)."""
-    return EnsemblePriors(mu=priors.mu, tau=priors.tau, bias=bias)
+def ensemble_priors(priors: PriorSet, measure: str, bias: tuple[str, ...] = BIAS_KINDS) -> EnsemblePriors:
+    """The ensemble's priors from the run's :class:`~models.priors.PriorSet` (mu and tau).
+
+    PET ~ Cauchy+(0, 1) and PEESE ~ Cauchy+(0, 5) as RoBMA-PSMA on an SMD's scale; the PEESE
+    coefficient has the units of 1/y when its predictor is the variance, so for other measures its
+    scale is divided by :func:`models.priors.measure_scale` (the PET coefficient of y on the SE is
+    unit-free).
+    """
+    peese = PriorSpec("halfcauchy", (PEESE_PRIOR.params[0] / measure_scale(measure),))
+    return EnsemblePriors(mu=priors.mu, tau=priors.tau, peese=peese, bias=bias)
 
 
 def _fit_model(model: BiasModel, data: BiasData) -> ModelFit:
@@ -165,7 +185,7 @@ def fit_bias_averaged_effects(
         run_priors = priors or default_priors(measure)
         data = bias_data(effects, outcome.direction, measure)
         kinds, notes = bias_kinds(data)
-        spec = ensemble_priors(run_priors, kinds)
+        spec = ensemble_priors(run_priors, measure, kinds)
     fits = [_fit_model(model, data) for model in ensemble(spec)]
     return BiasAveragedResult(
         dataset=dataset,

@@ -18,7 +18,7 @@ from analysis.results.fit_result import OutcomeFit
 from analysis.results.random_effects import MetaAnalysisResult
 from models.priors import PriorSet, PriorSpec
 
-PER_OUTCOME_MODELS = ("random-effects", "meta-regression", "small-study")
+PER_OUTCOME_MODELS = ("random-effects", "meta-regression", "small-study", "bias-averaged")
 MODELS = (*PER_OUTCOME_MODELS, "multivariate")
 #: "default": "arm" where it applies (random effects with NUTS on arm-level SMD data), else "normal";
 #: "normal": one effect per study (comparisons combined by GLS), normal with known variance;
@@ -164,4 +164,8 @@ def _fit(dataset: Dataset, outcome: str, request: FitRequest, *, table: EffectTa
         from analysis.fitting.small_study import fit_small_study
 
         return fit_small_study(dataset, outcome, engine=request.engine, **common)
+    if request.model == "bias-averaged":
+        from analysis.fitting.bias_averaged import fit_bias_averaged
+
+        return fit_bias_averaged(dataset, outcome, priors=request.priors, table=table)
     raise ValueError(f"model {request.model!r} is fitted across outcomes, not per outcome")

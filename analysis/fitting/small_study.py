@@ -1,68 +1,58 @@
-"""Bayesian small-study-effect analysis of one outcome (replaces Egger's test; DESIGN.md §4).
+"""Bayesian small-study-effect and publication-bias analysis of one outcome (replaces Egger's test; DESIGN.md §4).
 
-Three kinds of evidence, all described in :mod:`models.small_study`:
-
-1. PET and PEESE meta-regressions on the standard error (``sei``, ``vi``) and, for arm-level
-   SMD data, on ``sqrt(1/n~)`` and ``1/n~`` (not confounded with the SMD itself; Zwetsloot et
-   al. 2017). Exact engine by default (quadrature, milliseconds), NUTS on request.
-2. A step-function selection model (NUTS, θ integrated out): adjusted mu, tau, the publication
-   weights omega and ``P(omega_2 < 1)``.
+1. The bias-averaged ensemble (:mod:`analysis.fitting.bias_averaged`): model averaging over
+   effect, heterogeneity and bias (none, monotone selection on one-sided p-values, PET, PEESE).
+   Its model-averaged mu is the adjusted estimate and its inclusion Bayes factor for bias the
+   evidence for publication bias; the selection models are reported as single models from it.
+2. PET and PEESE single meta-regressions (exact engine by default, NUTS on request): on
+   ``sqrt(1/n~)`` and ``1/n~`` for an SMD with group sizes (the SE of an SMD grows with the effect,
+   which fakes asymmetry; Zwetsloot et al. 2017), on the SE and ``vi`` for measures whose SE does
+   not depend on the effect, and not at all for an SMD without group sizes.
 3. For reference, metafor's Egger test (:func:`models.frequentist.regtest`).
 
-The headline bias-adjusted effect follows the conditional PET-PEESE rule (Stanley &
-Doucouliagos 2014) in Bayesian form: PEESE when PET's intercept is credibly beneficial
-(``P(direction * beta0 > 0) >= 0.975``), else PET; on the ``1/n~`` scale when group sizes are
-known, else on the SE scale. Configuration is validated before any sampling starts.
+There is no conditional PET-PEESE estimate: the project's power study measured it at a mean error
+of -0.64 SMD on outcomes without selection (README, "Publication bias"). Configuration is
+validated before anything is fitted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from analysis.dataset.effects import EffectTable, compute_effects, outcome_effects
 from analysis.dataset.load import Dataset, Outcome
 from analysis.dataset.problems import NotApplicable
+from analysis.fitting.bias_averaged import bias_data, fit_bias_averaged_effects, one_sided_p
 from analysis.fitting.sampling import SamplerSettings, sample_with_retry
 from analysis.results.diagnostics import diagnose
-from analysis.results.small_study import RegressionFit, SelectionFit, SmallStudyResult
+from analysis.results.small_study import RegressionFit, SmallStudyResult
 from analysis.results.summaries import summarize_draws
 from models.exact.posterior import exact_posterior
 from models.frequentist import regtest
 from models.priors import PriorSet, default_priors
 from models.random_effects import build_random_effects_model
-from models.small_study import (
-    DEFAULT_CUTPOINTS,
-    PREDICTORS,
-    build_selection_model,
-    interval_labels,
-    p_interval,
-    predictor_values,
-    small_study_design,
-)
+from models.selection import CUTPOINT_SETS, interval_index, interval_labels
+from models.small_study import PREDICTORS, predictor_values, small_study_design
 
 __all__ = ["fit_small_study", "fit_small_study_effects"]
 
 ENGINES = ("exact", "nuts")
+#: Cut-points of the p-value intervals shown per study (the first selection model's).
+DISPLAY_CUTPOINTS = CUTPOINT_SETS[0]
 #: Number of exact posterior draws kept for plots (funnel lines and predictive region).
 N_DRAWS = 4000
 #: PET/PEESE regressions and the selection model need at least this many studies.
 MIN_STUDIES = 3
 #: Fewer studies than this: small-study methods have very low power (Sterne et al. 2011, BMJ 343:d4002).
 MIN_K_ADVISED = 10
-PET_PEESE_THRESHOLD = 0.975
 #: A predictor whose largest/smallest value is below this ratio barely varies across studies.
 SPREAD_RATIO_MIN = 1.5
-#: NUTS settings of the selection model: its posterior curves sharply where omega and mu trade
-#: off, so target_accept starts at 0.95 and the retry (0.99, doubled tuning) is automatic.
-SELECTION_SAMPLER = SamplerSettings(target_accept=0.95)
 
 
-def _study_table(effects: pd.DataFrame, direction: int, cutpoints: Sequence[float]) -> pd.DataFrame:
+def _study_table(effects: pd.DataFrame, direction: int, measure: str) -> pd.DataFrame:
     out = effects[["study", "yi", "vi"]].copy().reset_index(drop=True)
     out["study"] = out["study"].astype(str)
     out["sei"] = np.sqrt(out["vi"].to_numpy(dtype=float))
@@ -70,21 +60,23 @@ def _study_table(effects: pd.DataFrame, direction: int, cutpoints: Sequence[floa
         values = effects[col].to_numpy(dtype=float) if col in effects else np.full(len(out), np.nan)
         out[col] = np.where(values > 0, values, np.nan)
     out["n_tilde"] = out["n_treatment"] * out["n_control"] / (out["n_treatment"] + out["n_control"])
-    benefit = direction * out["yi"].to_numpy(dtype=float)
-    out["p_one_sided"] = stats.norm.sf(benefit / out["sei"].to_numpy())
-    labels = interval_labels(cutpoints)
-    out["p_interval"] = [labels[j] for j in p_interval(benefit, out["sei"].to_numpy(), cutpoints)]
+    out["p_one_sided"] = one_sided_p(effects.reset_index(drop=True), direction, measure)
+    data = bias_data(effects.reset_index(drop=True), direction, measure, [DISPLAY_CUTPOINTS])
+    labels = interval_labels(DISPLAY_CUTPOINTS)
+    out["p_interval"] = [labels[j] for j in interval_index(data.yi, data.thresholds[DISPLAY_CUTPOINTS])]
     return out
 
 
-def _predictors(studies: pd.DataFrame, notes: list[str]) -> list[str]:
+def _predictors(studies: pd.DataFrame, measure: str, notes: list[str]) -> list[str]:
+    if measure != "SMD":
+        return ["sei", "vi"]
     if studies["n_tilde"].notna().all():
-        return list(PREDICTORS)
+        return ["sqrt_inv_n", "inv_n"]
     notes.append(
-        "group sizes (n_treatment, n_control) are not available for every study: "
-        "the sqrt(1/n~) and 1/n~ regressions were skipped (SE-based PET/PEESE only)"
+        "group sizes (n_treatment, n_control) are not available for every study: PET/PEESE were not fitted "
+        "(on the SE they are confounded for an SMD, whose SE grows with the effect itself)"
     )
-    return ["sei", "vi"]
+    return []
 
 
 def _spread_notes(studies: pd.DataFrame, predictors: list[str]) -> list[str]:
@@ -180,57 +172,7 @@ def _nuts_regression(
     )
 
 
-def _fit_selection(
-    studies: pd.DataFrame,
-    direction: int,
-    priors: PriorSet,
-    cutpoints: Sequence[float],
-    seed: int,
-    sampler: SamplerSettings,
-    progressbar: bool,
-) -> SelectionFit:
-    benefit = direction * studies["yi"].to_numpy(dtype=float)
-    model = build_selection_model(
-        benefit,
-        studies["vi"].to_numpy(dtype=float),
-        study=list(studies["study"]),
-        cutpoints=cutpoints,
-        tau_prior=priors.tau,
-        mu_prior=priors.mu,
-        omega_sigma=priors.omega_sigma,
-    )
-    idata, _, retried = sample_with_retry(
-        model, ["mu", "tau", "omega_free"], seed=seed, sampler=sampler, progressbar=progressbar
-    )
-    post = idata.posterior
-    mu_b = post["mu"].to_numpy().ravel()
-    omega = post["omega"].to_numpy().reshape(-1, len(cutpoints) + 1)
-    labels = interval_labels(cutpoints)
-    counts = [int((studies["p_interval"] == lab).sum()) for lab in labels]
-    return SelectionFit(
-        cutpoints=tuple(float(c) for c in cutpoints),
-        intervals=labels,
-        counts=counts,
-        mu=summarize_draws(direction * mu_b),
-        tau=summarize_draws(post["tau"].to_numpy()),
-        omega={lab: summarize_draws(omega[:, j]) for j, lab in enumerate(labels)},
-        prob_selection=float(np.mean(omega[:, 1] < 1.0)),
-        prior_prob_selection=0.5,
-        prob_benefit=float(np.mean(mu_b > 0)),
-        diagnostics=diagnose(idata, ["mu", "tau", "omega_free"]),
-        retried=retried,
-        omega_prior=f"lognormal:0:{priors.omega_sigma:g}",
-        posterior=idata,
-    )
-
-
-def _headline(regressions: dict[str, RegressionFit]) -> str:
-    scale = ("sqrt_inv_n", "inv_n") if "PET-sqrt_inv_n" in regressions else ("sei", "vi")
-    pet = regressions[f"PET-{scale[0]}"]
-    return f"PEESE-{scale[1]}" if pet.prob_benefit >= PET_PEESE_THRESHOLD else pet.name
-
-
-def _check_config(effects: pd.DataFrame, engine: str, cutpoints: Sequence[float], direction: int) -> None:
+def _check_config(effects: pd.DataFrame, engine: str, direction: int) -> None:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if direction not in (1, -1):
@@ -240,7 +182,6 @@ def _check_config(effects: pd.DataFrame, engine: str, cutpoints: Sequence[float]
         raise ValueError(f"effects table lacks columns {sorted(missing)}")
     if len(effects) < MIN_STUDIES:
         raise NotApplicable(f"small-study models need at least {MIN_STUDIES} studies (k = {len(effects)})")
-    interval_labels(cutpoints)  # validates the cut-points
 
 
 def fit_small_study_effects(
@@ -252,36 +193,29 @@ def fit_small_study_effects(
     measure: str = "SMD",
     priors: PriorSet | None = None,
     engine: str = "exact",
-    selection: bool = True,
-    cutpoints: Sequence[float] = DEFAULT_CUTPOINTS,
     seed: int = 1,
     sampler: SamplerSettings | None = None,
     progressbar: bool = False,
 ) -> SmallStudyResult:
-    """Fit the small-study-effect models to one effect per study.
+    """Fit the publication-bias ensemble and the PET/PEESE single models to one effect per study.
 
     Parameters
     ----------
     effects : pandas.DataFrame
-        Columns ``study, yi, vi`` and optionally ``n_treatment, n_control`` (as
-        :func:`analysis.dataset.effects.study_effects`); missing or zero group sizes skip the n-based models.
+        Columns ``study, yi, vi`` and optionally ``n_treatment, n_control, n_comparisons`` (as
+        :func:`analysis.dataset.effects.study_effects`).
     outcome : Outcome
         The outcome; ``direction`` orients benefit, the one-sided p-values and the bias direction.
     dataset, provenance, measure : str
-        Labels for the report.
+        Labels for the report; ``measure`` chooses the tests and predictors (module docstring).
     priors : PriorSet, optional
-        Priors: ``mu`` (beta0, and mu of the selection model), ``tau``, ``slope`` (beta1) and
-        ``omega_sigma`` (defaults documented in :class:`models.priors.PriorSet`).
+        ``mu`` (beta0 of PET/PEESE and mu of the ensemble), ``tau`` and ``slope`` (beta1).
     engine : {"exact", "nuts"}
-        Engine of the PET/PEESE regressions (the selection model always uses NUTS).
-    selection : bool
-        Fit the step-function selection model (NUTS; seconds).
-    cutpoints : sequence of float
-        One-sided p-value cut-points of the selection model.
+        Engine of the PET/PEESE single regressions (the ensemble is always exact quadrature).
     seed : int
-        Seed of every random step (NUTS, exact posterior draws).
+        Seed of every random step (NUTS, exact posterior draws for plots).
     sampler : SamplerSettings, optional
-        NUTS settings (default :data:`SELECTION_SAMPLER`).
+        NUTS settings of ``engine="nuts"``.
     progressbar : bool
         Show the sampler's progress display.
 
@@ -289,17 +223,17 @@ def fit_small_study_effects(
     -------
     SmallStudyResult
     """
-    _check_config(effects, engine, cutpoints, outcome.direction)
-    priors, sampler = priors or default_priors(measure), sampler or SELECTION_SAMPLER
+    _check_config(effects, engine, outcome.direction)
+    priors, sampler = priors or default_priors(measure), sampler or SamplerSettings()
     direction, notes = outcome.direction, []
-    studies = _study_table(effects, direction, cutpoints)
+    studies = _study_table(effects, direction, measure)
     if len(studies) < MIN_K_ADVISED:
         notes.append(
             f"only k = {len(studies)} studies: small-study methods have little power below "
             f"{MIN_K_ADVISED} studies; read the intervals, not the point estimates"
         )
     rng = np.random.default_rng([seed, 2])
-    regressions, predictors = {}, _predictors(studies, notes)
+    regressions, predictors = {}, _predictors(studies, measure, notes)
     notes += _spread_notes(studies, predictors)
     for predictor in predictors:
         fit = (
@@ -310,9 +244,14 @@ def fit_small_study_effects(
         regressions[fit.name] = fit
     re = exact_posterior(studies["yi"], studies["vi"], tau_prior=priors.tau, mu_prior=priors.mu)
     re_draws = {k: v for k, v in re.sample(N_DRAWS, rng=rng).items() if k in ("mu", "tau")}
-    sel = _fit_selection(studies, direction, priors, cutpoints, seed, sampler, progressbar) if selection else None
-    if sel is not None:
-        notes += _selection_notes(sel)
+    averaged = fit_bias_averaged_effects(
+        effects.reset_index(drop=True),
+        outcome=outcome,
+        dataset=dataset,
+        provenance=provenance,
+        measure=measure,
+        priors=priors,
+    )
     return SmallStudyResult(
         dataset=dataset,
         provenance=provenance,
@@ -322,27 +261,12 @@ def fit_small_study_effects(
         studies=studies,
         random_effects={"mu": re.summary("mu"), "tau": re.summary("tau")},
         regressions=regressions,
-        headline=_headline(regressions),
-        selection=sel,
+        averaged=averaged,
         egger=regtest(studies["yi"], studies["vi"]),
-        notes=notes,
+        notes=notes + averaged.notes,
         re_draws=re_draws,
-        settings={"seed": seed, "engine": engine, "cutpoints": list(cutpoints)}
-        | ({"sampler": asdict(sampler)} if selection or engine == "nuts" else {}),
+        settings={"seed": seed, "engine": engine} | ({"sampler": asdict(sampler)} if engine == "nuts" else {}),
     )
-
-
-def _selection_notes(sel: SelectionFit) -> list[str]:
-    notes = []
-    empty = [lab for lab, n in zip(sel.intervals, sel.counts, strict=True) if n == 0]
-    if empty:
-        notes.append(
-            f"no study has a one-sided p-value in {', '.join(empty)}: the weight of such intervals is "
-            "informed only by the absence of those studies and by the prior"
-        )
-    if not sel.diagnostics.passed:
-        notes.append("the selection model did NOT pass the convergence gates: " + "; ".join(sel.diagnostics.failures()))
-    return notes
 
 
 def fit_small_study(
@@ -351,20 +275,16 @@ def fit_small_study(
     *,
     priors: PriorSet | None = None,
     engine: str = "exact",
-    selection: bool = True,
-    cutpoints: Sequence[float] = DEFAULT_CUTPOINTS,
     seed: int = 1,
     sampler: SamplerSettings | None = None,
     table: EffectTable | None = None,
     progressbar: bool = False,
 ) -> SmallStudyResult:
-    """Small-study-effect analysis of one outcome of a dataset (``evmeta fit --model small-study``).
+    """Small-study and publication-bias analysis of one outcome (``evmeta fit --model small-study``).
 
     Parameters are those of :func:`fit_small_study_effects`, with the dataset and outcome id in
     place of the effects table (``table``: a precomputed :class:`~analysis.dataset.effects.EffectTable`).
-    ``priors`` is the one :class:`~models.priors.PriorSet` of the run (the CLI's ``--mu-prior``/``--tau-prior``):
-    its mu prior is the prior of beta0 and of the selection model's mu, its tau prior that of tau,
-    its slope prior that of beta1 and omega_sigma that of the selection weights.
+    ``priors`` is the one :class:`~models.priors.PriorSet` of the run (the CLI's ``--mu-prior``/``--tau-prior``).
 
     Returns
     -------
@@ -379,8 +299,6 @@ def fit_small_study(
         measure=dataset.effect_measure,
         priors=priors or default_priors(dataset.effect_measure),
         engine=engine,
-        selection=selection,
-        cutpoints=cutpoints,
         seed=seed,
         sampler=sampler,
         progressbar=progressbar,

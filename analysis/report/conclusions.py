@@ -121,6 +121,19 @@ def _bias_text(e: Evidence, fit: MetaAnalysisResult) -> str:
     return f"asymmetry check {verdict} (p = {e.asymmetry_p:.2f}){few}"
 
 
+def _publication_bias_text(small_study: dict | None, e: Evidence, fit: MetaAnalysisResult) -> str:
+    """The bias-averaged ensemble's bias inclusion BF and adjusted mu, then the funnel-slope check."""
+    check = _bias_text(e, fit)
+    if small_study is None or "bias_averaged" not in small_study:
+        return check
+    avg = small_study["bias_averaged"]
+    mu = avg["mu"]
+    return (
+        f"bias inclusion BF {avg['inclusion_bf']['bias']:.2f}; model-averaged μ {mu['mean']:.2f} "
+        f"[{mu['q025']:.2f}, {mu['q975']:.2f}] (unadjusted {avg['mu_unadjusted']['mean']:.2f}); {check}"
+    )
+
+
 def _robustness_text(ranges: dict[str, tuple[float, float]], fit: MetaAnalysisResult, e: Evidence) -> str:
     if not ranges:
         return "not assessed"
@@ -156,7 +169,7 @@ def conclusions_section(run: RunResult) -> list[str]:
                 "effect (95% ETI)": _effect_text(fit),
                 "consistency": _consistency_text(fit),
                 "risk of bias": _rob_text(e),
-                "small-study / selection": _bias_text(e, fit),
+                "publication bias": _publication_bias_text(art.jsons.get("small_study"), e, fit),
                 "robustness": _robustness_text(robustness_range(art, multivariate), fit, e),
                 "certainty": _certainty_text(c),
             }

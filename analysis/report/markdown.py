@@ -117,7 +117,7 @@ def _engine_lines(run: RunResult) -> list[str]:
     if run.engine == "exact":
         return [
             "- exact engine only (`--engine exact`): quadrature over τ (as R's bayesmeta); the analyses that need "
-            "NUTS draws (posterior predictive checks, power-scaling, arm-level likelihood, selection model, "
+            "NUTS draws (posterior predictive checks, power-scaling, arm-level likelihood, "
             "PSIS-LOO, multivariate model) were not run"
         ]
     s = run.sampler
@@ -496,17 +496,47 @@ def subgroup_comparison_count(run: RunResult) -> int:
     return sum(int(a.jsons["subgroups"]["n_comparisons"]) for a in run.outcomes.values() if "subgroups" in a.jsons)
 
 
+def _bias_rows(analysis: OutcomeAnalysis) -> pd.DataFrame:
+    avg = analysis.small_study.averaged
+    d = avg.outcome.direction
+
+    def natural(x: dict) -> dict:
+        return x if d > 0 else {"mean": -x["mean"], "q025": -x["q975"], "q975": -x["q025"]}
+
+    rows = [
+        ("unadjusted μ (random effects, no bias model)", natural(avg.unadjusted)),
+        ("**adjusted μ (model-averaged over effect, heterogeneity and bias)**", natural(avg.mu)),
+        ("μ averaged over the models with an effect (conditional)", natural(avg.conditional_mu)),
+    ]
+    out = [{"quantity": name, "value": f"{s['mean']:.2f} [{s['q025']:.2f}, {s['q975']:.2f}]"} for name, s in rows]
+    for component in ("bias", "effect", "heterogeneity"):
+        inc = avg.inclusion(component)
+        out.append(
+            {
+                "quantity": f"inclusion Bayes factor: {component}",
+                "value": f"{inc['inclusion_bf']:.2f} (P = {inc['posterior_prob']:.2f}, prior {inc['prior_prob']:.2f})",
+            }
+        )
+    return pd.DataFrame(out)
+
+
 def small_study_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
-    """Small-study effects (replacing Egger's test): PET/PEESE, selection model, funnel plot."""
+    """Publication bias (replacing Egger's test): the bias-averaged ensemble, PET/PEESE, funnel plot."""
     if analysis.small_study is None:
         return []
     return [
-        "#### Small-study effects (replacing Egger's test; normal likelihood)",
+        "#### Publication bias (replacing Egger's test; normal likelihood)",
         "",
-        "PET/PEESE meta-regressions on SE and on √(1/ñ) (SMD and SE are correlated in small animal studies, "
-        "which fakes asymmetry; Zwetsloot et al. 2017) and a one-sided step-function selection model. Their "
-        "measured behaviour on this design (README, 'Can the small-study models detect the Tb.N selection?') is "
-        "poor: they are shown as single models and not used in the conclusions.",
+        "Bayesian model averaging over effect (μ = 0 or not), heterogeneity (τ = 0 or not) and publication bias "
+        "(none; selection on each study's one-sided t-test p-value with monotone weights, cut-points "
+        "0.025/0.05 and 0.05/0.5; PET/PEESE on √(1/ñ) only when k ≥ 10 and study sizes vary), as RoBMA-PSMA "
+        "(Bartoš et al. 2023), computed by exact quadrature. The adjusted estimate is the model-averaged μ "
+        "(models without an effect count as μ = 0). Its behaviour on the flagship design is measured in the "
+        "README ('Publication bias: what the ensemble can tell on this design'); with k ≤ 10 a selection story "
+        "(no effect, large heterogeneity, only significant studies published) fits small data sets almost as "
+        "well as a real effect, so the model-averaged μ is pulled towards 0 even without selection.",
+        "",
+        markdown_table(_bias_rows(analysis)),
         "",
         "```",
         str(analysis.small_study),

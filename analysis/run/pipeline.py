@@ -3,8 +3,9 @@
 Per outcome: the random-effects model with NUTS (convergence-gated, retried once) and with
 the exact engine (the cross-check); posterior predictive checks; power-scaling and a prior
 grid; the comparison with the frequentist DL/REML estimates; subgroups as covariates, one
-moderator at a time as the paper did (exact engine); small-study effects (PET/PEESE on SE and on
-sqrt(1/n~), exact; step-function selection model, NUTS) replacing Egger's test; and study
+moderator at a time as the paper did (exact engine); publication bias (model averaging over effect,
+heterogeneity and bias: selection models on one-sided p-values, PET/PEESE; exact quadrature)
+replacing Egger's test; and study
 influence (exact leave-one-study-out refits and PSIS-LOO) replacing leave-one-out.
 Each outcome is one job whose rendered
 artifacts are cached by content hash (:mod:`analysis.run.cache`); jobs that miss the cache run in
@@ -112,7 +113,7 @@ def analyse_outcome(
     """Fit, check and compare one outcome (see the module docstring).
 
     With ``engine="exact"`` only the exact engine runs: the analyses that need NUTS draws (posterior
-    predictive checks, power-scaling, the arm-level likelihood, the selection model, PSIS-LOO) are
+    predictive checks, power-scaling, the arm-level likelihood, PSIS-LOO) are
     skipped with that reason. An analysis whose precondition fails on these data (too few studies,
     :class:`~analysis.dataset.problems.NotApplicable`) is skipped with its reason; the run goes on.
     """
@@ -138,7 +139,7 @@ def analyse_outcome(
     else:
         analysis.skipped["NUTS analyses"] = (
             "the run used the exact engine only (--engine exact): posterior predictive checks, power-scaling, "
-            "the arm-level likelihood, the selection model and PSIS-LOO need NUTS draws"
+            "the arm-level likelihood and PSIS-LOO need NUTS draws"
         )
     studies = analysis.primary.studies
     analysis.comparison = compare_table(fits, frequentist=(studies["yi"].to_numpy(), studies["vi"].to_numpy()))
@@ -170,7 +171,6 @@ def analyse_outcome(
             seed=seed,
             sampler=sampler,
             table=table,
-            selection=engine == "nuts",
         ),
     )
     posterior = None if analysis.nuts is None else analysis.nuts.posterior
@@ -355,8 +355,8 @@ def _execute(jobs: list[OutcomeJob], *, workers: int, progress: Progress) -> dic
     """Run the jobs, in worker processes when there are several; progress as each outcome finishes.
 
     With ``workers >= 2`` the outcome fits run one after another in a single worker process, so
-    that each model structure is compiled once (:mod:`analysis.fitting.nuts`, ~15 s for the normal,
-    selection and arm-level models) instead of once per worker; the multivariate model and the
+    that each model structure is compiled once (:mod:`analysis.fitting.nuts`, ~15 s for the normal
+    and arm-level models) instead of once per worker; the multivariate model and the
     figures of fitted outcomes run in the other worker(s), and the fitting worker renders
     figures too once every fit is done. Jobs are handed out only to idle workers, so no queue
     builds up behind a busy one.
