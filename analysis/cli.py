@@ -334,7 +334,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     """``evmeta benchmark``: time cold/warm runs, a NUTS fit and the exact engine (see analysis.studies.benchmark)."""
     from analysis.studies.benchmark import main as benchmark_main
 
-    return benchmark_main()
+    return benchmark_main([])
 
 
 def _report_up_to_date(out: Path, plan: RunPlan) -> bool:

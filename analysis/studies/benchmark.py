@@ -6,7 +6,11 @@ in its manifest; compile time versus sampling time of one univariate fit (nutpie
 own sampler for comparison); the exact
 engine per outcome; and the multivariate model over all outcomes (``evmeta fit --model
 multivariate --outcomes all``) as a child process, with its own peak memory against the limits
-:data:`MULTIVARIATE_ALL_WALL_LIMIT_S` and :data:`MULTIVARIATE_ALL_RSS_LIMIT_MIB`. Writes
+:data:`MULTIVARIATE_ALL_WALL_LIMIT_S` and :data:`MULTIVARIATE_ALL_RSS_LIMIT_MIB`; and one
+bias-averaged fit per flagship outcome against R's RoBMA default ensemble on the same data
+(:func:`bias_averaged_vs_robma`; RoBMA's wall times are those recorded in
+``../shared/reference/robma_reference.json``, not re-measured: RoBMA and JAGS are not installed
+here). ``--only bias-averaged`` runs that part alone and updates its key in the JSON. Writes
 ``reports/benchmark.json`` and prints a Markdown table for the README. Timings are measured here,
 never asserted in tests.
 """
@@ -172,6 +176,62 @@ def exact_per_outcome(repeats: int = 20) -> dict:
             times.append(time.perf_counter() - started)
         out[outcome] = round(1000 * sorted(times)[len(times) // 2], 2)
     return out
+
+
+#: RoBMA reference numbers (with their recorded wall times) and the target ratio of the issue.
+ROBMA_REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "robma_reference.json"
+BIAS_AVERAGED_RATIO_LIMIT = 1.0 / 20.0
+
+
+def bias_averaged_vs_robma(repeats: int = 3, reference: Path = ROBMA_REFERENCE) -> dict:
+    """Median wall time of one bias-averaged fit per flagship outcome, on RoBMA's data, against RoBMA's time.
+
+    The data are those RoBMA was given (first comparison per study, benefit-oriented d, its SE and
+    group sizes), so both fit the same studies. Returns per outcome evmeta's seconds, RoBMA's
+    recorded seconds (``null`` where its ensemble did not finish) and their ratio.
+    """
+    import pandas as pd
+
+    from analysis.dataset.load import Outcome
+    from analysis.fitting.bias_averaged import fit_bias_averaged_effects
+
+    if not reference.exists():
+        return {"available": False, "reason": f"{reference} not found"}
+    outcomes = json.loads(reference.read_text())["flagship"]["outcomes"]
+    rows = {}
+    for oid, entry in outcomes.items():
+        data = entry["data"]
+        effects = pd.DataFrame(
+            {
+                "study": data["study"],
+                "yi": data["d"],
+                "vi": [s**2 for s in data["se"]],
+                "n_treatment": data["n_treatment"],
+                "n_control": data["n_control"],
+            }
+        )
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fit_bias_averaged_effects(effects, outcome=Outcome(oid, oid, "", 1), measure="SMD")
+            times.append(time.perf_counter() - started)
+        ours = sorted(times)[len(times) // 2]
+        robma = (entry.get("default_ensemble") or {}).get("wall_s")
+        rows[oid] = {
+            "k": entry["k"],
+            "evmeta_seconds": round(ours, 3),
+            "robma_seconds": None if robma is None else round(robma, 1),
+            "ratio": None if robma is None else round(ours / robma, 5),
+        }
+    ratios = [r["ratio"] for r in rows.values() if r["ratio"] is not None]
+    return {
+        "available": True,
+        "outcomes": rows,
+        "max_ratio": max(ratios) if ratios else None,
+        "ratio_limit": BIAS_AVERAGED_RATIO_LIMIT,
+        "robma_machine": "RoBMA's times were recorded by make_robma_reference.R on a 2-core machine shared with "
+        "another job (load 2-4); evmeta's are measured here, so the ratio is indicative, not same-run",
+    }
 
 
 def _cap_address_space() -> None:
@@ -348,6 +408,16 @@ def markdown(result: dict) -> str:
         ),
     ]
     rows += [_multivariate_row(result[key]) for key in MULTIVARIATE_KEYS if key in result]
+    ba = result.get("bias_averaged_vs_robma") or {}
+    if ba.get("available") and ba.get("max_ratio") is not None:
+        worst = max((r for r in ba["outcomes"].values() if r["ratio"] is not None), key=lambda r: r["ratio"])
+        rows.append(
+            (
+                "one bias-averaged fit of a flagship outcome / RoBMA default ensemble, same data (worst outcome)",
+                f"{worst['evmeta_seconds']:.2f} s / {worst['robma_seconds']:.0f} s = {ba['max_ratio']:.4f}",
+                f"≤ {ba['ratio_limit']:.2f}",
+            )
+        )
     rows += [(f"cold run stage: {k}", f"{v:.1f} s", "") for k, v in result.get("stages", {}).items()]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_mib']} MiB, Python {m['python']} "
@@ -378,8 +448,22 @@ def stages_from_manifest(out: Path) -> dict:
     return stages
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, write ``reports/benchmark.json`` and print the Markdown table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m analysis.studies.benchmark", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["bias-averaged"], help="run one part and update its key in the JSON")
+    args = parser.parse_args(argv)
+    from analysis.report.files import write_json
+
+    if args.only == "bias-averaged":
+        path = REPORTS_DIR / "benchmark.json"
+        result = json.loads(path.read_text()) if path.exists() else {}
+        result["bias_averaged_vs_robma"] = bias_averaged_vs_robma()
+        write_json(path, result)
+        print(json.dumps(result["bias_averaged_vs_robma"], indent=1))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir, out = Path(tmp) / "cache", Path(tmp) / "report"
         result = {"machine": machine(), "cold": timed_run(out, cache_dir)}
@@ -392,8 +476,8 @@ def main() -> int:
     result["exact_ms"] = exact_per_outcome()
     result["multivariate_all"] = multivariate_all_outcomes()
     result["multivariate_all_cold_compile"] = multivariate_all_outcomes(cold_compile_cache=True)
+    result["bias_averaged_vs_robma"] = bias_averaged_vs_robma()
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
-    from analysis.report.files import write_json
 
     write_json(REPORTS_DIR / "benchmark.json", result)
     print(markdown(result))
