@@ -31,7 +31,7 @@ from analysis.dataset.load import Dataset, Outcome
 from analysis.dataset.problems import NotApplicable
 from analysis.results.bias_averaged import BiasAveragedResult, ModelFit, averaged_summary
 from models.bias_models import BIAS_KINDS, PEESE_PRIOR, BiasData, BiasModel, EnsemblePriors, ensemble
-from models.exact.cube import integrate
+from models.exact.cube import CubeIntegral, integrate
 from models.priors import PriorSet, PriorSpec, default_priors, measure_scale
 from models.selection import CUTPOINT_SETS, normal_thresholds, t_test_p, t_thresholds
 
@@ -42,6 +42,8 @@ __all__ = [
     "bias_kinds",
     "ensemble_priors",
     "fit_bias_averaged",
+    "fit_model",
+    "integrate_model",
     "fit_bias_averaged_effects",
     "one_sided_p",
 ]
@@ -132,9 +134,16 @@ def ensemble_priors(priors: PriorSet, measure: str, bias: tuple[str, ...] = BIAS
     return EnsemblePriors(mu=priors.mu, tau=priors.tau, peese=peese, bias=bias)
 
 
-def _fit_model(model: BiasModel, data: BiasData) -> ModelFit:
-    integral = integrate(lambda c: model.log_density(data, c), model.boxes())
-    return ModelFit.from_integral(model, integral)
+def integrate_model(model: BiasModel, data: BiasData) -> CubeIntegral:
+    """Quadrature of one model, with tabulated marginals of mu, log tau and the first weight fraction."""
+    axes = model.axes()
+    tabulated = [axes.index(a) for a in ("mu", "log_tau", "v1") if a in axes]
+    return integrate(lambda c: model.log_density(data, c), model.boxes(), marginal_axes=tabulated)
+
+
+def fit_model(model: BiasModel, data: BiasData) -> ModelFit:
+    """One model of the ensemble, fitted: marginal likelihood and posterior summaries."""
+    return ModelFit.from_integral(model, integrate_model(model, data))
 
 
 def _check(effects: pd.DataFrame, direction: int) -> None:
@@ -186,7 +195,7 @@ def fit_bias_averaged_effects(
         data = bias_data(effects, outcome.direction, measure)
         kinds, notes = bias_kinds(data)
         spec = ensemble_priors(run_priors, measure, kinds)
-    fits = [_fit_model(model, data) for model in ensemble(spec)]
+    fits = [fit_model(model, data) for model in ensemble(spec)]
     return BiasAveragedResult(
         dataset=dataset,
         provenance=provenance,

@@ -31,7 +31,7 @@ This module knows nothing about meta-analysis; it does no I/O.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -49,8 +49,11 @@ N_FINAL: dict[int, int] = {1: 64, 2: 48, 3: 40, 4: 28}
 CUTOFF = 12.0
 #: At most this many search stages.
 MAX_STAGES = 10
-#: Points of the fine grid on which a marginal CDF is tabulated.
+#: Points of the fine grid on which a marginal CDF is interpolated, and on which it is evaluated.
 N_CDF = 801
+N_MARGINAL = 241
+#: Nodes of each other axis when a marginal is tabulated, by number of axes.
+N_OTHER: dict[int, int] = {1: 1, 2: 24, 3: 20, 4: 14}
 
 LogLik = Callable[[list[np.ndarray]], np.ndarray]
 
@@ -108,9 +111,14 @@ class CubeIntegral:
     log_evidence : float
         :math:`\\log \\int q\\,dc`, the log marginal likelihood.
     error : float
-        ``|log_evidence - (the same with N_SEARCH nodes on the final box)|``.
+        ``|log_evidence - (the same with 3/4 of the nodes on the final box)|``: an upper estimate of
+        the quadrature error of ``log_evidence`` (Gauss–Legendre converges fast, so the error of
+        the finer grid is far below that of the coarser one).
     boxes : list of tuple
         The final box of each axis.
+    marginals : dict
+        Axis -> ``(c, F(c))``: marginal CDF tabulated at :data:`N_MARGINAL` evenly spaced points of
+        the axis's box, the other axes integrated with their search-grid nodes (see :func:`integrate`).
     """
 
     nodes: list[np.ndarray]
@@ -119,6 +127,7 @@ class CubeIntegral:
     log_evidence: float
     error: float
     boxes: list[tuple[float, float]]
+    marginals: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def ndim(self) -> int:
@@ -138,7 +147,14 @@ class CubeIntegral:
         return mean, float(np.sqrt(max(np.sum(m * (v - mean) ** 2), 0.0)))
 
     def axis_cdf(self, axis: int) -> tuple[np.ndarray, np.ndarray]:
-        """Marginal CDF of one coordinate on a fine grid of its box: ``(c, F(c))``."""
+        """Marginal CDF of one coordinate on a fine grid of its box: ``(c, F(c))``.
+
+        The tabulated marginal of :func:`integrate` (``marginal_axes``) when there is one;
+        otherwise the barycentric interpolant of the marginal density through the final nodes,
+        which is poor when the box is much wider than the posterior's bulk (a long tail).
+        """
+        if axis in self.marginals:
+            return self.marginals[axis]
         other = tuple(a for a in range(self.ndim) if a != axis)
         mass = self.mass().sum(axis=other) if other else self.mass()
         density = mass / self.weights[axis]
@@ -161,6 +177,7 @@ def integrate(
     n_search: int | None = None,
     n_final: int | None = None,
     cutoff: float = CUTOFF,
+    marginal_axes: Sequence[int] = (),
 ) -> CubeIntegral:
     """Integrate ``exp(log_density)`` over a box (see the module docstring).
 
@@ -177,6 +194,11 @@ def integrate(
         :data:`N_SEARCH`, :data:`N_FINAL` for the number of axes; 5 or more axes use the 4-axis values).
     cutoff : float
         Drop of the marginal log density that bounds the box.
+    marginal_axes : sequence of int
+        Axes whose marginal CDF is tabulated (:attr:`CubeIntegral.marginals`): the integrand is
+        evaluated at :data:`N_MARGINAL` evenly spaced points of the axis's final box times the
+        search-grid nodes of the other axes, so quantiles are accurate even when the box holds a
+        long tail.
 
     Returns
     -------
@@ -196,9 +218,25 @@ def integrate(
         boxes = new
         if not shrunk:
             break
-    nodes, weights = _grid(boxes, n_search)
+    nodes, weights = _grid(boxes, max(n_search, round(0.75 * n_final)))
     coarse = _log_evidence(log_lik(nodes), weights)
     nodes, weights = _grid(boxes, n_final)
     values = log_lik(nodes)
     log_ev = _log_evidence(values, weights)
-    return CubeIntegral(nodes, weights, values, log_ev, abs(log_ev - coarse), boxes)
+    marginals = {axis: _tabulated_marginal(log_lik, boxes, axis, N_OTHER[min(len(boxes), 4)]) for axis in marginal_axes}
+    return CubeIntegral(nodes, weights, values, log_ev, abs(log_ev - coarse), boxes, marginals)
+
+
+def _tabulated_marginal(
+    log_lik: LogLik, boxes: list[tuple[float, float]], axis: int, n_other: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Marginal CDF of ``axis`` at evenly spaced points, the other axes integrated by Gauss–Legendre."""
+    nodes, weights = _grid(boxes, n_other)
+    c = np.linspace(*boxes[axis], N_MARGINAL)
+    nodes[axis], weights[axis] = c, np.ones(N_MARGINAL)
+    log_q = log_lik(nodes) + _log_weight_grid(weights)
+    other = tuple(a for a in range(len(boxes)) if a != axis)
+    log_density = logsumexp(log_q, axis=other) if other else log_q
+    density = np.exp(log_density - np.max(log_density))
+    cdf = np.concatenate([[0.0], np.cumsum((density[1:] + density[:-1]) / 2.0 * np.diff(c))])
+    return c, cdf / cdf[-1]
