@@ -30,7 +30,7 @@ from models.priors import PriorSet, PriorSpec
 if TYPE_CHECKING:
     from analysis.dataset.effects import EffectTable
     from analysis.dataset.load import Dataset
-    from analysis.results.fit_result import FitResult
+    from analysis.results.outcome import FitResult
     from analysis.run.pipeline import RunPlan
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NOT_CONVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

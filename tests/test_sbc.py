@@ -1,9 +1,9 @@
 """Simulation-based calibration machinery (analysis.studies.sbc) and one small run on a dask cluster.
 
-Fast: ranks, thinning, the uniformity test on synthetic ranks (uniform passes, biased fails), the
-rejection simulator of the selection model against the model's own likelihood, and a conjugate
-normal toy case in which a posterior computed with the wrong prior is caught, so the machinery
-can fail. Slow: a few real replications of the selection model through a dask LocalCluster.
+Fast: ranks, thinning, the uniformity test on synthetic ranks (uniform passes, biased fails), and
+a conjugate normal toy case in which a posterior computed with the wrong prior is caught, so the
+machinery can fail. Slow: a few real replications of the arm-level model through a dask
+LocalCluster. (The quadrature selection models are calibrated in ``tests/test_selection_calibration.py``.)
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
-from scipy import integrate, stats
 
 from analysis.plots.sbc import sbc_rank_figure, uniform_band
 from analysis.studies import sbc
-from models.small_study import DEFAULT_CUTPOINTS, selection_log_likelihood
 
-#: The Bonferroni threshold of the study: 21 ranked parameters at family level 0.01.
-THRESHOLD = sbc.bonferroni_threshold(21)
+#: The Bonferroni threshold of the study: 17 ranked parameters at family level 0.01.
+THRESHOLD = sbc.bonferroni_threshold(17)
 
 
 def test_rank_counts_draws_below_the_truth():
@@ -65,8 +63,17 @@ def test_uniform_ranks_pass_and_biased_ranks_fail():
     assert sbc.uniformity_test(_ranks_against(0.0, 0.5, 200, rng))[1] < THRESHOLD
 
 
+def test_the_nuts_models_and_the_bonferroni_family():
+    """Only the two NUTS models are calibrated here; their 10 + 7 ranked parameters make the family."""
+    designs = sbc.flagship_designs()
+    assert sbc.MODELS == ("multivariate", "arm_level")
+    assert set(designs) == set(sbc.MODELS) == set(sbc._cases())
+    assert sbc.n_ranked_parameters(designs) == 17
+    assert sbc.describe_design(designs["arm_level"])["comparisons"] == 19
+
+
 def test_bonferroni_threshold():
-    assert sbc.bonferroni_threshold(21) == pytest.approx(0.01 / 21)
+    assert sbc.bonferroni_threshold(17) == pytest.approx(0.01 / 17)
     with pytest.raises(ValueError):
         sbc.bonferroni_threshold(0)
 
@@ -91,27 +98,6 @@ def test_sbc_accepts_the_right_posterior_and_catches_a_wrong_prior():
     assert sbc.uniformity_test(wrong)[1] < THRESHOLD
 
 
-def test_selection_simulator_draws_from_the_model_likelihood():
-    """Accepted effects of one study follow exp(selection_log_likelihood), checked by a KS test."""
-    mu, tau, omega, v = 0.3, 0.4, np.array([1.0, 0.3, 1.8]), 0.2
-    y = sbc.simulate_selected_effects(mu, tau, omega, np.full(1500, v), DEFAULT_CUTPOINTS, np.random.default_rng(5))
-    # CDF of the model's density by the trapezoid rule on each p-value interval (the density jumps between them)
-    thresholds = np.sqrt(v) * stats.norm.isf(DEFAULT_CUTPOINTS)[::-1]
-    edges = [-4.0, *thresholds, 5.0]
-    grid = np.concatenate([np.linspace(a + 1e-12, b - 1e-12, 2001) for a, b in zip(edges[:-1], edges[1:])])
-    density = np.exp(
-        selection_log_likelihood(grid, np.full(grid.size, v), mu=mu, tau=tau, omega=omega, cutpoints=DEFAULT_CUTPOINTS)
-    )
-    cdf = integrate.cumulative_trapezoid(density, grid, initial=0.0)
-    assert cdf[-1] == pytest.approx(1.0, abs=1e-5)  # the likelihood is a normalised density of y
-    result = stats.kstest(y, lambda x: np.interp(x, grid, cdf))
-    assert result.pvalue > 0.01
-    # the selection is visible: fewer studies with 0.025 < p <= 0.5 (weight 0.3) than without selection
-    p = stats.norm.sf(y / np.sqrt(v))
-    unselected = np.diff(stats.norm.cdf(thresholds, loc=mu, scale=np.sqrt(v + tau**2)))[0]
-    assert np.mean((p > 0.025) & (p <= 0.5)) < 0.6 * unselected
-
-
 def test_rank_figure_has_one_panel_per_model_and_parameter():
     rng = np.random.default_rng(3)
     rows = pd.DataFrame(
@@ -130,7 +116,7 @@ def test_rank_figure_has_one_panel_per_model_and_parameter():
 
 
 @pytest.mark.slow
-def test_selection_sbc_on_a_dask_cluster():
+def test_arm_level_sbc_on_a_dask_cluster():
     """Three replications on a 2-worker LocalCluster; one rerun in this process gives the same ranks."""
     distributed = pytest.importorskip("distributed")
     designs = sbc.flagship_designs()
@@ -138,13 +124,13 @@ def test_selection_sbc_on_a_dask_cluster():
         distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         distributed.Client(cluster) as client,
     ):
-        rows = sbc.run_sbc(["selection"], reps=3, seed=4, designs=designs, executor=client)
-    params = [p.name for p in sbc.ranked_parameters("selection", designs["selection"])]
+        rows = sbc.run_sbc(["arm_level"], reps=3, seed=4, designs=designs, executor=client)
+    params = [p.name for p in sbc.ranked_parameters("arm_level", designs["arm_level"])]
     assert len(rows) == 3 * len(params)
     assert (rows["error"] == "").all()
     assert rows["rank"].between(0, sbc.N_KEEP).all()
     assert (rows["n_draws_after_thinning"] == sbc.N_KEEP).all()
-    task = sbc.make_tasks("selection", 3, 4, designs["selection"], sbc.default_priors("SMD"))[1]
+    task = sbc.make_tasks("arm_level", 3, 4, designs["arm_level"], sbc.default_priors("SMD"))[1]
     again = pd.DataFrame(sbc.run_replication(task))
     first = rows[rows["rep"] == 1].reset_index(drop=True)
     assert again["rank"].tolist() == first["rank"].tolist()

@@ -14,7 +14,7 @@ from analysis.dataset.load import Dataset
 from analysis.fitting.random_effects import fit_random_effects
 from analysis.fitting.sampling import SamplerSettings
 from analysis.inference.decision import DEFAULT_DECISION, DecisionSettings, decision_quantities
-from analysis.results.fit_result import OutcomeFit
+from analysis.results.outcome import OutcomeFit
 from analysis.results.random_effects import MetaAnalysisResult
 from models.priors import PriorSet, PriorSpec
 

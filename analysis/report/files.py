@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.atomic import write_bytes_atomic, write_text_atomic
-from analysis.results.fit_result import FitResult
+from analysis.results.outcome import FitResult
 from analysis.results.random_effects import SUMMARY_PARAMS, MetaAnalysisResult
 
 

@@ -31,8 +31,8 @@ from analysis.report.files import (
 from analysis.report.html import markdown_to_html
 from analysis.report.manifest import git_revision, package_versions
 from analysis.report.markdown import build_report_markdown
-from analysis.results.fit_result import OutcomeFit
 from analysis.results.meta_regression import MetaRegressionResult
+from analysis.results.outcome import OutcomeFit
 from analysis.results.random_effects import MetaAnalysisResult
 
 

@@ -23,7 +23,7 @@ from analysis.dataset.load import Outcome
 from models.bias_models import BiasModel, EnsemblePriors
 from models.exact.cube import CubeIntegral
 
-__all__ = ["BiasAveragedResult", "ModelFit", "averaged_summary", "posterior_probs"]
+__all__ = ["BiasAveragedResult", "ModelFit", "averaged_summary", "marginal_values", "posterior_probs"]
 
 Summary = dict[str, float]
 _PROBS = np.array([0.025, 0.5, 0.975])
@@ -41,6 +41,27 @@ def _weighted_quantiles(values: np.ndarray, mass: np.ndarray, probs: np.ndarray)
 
 def _summary(mean: float, sd: float, q: np.ndarray) -> Summary:
     return {"mean": mean, "sd": sd, "median": float(q[1]), "q025": float(q[0]), "q975": float(q[2])}
+
+
+#: Integration coordinate of each summarised parameter (:meth:`models.bias_models.BiasModel.axes`).
+_AXIS = {"mu": "mu", "tau": "log_tau"}
+#: Points of a marginal CDF on the parameter's own scale (resampled from the tabulated coordinates).
+N_VALUES = 2001
+
+
+def marginal_values(model: BiasModel, integral: CubeIntegral, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Marginal posterior CDF of ``mu`` or ``tau`` on its own scale: ``(values, cdf)``.
+
+    The tabulated marginal is linear between its points in the integration coordinate (the prior
+    CDF of mu, log tau), so it is resampled there at :data:`N_VALUES` points before being mapped to
+    the parameter's scale, where a CDF is then interpolated linearly (quantiles, model averaging).
+    """
+    c, cdf = integral.axis_cdf(model.axes().index(_AXIS[name]))
+    fine = np.linspace(c[0], c[-1], N_VALUES)
+    cdf = np.interp(fine, c, cdf)
+    values = model.priors.mu.ppf(fine) if name == "mu" else np.exp(fine)
+    keep = np.isfinite(values)
+    return values[keep], cdf[keep]
 
 
 @dataclass
@@ -76,15 +97,13 @@ class ModelFit:
         par = model.parameters(integral.nodes)
         mass = integral.mass()
         summaries, marginals = {}, {}
-        for name, axis in (("mu", "mu"), ("tau", "log_tau")):
-            if axis not in axes:
+        for name in ("mu", "tau"):
+            if _AXIS[name] not in axes:
                 continue
-            c, cdf = integral.axis_cdf(axes.index(axis))
-            values = model.priors.mu.ppf(c) if name == "mu" else np.exp(c)
-            keep = np.isfinite(values)
-            marginals[name] = (values[keep], cdf[keep])
+            values, cdf = marginal_values(model, integral, name)
+            marginals[name] = (values, cdf)
             mean, sd = integral.expectation(par[name])
-            summaries[name] = _summary(mean, sd, np.interp(_PROBS, cdf[keep], values[keep]))
+            summaries[name] = _summary(mean, sd, np.interp(_PROBS, cdf, values))
         if "v1" in axes:  # omega2 = 1 - v1: its quantiles from the tabulated marginal of v1
             c, cdf = integral.axis_cdf(axes.index("v1"))
             mean, sd = integral.expectation(par["omega2"])

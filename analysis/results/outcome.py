@@ -1,4 +1,6 @@
-"""Everything computed for one outcome by ``evmeta run`` (live results, before rendering)."""
+"""Everything computed for one outcome by ``evmeta run`` (live results, before rendering), and the
+names of the result types a fit returns (``OutcomeFit``, ``FitResult``) for code that accepts any of
+them (CLI, writers)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,19 @@ import pandas as pd
 
 from analysis.checks.risk_of_bias import RobSensitivity
 from analysis.inference.decision_result import DecisionQuantities
+from analysis.results.bias_averaged import BiasAveragedResult
 from analysis.results.influence import InfluenceResult
-from analysis.results.meta_regression import SubgroupResults
+from analysis.results.meta_regression import MetaRegressionResult, SubgroupResults
+from analysis.results.multivariate import MultivariateResult
 from analysis.results.predictive import LooPitResult, PPCResult
 from analysis.results.random_effects import MetaAnalysisResult
 from analysis.results.reproduction import Reproduction
 from analysis.results.small_study import SmallStudyResult
+
+#: A per-outcome fit (``evmeta fit --model ...``): each has ``outcome``, ``to_dict()`` and ``str()``.
+OutcomeFit = MetaAnalysisResult | MetaRegressionResult | SubgroupResults | SmallStudyResult | BiasAveragedResult
+#: Any fit, the multivariate one included.
+FitResult = OutcomeFit | MultivariateResult
 
 
 @dataclass

@@ -13,26 +13,9 @@ simulator and sampler at once, where no exact engine (:mod:`models.exact`) is av
 **Models and designs** (the flagship simulated dataset ``bmsc_ev_osteoporosis``: 10 studies,
 5-10 animals per arm, nine of the ten studies with two treatment arms sharing one control;
 :func:`flagship_designs` reads the design from ``data/bmsc_ev_osteoporosis``, fixed over all
-replications):
+replications). The publication-bias selection models are computed by deterministic quadrature,
+not NUTS, and are calibrated separately by :mod:`analysis.studies.selection_calibration`.
 
-``selection``
-    The step-function selection model :func:`models.small_study.build_selection_model` (default
-    cut-points 0.025, 0.5) with the ``vi`` of the 10 BV/TV study effects. Its likelihood is a custom
-    weighted density, so the data are simulated here (:func:`simulate_selected_effects`):
-    :math:`\mu, \tau, \omega` are drawn from the model's own prior (its free variables, via
-    ``pm.draw``), and for every study :math:`i` (fixed :math:`v_i`) candidates
-    :math:`\theta \sim \mathcal N(\mu, \tau^2)`, :math:`y \sim \mathcal N(\theta, v_i)` are drawn
-    until one is accepted, each with probability :math:`\omega_{j(y)} / \max_j \omega_j`
-    (:math:`j(y)` the interval of its one-sided p-value :math:`1 - \Phi(y / \sqrt{v_i})`). An
-    accepted :math:`y` then has density :math:`\propto \mathcal N(y; \mu, v_i + \tau^2)\,\omega_{j(y)}`,
-    which normalised is exactly the model's per-study likelihood
-    :math:`\mathcal N(y; \mu, \sigma_i^2)\,\omega_{j(y)} / \sum_j \omega_j P_{ij}`. (Acceptance
-    "with probability :math:`\omega_j`" is not possible as such: the weights are log-normal and
-    may exceed 1; dividing by their maximum changes only the acceptance rate.) Ranked: ``mu``,
-    ``tau`` and every free weight. The case calls the model's builder with the run's
-    :class:`~models.priors.PriorSet`, so after a redesign of the model (issue 17) SBC is re-run with
-    one command; a change of the p-value definition must be mirrored in
-    :func:`simulate_selected_effects`.
 ``multivariate``
     :func:`models.multivariate.build_multivariate_model` (marginal form, padded batched MvNormal,
     LKJ(2) correlation) for the four default outcomes BV/TV, Tb.N, Tb.Sp, Tb.Th with the flagship's
@@ -60,8 +43,8 @@ replications):
 **Sampling.** Every fit goes through :func:`analysis.fitting.sampling.sample_with_retry` (nutpie,
 compiled once per worker process; a fit failing a gate is retried once with target_accept 0.99
 and doubled tuning and draws, as in production) with the production settings: 4 chains x 1000
-draws after 1000 tuning iterations and each model's production target_accept (selection 0.95,
-multivariate 0.95, arm-level 0.99). Shorter fits were tried first: with 4 x 250 draws after 500
+draws after 1000 tuning iterations and each model's production target_accept (multivariate
+0.95, arm-level 0.99). Shorter fits were tried first: with 4 x 250 draws after 500
 tuning iterations the project's gates, set for 4000 draws, failed on short-chain noise alone (r_hat
 1.011-1.044 and bulk ESS 171-446 in 5 of 5 arm-level fits, r_hat up to 1.021 in the multivariate
 model; the same data passed with 4 x 1000 draws), and the retries this triggered cost more than
@@ -79,11 +62,11 @@ as a row with an empty rank and its error, and counted.
 
 **Uniformity and multiplicity.** Per parameter a chi-square test of the rank histogram on
 :data:`N_BINS` = 20 bins of 5 ranks (expected count 10 per bin at 200 replications, 19 degrees of
-freedom). Multiplicity: Bonferroni over all ranked parameters of all three models
-(:func:`n_ranked_parameters`: 4 + 10 + 7 = 21) at family level :data:`FAMILY_ALPHA` = 0.01; a
-parameter fails if its p-value is below 0.01 / 21 = 4.76e-4, whichever models a run includes.
+freedom). Multiplicity: Bonferroni over all ranked parameters of both models
+(:func:`n_ranked_parameters`: 10 + 7 = 17) at family level :data:`FAMILY_ALPHA` = 0.01; a
+parameter fails if its p-value is below 0.01 / 17 = 5.88e-4, whichever models a run includes.
 
-Run ``python -m analysis.studies.sbc [--reps N] [--seed S] [--jobs J] [--models a,b,c]
+Run ``python -m analysis.studies.sbc [--reps N] [--seed S] [--jobs J] [--models a,b]
 [--out-dir reports]``; writes ``sbc.json`` (per model and parameter: replications, failures,
 rank histogram, chi-square statistic and p-value, threshold, pass/fail; settings; wall time),
 ``sbc.csv`` (one row per replication and parameter) and ``sbc.png`` (rank histograms with the
@@ -119,7 +102,6 @@ from analysis.studies.parallel import ClientLike, map_tasks
 from models.arm_level import ArmSummaries, build_arm_level_model
 from models.multivariate import build_multivariate_model, pad_missing
 from models.priors import PriorSet, default_priors
-from models.small_study import DEFAULT_CUTPOINTS, build_selection_model, p_interval
 
 __all__ = [
     "CHAINS",
@@ -134,7 +116,6 @@ __all__ = [
     "MultivariateDesign",
     "Param",
     "SBCTask",
-    "SelectionDesign",
     "bonferroni_threshold",
     "flagship_designs",
     "make_tasks",
@@ -144,14 +125,13 @@ __all__ = [
     "ranked_parameters",
     "run_replication",
     "run_sbc",
-    "simulate_selected_effects",
     "summarise",
     "thin_draws",
     "uniformity_test",
 ]
 
 #: Models in the order they are run.
-MODELS: tuple[str, ...] = ("selection", "multivariate", "arm_level")
+MODELS: tuple[str, ...] = ("multivariate", "arm_level")
 #: Replications per model of ``main``.
 DEFAULT_REPS = 200
 #: Kept draws per chain, warm-up iterations per chain, chains.
@@ -162,7 +142,7 @@ N_KEEP = 99
 N_BINS = 20
 #: Family-wise level of the Bonferroni correction over all ranked parameters of all models.
 FAMILY_ALPHA = 0.01
-#: Outcome whose study effects (selection) and arm structure (arm-level) make the design: reported by all 10 studies.
+#: Outcome whose arm structure makes the arm-level design: reported by all 10 studies.
 DESIGN_OUTCOME = "BV_TV"
 #: Correlations ranked in the multivariate model.
 RANKED_PAIRS: tuple[str, ...] = ("BV_TV~Tb_N", "Tb_Sp~Tb_Th")
@@ -170,8 +150,6 @@ RANKED_PAIRS: tuple[str, ...] = ("BV_TV~Tb_N", "Tb_Sp~Tb_Th")
 RANKED_STUDIES: tuple[str, ...] = ("SimStudyA2019", "SimStudyF2021")
 #: Name of the shared variable that replaces the multivariate model's constant observed effects.
 OBSERVED_NAME = "y_observed"
-#: Candidates drawn at a time by the rejection sampler, and the most it draws for one study before giving up.
-_BATCH, _MAX_PROPOSALS = 1000, 10_000_000
 #: Random streams of a replication: the simulation (the sampler takes the task seed itself).
 _SIMULATION_STREAM = 1
 
@@ -188,15 +166,6 @@ class Param:
     def name(self) -> str:
         """``var`` or ``var[label]``."""
         return self.var if self.label is None else f"{self.var}[{self.label}]"
-
-
-@dataclass(frozen=True, eq=False)
-class SelectionDesign:
-    """Fixed inputs of the selection-model replications: study labels, sampling variances, cut-points."""
-
-    study: tuple[str, ...]
-    vi: np.ndarray
-    cutpoints: tuple[float, ...] = DEFAULT_CUTPOINTS
 
 
 @dataclass(frozen=True, eq=False)
@@ -219,7 +188,7 @@ class ArmLevelDesign:
     studies: tuple[str, ...] = RANKED_STUDIES
 
 
-Design = SelectionDesign | MultivariateDesign | ArmLevelDesign
+Design = MultivariateDesign | ArmLevelDesign
 
 
 @dataclass(frozen=True, eq=False)
@@ -311,7 +280,7 @@ def bonferroni_threshold(n_tests: int, family_alpha: float = FAMILY_ALPHA) -> fl
 
 
 def flagship_designs(path: Path = DEFAULT_DATASET) -> dict[str, Design]:
-    """The fixed designs of the three models, read from the flagship dataset (see the module docstring).
+    """The fixed designs of the two models, read from the flagship dataset (see the module docstring).
 
     Parameters
     ----------
@@ -341,7 +310,6 @@ def flagship_designs(path: Path = DEFAULT_DATASET) -> dict[str, Design]:
     )
     mv = multivariate_data_from_dataset(dataset, table=table, rho_within=DEFAULT_RHO_WITHIN)
     return {
-        "selection": SelectionDesign(study=study, vi=effects["vi"].to_numpy(dtype=float)),
         "multivariate": MultivariateDesign(
             study=tuple(mv.study),
             outcome=tuple(mv.outcome_ids),
@@ -355,8 +323,6 @@ def flagship_designs(path: Path = DEFAULT_DATASET) -> dict[str, Design]:
 
 def describe_design(design: Design) -> dict:
     """JSON-ready description of a design (sizes and structure) for the report."""
-    if isinstance(design, SelectionDesign):
-        return {"k": len(design.study), "vi": design.vi.tolist(), "cutpoints": list(design.cutpoints)}
     if isinstance(design, MultivariateDesign):
         return {
             "k": len(design.study),
@@ -374,88 +340,6 @@ def describe_design(design: Design) -> dict:
         "studies_with_two_comparisons": int(np.sum(np.bincount(data.comparison_study) == 2)),
         "units": "standardised: pooled SD prior centre 1 in every study",
     }
-
-
-# ---------------------------------------------------------------- selection model
-
-
-def simulate_selected_effects(
-    mu: float,
-    tau: float,
-    omega: Sequence[float] | np.ndarray,
-    vi: np.ndarray,
-    cutpoints: Sequence[float],
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """One published effect per study under the step-function selection model, by rejection.
-
-    Parameters
-    ----------
-    mu, tau : float
-        Mean and SD of the true effects before selection.
-    omega : sequence of float
-        Relative publication probability of each p-value interval (first = most significant).
-    vi : numpy.ndarray
-        Sampling variance of each study.
-    cutpoints : sequence of float
-        One-sided p-value cut-points (those of the model).
-    rng : numpy.random.Generator
-
-    Returns
-    -------
-    numpy.ndarray
-        Benefit-oriented effects: for each study the first candidate ``theta ~ N(mu, tau^2)``,
-        ``y ~ N(theta, v_i)`` accepted with probability ``omega_j(y) / max(omega)``.
-    """
-    accept = np.asarray(omega, dtype=float) / np.max(omega)
-    v = np.asarray(vi, dtype=float)
-    y = np.empty(v.size)
-    for i, vi_i in enumerate(v):
-        y[i] = _first_accepted(mu, tau, vi_i, accept, cutpoints, rng)
-    return y
-
-
-def _first_accepted(
-    mu: float, tau: float, vi: float, accept: np.ndarray, cutpoints: Sequence[float], rng: np.random.Generator
-) -> float:
-    for _ in range(_MAX_PROPOSALS // _BATCH):
-        theta = rng.normal(mu, tau, size=_BATCH)
-        y = rng.normal(theta, np.sqrt(vi))
-        kept = rng.uniform(size=_BATCH) < accept[p_interval(y, np.full(_BATCH, np.sqrt(vi)), cutpoints)]
-        if kept.any():
-            return float(y[np.argmax(kept)])
-    raise RuntimeError(f"no study accepted in {_MAX_PROPOSALS} candidates (mu={mu}, tau={tau}, weights={accept})")
-
-
-def _selection_model(design: SelectionDesign, yi: np.ndarray, priors: PriorSet) -> pm.Model:
-    return build_selection_model(
-        yi,
-        design.vi,
-        study=design.study,
-        cutpoints=design.cutpoints,
-        tau_prior=priors.tau,
-        mu_prior=priors.mu,
-        omega_sigma=priors.omega_sigma,
-    )
-
-
-def _simulate_selection(
-    design: SelectionDesign, priors: PriorSet, rng: np.random.Generator
-) -> tuple[pm.Model, dict[str, np.ndarray]]:
-    prior_model = _selection_model(design, np.zeros(len(design.study)), priors)
-    names = ("mu", "tau", "omega")
-    truth = dict(zip(names, pm.draw([prior_model[n] for n in names], random_seed=rng)))
-    yi = simulate_selected_effects(
-        float(truth["mu"]), float(truth["tau"]), truth["omega"], design.vi, design.cutpoints, rng
-    )
-    return _selection_model(design, yi, priors), truth
-
-
-def _selection_params(design: SelectionDesign) -> list[Param]:
-    from models.small_study import interval_labels
-
-    labels = interval_labels(design.cutpoints)
-    return [Param("mu"), Param("tau"), *(Param("omega", "p_interval", label) for label in labels[1:])]
 
 
 # ---------------------------------------------------------------- multivariate model
@@ -512,15 +396,8 @@ def _sbc_sampler(target_accept: float) -> SamplerSettings:
 
 def _cases() -> dict[str, _Case]:
     from analysis.fitting.arm_level import DEFAULT_SAMPLER as ARM_SAMPLER
-    from analysis.fitting.small_study import SELECTION_SAMPLER
 
     return {
-        "selection": _Case(
-            _simulate_selection,
-            _selection_params,
-            ("mu", "tau", "omega_free"),
-            _sbc_sampler(SELECTION_SAMPLER.target_accept),
-        ),
         "multivariate": _Case(
             _simulate_multivariate,
             _multivariate_params,

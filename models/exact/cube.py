@@ -16,14 +16,16 @@ Algorithm (:func:`integrate`): a Gauss–Legendre grid with ``n_search`` nodes p
 current box (initially the caller's); the box of each axis is shrunk to the nodes whose
 marginal log density (log-sum over the other axes) lies within ``cutoff`` nats of its maximum,
 widened by one node on each side (so for a unimodal integrand the mode stays inside); repeated until no
-axis shrinks by more than half. The integral is then computed with ``n_final`` nodes per axis on
-the final box, and once more with ``n_search`` nodes on the same box: the difference of the two
-log-evidences is reported as the quadrature error estimate. The marginal density outside the box is
-below :math:`e^{-\text{cutoff}}` times its peak (as resolved by the search grid).
+axis shrinks by more than half. The final box can hold a long tail, so each axis is split into a
+bulk panel holding all but :data:`BULK_TAIL` of the marginal mass on either side (read off the
+last search grid) and two tail panels, with composite Gauss–Legendre rules (70% of the nodes in
+the bulk). The integral is computed with ``n_final`` nodes per axis, and once more with 3/4 of
+them: the difference of the two log-evidences is reported as the quadrature error estimate. The
+marginal density outside the box is below :math:`e^{-\text{cutoff}}` times its peak (as
+resolved by the search grid).
 
-Marginal distributions of single axes (:meth:`CubeIntegral.axis_cdf`) interpolate the marginal
-density through the Gauss–Legendre nodes with the barycentric Lagrange interpolant (spectrally
-accurate for a smooth density) and integrate it on a fine grid.
+Marginal distributions of single axes (:meth:`CubeIntegral.axis_cdf`) are tabulated on request
+(``marginal_axes``) at :data:`N_MARGINAL` points, the other axes integrated by the composite rule.
 
 This module knows nothing about meta-analysis; it does no I/O.
 """
@@ -35,7 +37,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from scipy.interpolate import BarycentricInterpolator
 from scipy.special import logsumexp
 
 __all__ = ["CUTOFF", "N_FINAL", "N_SEARCH", "CubeIntegral", "integrate"]
@@ -47,10 +48,13 @@ N_SEARCH: dict[int, int] = {1: 24, 2: 20, 3: 20, 4: 16}
 N_FINAL: dict[int, int] = {1: 64, 2: 48, 3: 40, 4: 28}
 #: Drop of the marginal log density (nats) below its maximum that bounds the box: e^-12 = 6e-6.
 CUTOFF = 12.0
+#: Marginal mass left in each tail outside the bulk panel, and the share of an axis's nodes in
+#: its two tail panels (composite Gauss–Legendre; :func:`integrate`).
+BULK_TAIL = 1e-3
+TAIL_SHARE = 0.3
 #: At most this many search stages.
 MAX_STAGES = 10
-#: Points of the fine grid on which a marginal CDF is interpolated, and on which it is evaluated.
-N_CDF = 801
+#: Points at which a marginal CDF is tabulated (a sixth in each tail panel).
 N_MARGINAL = 241
 #: Nodes of each other axis when a marginal is tabulated, by number of axes.
 N_OTHER: dict[int, int] = {1: 1, 2: 24, 3: 20, 4: 14}
@@ -68,6 +72,39 @@ def _axis_nodes(box: tuple[float, float], n: int) -> tuple[np.ndarray, np.ndarra
     x, w = _legendre(n)
     lo, hi = box
     return lo + (hi - lo) * x, (hi - lo) * w
+
+
+def _composite_nodes(panel: tuple[float, float, float, float], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Legendre nodes on ``[lo, a]``, ``[a, b]``, ``[b, hi]``: most of them in the bulk ``[a, b]``."""
+    lo, a, b, hi = panel
+    n_tail = max(2, round(n * TAIL_SHARE / 2))
+    parts = [(lo, a), (b, hi)]
+    tails = [(x, y) for x, y in parts if y - x > 1e-12 * max(1.0, abs(hi - lo))]
+    n_bulk = max(4, n - n_tail * len(tails))
+    pieces = [_axis_nodes((a, b), n_bulk)] + [_axis_nodes(t, n_tail) for t in tails]
+    x = np.concatenate([p[0] for p in pieces])
+    w = np.concatenate([p[1] for p in pieces])
+    order = np.argsort(x)
+    return x[order], w[order]
+
+
+def _bulk_panels(
+    log_lik: np.ndarray, nodes: list[np.ndarray], weights: list[np.ndarray], boxes: list[tuple[float, float]]
+) -> list[tuple[float, float, float, float]]:
+    """Per axis ``(lo, a, b, hi)``: ``[a, b]`` holds all but :data:`BULK_TAIL` of each tail's marginal mass."""
+    log_mass = log_lik + _log_weight_grid(weights)
+    panels = []
+    for d, (x, (lo, hi)) in enumerate(zip(nodes, boxes, strict=True)):
+        other = tuple(a for a in range(log_mass.ndim) if a != d)
+        marginal = logsumexp(log_mass, axis=other) if other else log_mass
+        mass = np.exp(marginal - marginal.max())
+        cum = np.cumsum(mass) / mass.sum()
+        first = int(np.searchsorted(cum, BULK_TAIL))
+        last = int(np.searchsorted(cum, 1.0 - BULK_TAIL))
+        a = x[first - 1] if first >= 1 else lo
+        b = x[last + 1] if last + 1 < x.size else hi
+        panels.append((lo, float(a), float(b), hi))
+    return panels
 
 
 def _log_evidence(log_lik: np.ndarray, weights: list[np.ndarray]) -> float:
@@ -150,19 +187,15 @@ class CubeIntegral:
         """Marginal CDF of one coordinate on a fine grid of its box: ``(c, F(c))``.
 
         The tabulated marginal of :func:`integrate` (``marginal_axes``) when there is one;
-        otherwise the barycentric interpolant of the marginal density through the final nodes,
-        which is poor when the box is much wider than the posterior's bulk (a long tail).
+        otherwise the node masses' mid-point cumulative sums at the final nodes (coarse: use
+        ``marginal_axes`` for quantiles).
         """
         if axis in self.marginals:
             return self.marginals[axis]
         other = tuple(a for a in range(self.ndim) if a != axis)
         mass = self.mass().sum(axis=other) if other else self.mass()
-        density = mass / self.weights[axis]
-        lo, hi = self.boxes[axis]
-        u = np.linspace(lo, hi, N_CDF)
-        fine = np.clip(BarycentricInterpolator(self.nodes[axis], density)(u), 0.0, None)
-        cdf = np.concatenate([[0.0], np.cumsum((fine[1:] + fine[:-1]) / 2.0 * np.diff(u))])
-        return u, cdf / cdf[-1]
+        x, cum = self.nodes[axis], np.cumsum(mass)
+        return x, np.clip(cum - mass / 2.0, 0.0, 1.0)
 
 
 def _grid(boxes: Sequence[tuple[float, float]], n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -218,25 +251,47 @@ def integrate(
         boxes = new
         if not shrunk:
             break
-    nodes, weights = _grid(boxes, max(n_search, round(0.75 * n_final)))
+    nodes, weights = _grid(boxes, n_search)
+    panels = _bulk_panels(log_lik(nodes), nodes, weights, boxes)
+    nodes, weights = _composite_grid(panels, max(n_search, round(0.75 * n_final)))
     coarse = _log_evidence(log_lik(nodes), weights)
-    nodes, weights = _grid(boxes, n_final)
+    nodes, weights = _composite_grid(panels, n_final)
     values = log_lik(nodes)
     log_ev = _log_evidence(values, weights)
-    marginals = {axis: _tabulated_marginal(log_lik, boxes, axis, N_OTHER[min(len(boxes), 4)]) for axis in marginal_axes}
+    n_other = N_OTHER[min(len(boxes), 4)]
+    marginals = {axis: _tabulated_marginal(log_lik, boxes, panels, axis, n_other) for axis in marginal_axes}
     return CubeIntegral(nodes, weights, values, log_ev, abs(log_ev - coarse), boxes, marginals)
 
 
+def _composite_grid(
+    panels: list[tuple[float, float, float, float]], n: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    pairs = [_composite_nodes(p, n) for p in panels]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
 def _tabulated_marginal(
-    log_lik: LogLik, boxes: list[tuple[float, float]], axis: int, n_other: int
+    log_lik: LogLik,
+    boxes: list[tuple[float, float]],
+    panels: list[tuple[float, float, float, float]],
+    axis: int,
+    n_other: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Marginal CDF of ``axis`` at evenly spaced points, the other axes integrated by Gauss–Legendre."""
-    nodes, weights = _grid(boxes, n_other)
-    c = np.linspace(*boxes[axis], N_MARGINAL)
-    nodes[axis], weights[axis] = c, np.ones(N_MARGINAL)
+    """Marginal CDF of ``axis`` at points over its box (most in the bulk); other axes by the composite rule."""
+    nodes, weights = _composite_grid(panels, n_other)
+    lo, a, b, hi = panels[axis]
+    n_tail = N_MARGINAL // 6
+    edges = np.unique(
+        np.concatenate(
+            [np.linspace(lo, a, n_tail), np.linspace(a, b, N_MARGINAL - 2 * n_tail), np.linspace(b, hi, n_tail)]
+        )
+    )
+    mids = (edges[1:] + edges[:-1]) / 2.0  # midpoint rule: the box's end points may map to infinite values
+    nodes[axis], weights[axis] = mids, np.ones(mids.size)
     log_q = log_lik(nodes) + _log_weight_grid(weights)
     other = tuple(a for a in range(len(boxes)) if a != axis)
     log_density = logsumexp(log_q, axis=other) if other else log_q
     density = np.exp(log_density - np.max(log_density))
-    cdf = np.concatenate([[0.0], np.cumsum((density[1:] + density[:-1]) / 2.0 * np.diff(c))])
+    cdf = np.concatenate([[0.0], np.cumsum(density * np.diff(edges))])
+    c = edges
     return c, cdf / cdf[-1]
