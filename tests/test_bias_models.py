@@ -9,12 +9,15 @@ not through the function under test. Fast (a few seconds in all).
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from analysis.cli import EXIT_OK, main
+from analysis.config import DEFAULT_DATASET
 from models.bias_models import BiasData, BiasModel, EnsemblePriors, ensemble
 from models.exact.cube import integrate
 from models.priors import PriorSpec
@@ -260,3 +263,28 @@ def test_ensemble_prior_probabilities(kw: dict, expected: dict[str, float]) -> N
     # components are independent: each model's probability is 1/2 * 1/2 * its bias share
     for m in models:
         assert abs(m.prior_prob - 0.25 * expected[m.bias_name]) <= tol, m.name
+
+
+def test_cli_bias_averaged_json_interface(tmp_path, capsys):
+    """``evmeta fit DATASET --outcome ID --model bias-averaged --json F``: the issue's interface."""
+    out = tmp_path / "tbn.json"
+    assert (
+        main(["fit", str(DEFAULT_DATASET), "--outcome", "Tb_N", "--model", "bias-averaged", "--json", str(out)])
+        == EXIT_OK
+    )
+    assert "model-averaged mu" in capsys.readouterr().out
+    fit = json.loads(out.read_text())
+    five = {"mean", "sd", "median", "q025", "q975"}
+    assert set(fit["mu"]) == five and set(fit["tau"]) == five and fit["model"] == "bias-averaged"
+    assert set(fit["inclusion_bf"]) == {"effect", "heterogeneity", "bias"}
+    assert all(bf > 0 for bf in fit["inclusion_bf"].values())
+    rows = fit["models"]
+    assert {"name", "prior_prob", "posterior_prob", "log_marginal_likelihood"} <= set(rows[0])
+    assert sum(r["prior_prob"] for r in rows) == pytest.approx(1.0) and sum(
+        r["posterior_prob"] for r in rows
+    ) == pytest.approx(1.0)
+    # the inclusion BF is the posterior odds over the prior odds of the models with bias
+    post = sum(r["posterior_prob"] for r in rows if r["bias"] != "none")
+    prior = sum(r["prior_prob"] for r in rows if r["bias"] != "none")
+    assert fit["inclusion_bf"]["bias"] == pytest.approx(post / (1 - post) / (prior / (1 - prior)), rel=1e-9)
+    assert fit["mu"]["q025"] <= fit["mu"]["median"] <= fit["mu"]["q975"]
