@@ -258,7 +258,9 @@ def test_funnel_plot(tbn, bcg):
     points = next(c for c in se_ax.collections if c.get_gid() == "studies")
     np.testing.assert_allclose(points.get_offsets(), tbn.studies[["yi", "sei"]].to_numpy())
     assert se_ax.get_ylim()[0] > se_ax.get_ylim()[1] == 0.0  # inverted, precise studies on top
-    assert {ln.get_gid() for ln in n_ax.get_lines()} >= {"pet_line", "peese_line", "pooled_mu"}
+    assert {ln.get_gid() for ln in n_ax.get_lines()} >= {"pet_line", "peese_line", "pooled_mu", "averaged_mu"}
+    averaged = next(ln for ln in n_ax.get_lines() if ln.get_gid() == "averaged_mu")
+    assert averaged.get_xdata()[0] == pytest.approx(tbn.averaged.mu["mean"])  # Tb_N: direction +1
     assert any(c.get_gid() == "predictive_region" for c in n_ax.collections)
     assert len(fig.findobj(lambda a: a.get_gid() == "simulated_marker")) == 1
     plain = funnel_plot(bcg)

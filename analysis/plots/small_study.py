@@ -68,7 +68,7 @@ def predictive_region(
 
 
 def _panel(ax: Axes, result: SmallStudyResult, x_obs: np.ndarray, *, scale: str) -> None:
-    """One funnel panel: region, pooled mu, studies, fitted lines."""
+    """One funnel panel: region, pooled and model-averaged mu, studies, fitted lines."""
     grid = np.linspace(0.0, 1.08 * float(np.max(x_obs)), N_GRID)
     mu, tau = result.re_draws["mu"], result.re_draws["tau"]
     lo, hi = predictive_region(mu, tau, grid, smd_n_scale=scale == "n")
@@ -77,6 +77,16 @@ def _panel(ax: Axes, result: SmallStudyResult, x_obs: np.ndarray, *, scale: str)
     )
     ax.axvline(
         float(np.mean(mu)), color=COLORS["pooled"], lw=1.2, gid="pooled_mu", label="posterior mean μ (unadjusted)"
+    )
+    avg = result.averaged
+    mu_avg = avg.outcome.direction * avg.mu["mean"]
+    ax.axvline(
+        mu_avg,
+        color=COLORS["pooled"],
+        lw=1.2,
+        ls="--",
+        gid="averaged_mu",
+        label=f"model-averaged μ over effect, heterogeneity and bias (BF_bias {avg.inclusion_bf['bias']:.2f})",
     )
     ax.axvline(0.0, color=COLORS["grid"], lw=0.8, ls=":", gid="null_line")
     for fit in result.regressions.values():

@@ -14,6 +14,7 @@ import pandas as pd
 
 from analysis.checks.risk_of_bias import KEY_DOMAIN_GROUPS, low_risk_studies
 from analysis.dataset.load import Dataset
+from analysis.inference.bias_calibration import bias_flag_calibrated
 from analysis.inference.certainty import Certainty, Evidence, rate
 from analysis.report.artifacts import OutcomeArtifacts, RunResult
 from analysis.report.tables import markdown_table
@@ -128,8 +129,9 @@ def _publication_bias_text(small_study: dict | None, e: Evidence, fit: MetaAnaly
         return check
     avg = small_study["bias_averaged"]
     mu = avg["mu"]
+    status = "a calibrated flag" if bias_flag_calibrated() else "not a calibrated flag (README)"
     return (
-        f"bias inclusion BF {avg['inclusion_bf']['bias']:.2f}; model-averaged μ {mu['mean']:.2f} "
+        f"bias inclusion BF {avg['inclusion_bf']['bias']:.2f}, {status}; model-averaged μ {mu['mean']:.2f} "
         f"[{mu['q025']:.2f}, {mu['q975']:.2f}] (unadjusted {avg['mu_unadjusted']['mean']:.2f}); {check}"
     )
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.checks.calibrated import FALSE_ALARM_RATES, calibration_status
+from analysis.inference.bias_calibration import bias_flag_calibrated, calibration_text
 from analysis.report.artifacts import RunResult
 from analysis.report.conclusions import conclusions_section
 from analysis.report.figures import INFLUENCE_ROWS, LARGE_K, figure_link, figure_path
@@ -508,7 +509,7 @@ def _bias_rows(analysis: OutcomeAnalysis) -> pd.DataFrame:
         ("**adjusted μ (model-averaged over effect, heterogeneity and bias)**", natural(avg.mu)),
         ("μ averaged over the models with an effect (conditional)", natural(avg.conditional_mu)),
     ]
-    out = [{"quantity": name, "value": f"{s['mean']:.2f} [{s['q025']:.2f}, {s['q975']:.2f}]"} for name, s in rows]
+    out = [{"quantity": name, "value": interval(s)} for name, s in rows]
     for component in ("bias", "effect", "heterogeneity"):
         inc = avg.inclusion(component)
         out.append(
@@ -531,10 +532,15 @@ def small_study_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         "(none; selection on each study's one-sided t-test p-value with monotone weights, cut-points "
         "0.025/0.05 and 0.05/0.5; PET/PEESE on √(1/ñ) only when k ≥ 10 and study sizes vary), as RoBMA-PSMA "
         "(Bartoš et al. 2023), computed by exact quadrature. The adjusted estimate is the model-averaged μ "
-        "(models without an effect count as μ = 0). Its behaviour on the flagship design is measured in the "
-        "README ('Publication bias: what the ensemble can tell on this design'); with k ≤ 10 a selection story "
-        "(no effect, large heterogeneity, only significant studies published) fits small data sets almost as "
-        "well as a real effect, so the model-averaged μ is pulled towards 0 even without selection.",
+        "(models without an effect count as μ = 0). Measured behaviour (README, 'Publication bias'): "
+        + calibration_text()
+        + (
+            ". The bias Bayes factor is therefore not used as a flag and the model-averaged μ not as the effect "
+            "estimate in the conclusions: with k ≤ 10 studies that are nearly all significant, 'no effect, large "
+            "heterogeneity and only significant studies published' fits almost as well as a real effect."
+            if not bias_flag_calibrated()
+            else "."
+        ),
         "",
         markdown_table(_bias_rows(analysis)),
         "",
