@@ -134,10 +134,10 @@ def ensemble_priors(priors: PriorSet, measure: str, bias: tuple[str, ...] = BIAS
     return EnsemblePriors(mu=priors.mu, tau=priors.tau, peese=peese, bias=bias)
 
 
-def integrate_model(model: BiasModel, data: BiasData) -> CubeIntegral:
-    """Quadrature of one model, with tabulated marginals of mu, log tau and the first weight fraction."""
+def integrate_model(model: BiasModel, data: BiasData, tabulate: tuple[str, ...] = ("mu", "log_tau")) -> CubeIntegral:
+    """Quadrature of one model, with tabulated marginals of the coordinates ``tabulate`` (if present)."""
     axes = model.axes()
-    tabulated = [axes.index(a) for a in ("mu", "log_tau", "v1") if a in axes]
+    tabulated = [axes.index(a) for a in tabulate if a in axes]
     return integrate(lambda c: model.log_density(data, c), model.boxes(), marginal_axes=tabulated)
 
 

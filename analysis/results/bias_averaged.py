@@ -76,9 +76,9 @@ class ModelFit:
         Estimated absolute error of the log marginal likelihood (:class:`models.exact.cube.CubeIntegral`).
     summaries : dict
         Parameter -> summary for the free parameters (``mu``, ``tau``, ``PET``, ``PEESE``,
-        ``omega2..omegaJ``). Means and SDs are quadrature-exact; the quantiles of mu, tau and
-        omega2 come from tabulated marginals, those of PET, PEESE and omega_j (j >= 3) are
-        weighted quantiles of the grid nodes (approximate, for display).
+        ``omega2..omegaJ``). Means and SDs are quadrature-exact; the quantiles of mu and tau (and
+        of omega2 when the first weight fraction was tabulated) come from tabulated marginals,
+        the others are weighted quantiles of the grid nodes (approximate, for display).
     marginals : dict
         ``mu`` / ``tau`` -> ``(values, cdf)`` of the marginal posterior on a fine grid (free
         parameters only; not serialised).
@@ -104,12 +104,14 @@ class ModelFit:
             marginals[name] = (values, cdf)
             mean, sd = integral.expectation(par[name])
             summaries[name] = _summary(mean, sd, np.interp(_PROBS, cdf, values))
-        if "v1" in axes:  # omega2 = 1 - v1: its quantiles from the tabulated marginal of v1
+        omega2_tabulated = "v1" in axes and axes.index("v1") in integral.marginals
+        if omega2_tabulated:  # omega2 = 1 - v1: its quantiles from the tabulated marginal of v1
             c, cdf = integral.axis_cdf(axes.index("v1"))
             mean, sd = integral.expectation(par["omega2"])
             summaries["omega2"] = _summary(mean, sd, 1.0 - np.interp(1.0 - _PROBS, cdf, c))
         extra = [p for p in ("PET", "PEESE") if p in par]
-        extra += [f"omega{j + 3}" for j in range(len(model.cutpoints) - 1)]
+        first = 3 if omega2_tabulated else 2
+        extra += [f"omega{j}" for j in range(first, len(model.cutpoints) + 2)]
         for name in extra:  # quantiles of a function of several axes: weighted over the grid (approximate)
             values = np.broadcast_to(par[name], mass.shape).ravel()
             mean, sd = integral.expectation(par[name])

@@ -311,7 +311,7 @@ def fit_selection_model(
     y, v = np.asarray(yi, dtype=float), np.asarray(vi, dtype=float)
     data = BiasData(y, v, np.sqrt(v), {tuple(cutpoints): np.asarray(thresholds, dtype=float)}, "sei", "z")
     model = BiasModel(True, True, "selection", tuple(cutpoints), 1.0, priors)
-    return model, integrate_model(model, data)
+    return model, integrate_model(model, data, tabulate=("mu", "log_tau", "v1"))
 
 
 def weighted_cdf(values: np.ndarray, mass: np.ndarray, x: float, support: tuple[float, float] = (0.0, 1.0)) -> float:
