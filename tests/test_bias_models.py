@@ -288,3 +288,12 @@ def test_cli_bias_averaged_json_interface(tmp_path, capsys):
     prior = sum(r["prior_prob"] for r in rows if r["bias"] != "none")
     assert fit["inclusion_bf"]["bias"] == pytest.approx(post / (1 - post) / (prior / (1 - prior)), rel=1e-9)
     assert fit["mu"]["q025"] <= fit["mu"]["median"] <= fit["mu"]["q975"]
+
+
+def test_cli_bias_averaged_all_outcomes_writes_model_tables(tmp_path):
+    """``--all --out``: a bias-averaged fit writes its model table, not study effects."""
+    out = tmp_path / "out"
+    args = ["fit", str(DEFAULT_DATASET), "--all", "--model", "bias-averaged", "--out", str(out)]
+    assert main(args) == EXIT_OK
+    tables = sorted(p.name for p in (out / "tables").iterdir())
+    assert "models_BMD.csv" in tables and not any(t.startswith("studies_") for t in tables)

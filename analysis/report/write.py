@@ -31,6 +31,7 @@ from analysis.report.files import (
 from analysis.report.html import markdown_to_html
 from analysis.report.manifest import git_revision, package_versions
 from analysis.report.markdown import build_report_markdown
+from analysis.results.bias_averaged import BiasAveragedResult
 from analysis.results.meta_regression import MetaRegressionResult
 from analysis.results.outcome import OutcomeFit
 from analysis.results.random_effects import MetaAnalysisResult
@@ -106,11 +107,21 @@ def write_fit_figures(results: Sequence[MetaAnalysisResult], folder: Path) -> li
 
 
 def write_fit_tables(results: Sequence[MetaAnalysisResult], folder: Path) -> list[Path]:
-    """Pooled summary table (one row per outcome) and the study-effects table of each outcome."""
+    """Pooled summary table (one row per outcome) and the study-effects table of each outcome.
+
+    A bias-averaged fit writes its model table (``models_<outcome>.csv``: name, components, prior
+    and posterior probability, log marginal likelihood) instead of study effects.
+    """
     pooled = [r for r in results if isinstance(r, MetaAnalysisResult)]
     written = [write_csv(folder / "pooled_summary.csv", pooled_table(pooled))] if pooled else []
     for result in results:
-        written.append(write_csv(folder / f"studies_{result.outcome.id}.csv", result.studies))
+        if isinstance(result, BiasAveragedResult):
+            models = pd.DataFrame(
+                [{k: v for k, v in m.items() if k != "posterior"} for m in result.to_dict()["models"]]
+            )
+            written.append(write_csv(folder / f"models_{result.outcome.id}.csv", models))
+        else:
+            written.append(write_csv(folder / f"studies_{result.outcome.id}.csv", result.studies))
     return written
 
 
