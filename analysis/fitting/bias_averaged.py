@@ -22,6 +22,8 @@ the prior alone, and a PET model with mu = 0 explains any consistent effect as b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -64,7 +66,12 @@ def _has_group_sizes(effects: pd.DataFrame) -> bool:
     return bool(np.all(np.isfinite(n) & (n >= 2)))
 
 
-def bias_data(effects: pd.DataFrame, direction: int, measure: str, cutpoint_sets=CUTPOINT_SETS) -> BiasData:
+def bias_data(
+    effects: pd.DataFrame,
+    direction: int,
+    measure: str,
+    cutpoint_sets: Sequence[Sequence[float]] = CUTPOINT_SETS,
+) -> BiasData:
     """Benefit-oriented :class:`~models.bias_models.BiasData` of one outcome's study effects.
 
     Parameters
@@ -89,7 +96,7 @@ def bias_data(effects: pd.DataFrame, direction: int, measure: str, cutpoint_sets
         x = np.sqrt(1.0 / nt + 1.0 / nc)
         thresholds = {}
         for cuts in cutpoint_sets:
-            c = t_thresholds(np.maximum(nt, 2), np.maximum(nc, 2), cuts)
+            c = t_thresholds(nt, nc, cuts)
             c[pooled] = normal_thresholds(s[pooled], cuts)
             thresholds[tuple(cuts)] = c
         return BiasData(y, v, x, thresholds, "sqrt_inv_n", "t")
