@@ -536,8 +536,9 @@ def small_study_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         + calibration_text()
         + (
             ". The bias Bayes factor is therefore not used as a flag and the model-averaged μ not as the effect "
-            "estimate in the conclusions: with k ≤ 10 studies that are nearly all significant, 'no effect, large "
-            "heterogeneity and only significant studies published' fits almost as well as a real effect."
+            "estimate in the conclusions (no calibration, no headline; other designs are not measured): on that "
+            "design, with k ≤ 10 studies that are nearly all significant, 'no effect, large heterogeneity and only "
+            "significant studies published' fits almost as well as a real effect."
             if not bias_flag_calibrated()
             else "."
         ),
