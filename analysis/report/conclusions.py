@@ -131,7 +131,7 @@ def _publication_bias_text(small_study: dict | None, e: Evidence, fit: MetaAnaly
     mu = avg["mu"]
     status = "a calibrated flag" if bias_flag_calibrated() else "not a calibrated flag (README)"
     return (
-        f"bias inclusion BF {avg['inclusion_bf']['bias']:.2f}, {status}; model-averaged μ {mu['mean']:.2f} "
+        f"bias inclusion BF {avg['inclusion_bf']['bias']:.3g}, {status}; model-averaged μ {mu['mean']:.2f} "
         f"[{mu['q025']:.2f}, {mu['q975']:.2f}] (unadjusted {avg['mu_unadjusted']['mean']:.2f}); {check}"
     )
 

@@ -515,7 +515,7 @@ def _bias_rows(analysis: OutcomeAnalysis) -> pd.DataFrame:
         out.append(
             {
                 "quantity": f"inclusion Bayes factor: {component}",
-                "value": f"{inc['inclusion_bf']:.2f} (P = {inc['posterior_prob']:.2f}, prior {inc['prior_prob']:.2f})",
+                "value": f"{inc['inclusion_bf']:.3g} (P = {inc['posterior_prob']:.2f}, prior {inc['prior_prob']:.2f})",
             }
         )
     return pd.DataFrame(out)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import logsumexp
 
 from analysis.config import INTERVAL_KIND
 from analysis.dataset.load import Outcome
@@ -212,16 +213,20 @@ class BiasAveragedResult:
         return np.array([f.model.bias != "none" for f in self.models])
 
     def inclusion(self, component: str) -> dict[str, float]:
-        """Prior and posterior probability and inclusion Bayes factor of ``effect``, ``heterogeneity`` or ``bias``."""
+        """Prior and posterior probability and inclusion Bayes factor of ``effect``, ``heterogeneity`` or ``bias``.
+
+        The Bayes factor is computed from log marginal likelihoods (log-sum-exp over the models
+        with and without the component), so it stays exact where a posterior probability rounds to 1.
+        """
         inc = self._includes(component)
-        prior = float(sum(f.model.prior_prob for f, i in zip(self.models, inc, strict=True) if i))
+        prior_in = float(sum(f.model.prior_prob for f, i in zip(self.models, inc, strict=True) if i))
         post = float(self.posterior_probs[inc].sum())
-        if prior in (0.0, 1.0):
-            bf = float("nan")
-        else:
-            post_c = min(max(post, 1e-300), 1.0 - 1e-16)
-            bf = post_c / (1.0 - post_c) / (prior / (1.0 - prior))
-        return {"prior_prob": prior, "posterior_prob": post, "inclusion_bf": bf}
+        if prior_in in (0.0, 1.0):
+            return {"prior_prob": prior_in, "posterior_prob": post, "inclusion_bf": float("nan")}
+        log_w = np.array([np.log(f.model.prior_prob) + f.log_marginal_likelihood for f in self.models])
+        log_post_odds = logsumexp(log_w[inc]) - logsumexp(log_w[~inc])
+        log_bf = log_post_odds - np.log(prior_in / (1.0 - prior_in))
+        return {"prior_prob": prior_in, "posterior_prob": post, "inclusion_bf": float(np.exp(min(log_bf, 700.0)))}
 
     @property
     def inclusion_bf(self) -> dict[str, float]:
