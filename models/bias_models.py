@@ -37,7 +37,6 @@ from scipy import stats
 from models.priors import PriorSpec
 from models.selection import (
     CUTPOINT_SETS,
-    interval_labels,
     omega_from_increments,
     selection_log_lik,
     stick_breaking,
@@ -261,11 +260,6 @@ class BiasModel:
             out = np.sum(stats.norm.logpdf(data.yi, mean, sigma), axis=-1)
         ndim = len(u)
         return out.reshape(tuple(x.size for x in u)) if ndim else np.asarray(out).reshape(())
-
-    @property
-    def intervals(self) -> list[str]:
-        """p-value interval labels of a selection model."""
-        return interval_labels(self.cutpoints) if self.bias == "selection" else []
 
 
 def _bias_variants(priors: EnsemblePriors) -> list[tuple[str, tuple[float, ...], float]]:

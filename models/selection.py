@@ -99,7 +99,12 @@ def t_thresholds(n_treatment: np.ndarray, n_control: np.ndarray, cutpoints: Sequ
 
 
 def hedges_j(df: np.ndarray) -> np.ndarray:
-    """Exact small-sample correction ``J(m) = Γ(m/2) / (sqrt(m/2) Γ((m-1)/2))`` of Hedges' g."""
+    """Exact small-sample correction ``J(m) = Γ(m/2) / (sqrt(m/2) Γ((m-1)/2))`` of Hedges' g.
+
+    The formula of :func:`analysis.dataset.smd.correction_j`, repeated here because ``models/``
+    does not import from ``analysis/``; ``tests/test_bias_models.py`` checks the thresholds
+    against the t-test p-values of g computed the dataset's way.
+    """
     df = np.asarray(df, dtype=float)
     return np.exp(special.gammaln(df / 2.0) - special.gammaln((df - 1.0) / 2.0)) / np.sqrt(df / 2.0)
 
