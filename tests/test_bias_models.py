@@ -18,6 +18,7 @@ from scipy import stats
 
 from analysis.cli import EXIT_OK, main
 from analysis.config import DEFAULT_DATASET
+from analysis.dataset.smd import correction_j
 from models.bias_models import BiasData, BiasModel, EnsemblePriors, ensemble
 from models.exact.cube import integrate
 from models.priors import PriorSpec
@@ -133,7 +134,7 @@ def test_t_thresholds_give_the_cutpoint_p_value() -> None:
     assert g.shape == (5, 4)
     for i in range(nt.size):
         df = nt[i] + nc[i] - 2.0
-        j_corr = math.exp(math.lgamma(df / 2.0) - math.lgamma((df - 1.0) / 2.0)) / math.sqrt(df / 2.0)
+        j_corr = float(correction_j(np.array(df)))  # the dataset's J (analysis.dataset.smd)
         for k, a in enumerate(cuts):
             d = g[i, k] / j_corr  # Hedges' g -> Cohen's d
             t = d / math.sqrt(1.0 / nt[i] + 1.0 / nc[i])
