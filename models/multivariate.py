@@ -95,8 +95,10 @@ __all__ = [
     "LKJ_FORMS",
     "PAD_VARIANCE",
     "PARAMETERISATIONS",
+    "STRUCTURES",
     "build_multivariate_model",
     "correlation_matrix",
+    "cs_lower_bound",
     "draw_theta",
     "draw_theta_new",
     "marginal_logpdf",
@@ -124,6 +126,18 @@ def _probe_blas_quietly() -> None:
 _probe_blas_quietly()
 
 PARAMETERISATIONS = ("marginal", "noncentred")
+
+STRUCTURES = ("unstructured", "cs", "independent")
+"""Between-study correlation structures of Σ = diag(τ) R diag(τ).
+
+``"unstructured"``: R ~ LKJ(η), K(K-1)/2 free correlations. ``"cs"`` (compound symmetry): one
+shared correlation, R = (1 - ρ_b) I + ρ_b J, with ρ_b = l + (1 - l) u, u ~ Beta(η, η) on the
+positive definite range (l, 1), l = -1/(K-1) (for K = 2 this is exactly the LKJ(η) marginal of the
+single correlation). ``"independent"``: R = I (outcomes share information only through the
+within-study covariances). With ~10 studies the K(K-1)/2 correlations of the unstructured form
+are barely identified; the simpler structures are compared with it by PSIS-LOO over studies
+(:mod:`analysis.fitting.multivariate_structures`).
+"""
 
 LKJ_FORMS = ("corr", "cholesky_cov")
 """How the LKJ prior enters the graph. Both give the same prior, Σ = diag(τ) R diag(τ), R ~ LKJ(η).
@@ -288,6 +302,8 @@ def build_multivariate_model(
     coef_names: Sequence[str] = (),
     parameterisation: str = "marginal",
     lkj: str = "corr",
+    structure: str = "unstructured",
+    rho_within_prior: PriorSpec | None = None,
 ) -> pm.Model:
     """Build the multivariate random-effects model (see the module docstring).
 
@@ -296,7 +312,8 @@ def build_multivariate_model(
     yi : numpy.ndarray
         ``(k, K)`` benefit-oriented effects, NaN where an outcome is not reported.
     S : numpy.ndarray
-        ``(k, K, K)`` within-study covariances (entries of unreported outcomes are ignored).
+        ``(k, K, K)`` within-study covariances (entries of unreported outcomes are ignored). With
+        ``rho_within_prior`` only their diagonals, the variances, are used.
     study, outcome : sequence of str
         Labels of the ``study`` and ``outcome`` dimensions.
     priors : PriorSet, optional
@@ -308,22 +325,30 @@ def build_multivariate_model(
     parameterisation : {"marginal", "noncentred"}
         θ integrated out (default) or θ = m + L z sampled explicitly.
     lkj : {"corr", "cholesky_cov"}
-        How the LKJ prior enters (see :data:`LKJ_FORMS`); default ``"corr"``.
+        How the LKJ prior of the unstructured R enters (see :data:`LKJ_FORMS`); default ``"corr"``.
+    structure : {"unstructured", "cs", "independent"}
+        Between-study correlation structure (:data:`STRUCTURES`).
+    rho_within_prior : PriorSpec, optional
+        If given, the within-study correlation is a parameter ``rho_within`` with this prior (inside
+        (0, 1)) and ``S_i = D_i^(1/2) ((1 - rho_w) I + rho_w J) D_i^(1/2)``; else ``S`` is used as given.
 
     Returns
     -------
     pymc.Model
-        Free: ``mu`` (outcome), ``tau`` (outcome) and ``chol_R`` (LKJ Cholesky factor of R) for
-        ``lkj="corr"`` or ``chol_cov`` (packed LKJ Cholesky of Σ) for ``"cholesky_cov"``, optional ``beta`` and, for
-        ``"noncentred"``, ``z``; deterministic ``tau`` (outcome), ``R`` (outcome, outcome_bis),
-        ``rho`` (pair) and, for ``"noncentred"``, ``theta`` (study, outcome); observed ``y``
+        Free: ``mu`` (outcome), ``tau`` (outcome), the correlation parameters of ``structure``
+        (``chol_R`` or ``chol_cov`` unstructured, ``rho_shared_unit`` compound symmetry, none
+        independent), optional ``rho_within``, ``beta`` and, for ``"noncentred"``, ``z``;
+        deterministic ``tau`` (outcome), ``R`` (outcome, outcome_bis), ``rho`` (pair), ``rho_shared``
+        (compound symmetry) and, for ``"noncentred"``, ``theta`` (study, outcome); observed ``y``
         (study, outcome), padded where not reported (:func:`pad_missing`), and data ``S`` (the
-        padded within-study covariances, marginal form).
+        padded within-study covariances) or ``sd_outer`` (products of the reported SEs).
     """
     if parameterisation not in PARAMETERISATIONS:
         raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}, got {parameterisation!r}")
     if lkj not in LKJ_FORMS:
         raise ValueError(f"lkj must be one of {LKJ_FORMS}, got {lkj!r}")
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
     priors = priors or PriorSet()
     yi, S = np.asarray(yi, dtype=float), np.asarray(S, dtype=float)
     X = None if X is None or np.size(X) == 0 else np.asarray(X, dtype=float)
@@ -339,11 +364,12 @@ def build_multivariate_model(
         coords["coef"] = list(coef_names)
     with pm.Model(coords=coords) as model:
         location = _location(priors, X)
-        chol = _between_cholesky(priors, K, lkj)
+        sigma, chol = _between_covariance(priors, K, lkj, structure)
+        s_pad = _within_covariance(yi, S, rho_within_prior)
         if parameterisation == "marginal":
-            _marginal_likelihood(yi, S, location, chol)
+            _marginal_likelihood(yi, s_pad, location, sigma)
         else:
-            _noncentred_likelihood(yi, S, location, chol)
+            _noncentred_likelihood(yi, s_pad, location, chol)
     return model
 
 
@@ -362,14 +388,28 @@ def _location(priors: PriorSet, X: np.ndarray | None) -> pt.TensorVariable:
     return mu[None, :] + _matmul(pm.Data("X", X), beta)
 
 
-def _between_cholesky(priors: PriorSet, K: int, lkj: str) -> pt.TensorVariable:
-    """Cholesky factor L = diag(τ) L_R of Σ; registers ``tau``, ``R`` and ``rho`` (see :data:`LKJ_FORMS`)."""
-    if lkj == "corr":
-        tau = priors.tau.to_pymc("tau", dims="outcome")
-        chol_r = pm.LKJCorr("chol_R", n=K, eta=priors.lkj_eta)
-        corr = _matmul(chol_r, chol_r.T)
-        chol = tau[:, None] * chol_r
-    else:
+def cs_lower_bound(K: int) -> float:
+    """Smallest correlation of a positive definite K x K compound-symmetry matrix, -1/(K-1)."""
+    return -1.0 / (K - 1)
+
+
+def _correlation(priors: PriorSet, K: int, structure: str) -> tuple[pt.TensorVariable, pt.TensorVariable]:
+    """Correlation matrix R and its Cholesky factor for the ``cs`` and ``independent`` structures."""
+    if structure == "independent":
+        eye = pt.as_tensor_variable(np.eye(K))
+        return eye, eye
+    low = cs_lower_bound(K)
+    unit = pm.Beta("rho_shared_unit", alpha=priors.lkj_eta, beta=priors.lkj_eta)
+    rho = pm.Deterministic("rho_shared", low + (1.0 - low) * unit)
+    corr = (1.0 - rho) * pt.as_tensor_variable(np.eye(K)) + rho * pt.ones((K, K))
+    return corr, pt.linalg.cholesky(corr)
+
+
+def _between_covariance(
+    priors: PriorSet, K: int, lkj: str, structure: str
+) -> tuple[pt.TensorVariable, pt.TensorVariable]:
+    """Σ = diag(τ) R diag(τ) and its Cholesky factor; registers ``tau``, ``R`` and ``rho`` (see :data:`STRUCTURES`)."""
+    if structure == "unstructured" and lkj == "cholesky_cov":
         chol, corr, stds = pm.LKJCholeskyCov(
             "chol_cov",
             eta=priors.lkj_eta,
@@ -378,24 +418,53 @@ def _between_cholesky(priors: PriorSet, K: int, lkj: str) -> pt.TensorVariable:
             compute_corr=True,
             store_in_trace=False,
         )
-        pm.Deterministic("tau", stds, dims="outcome")
+        tau = pm.Deterministic("tau", stds, dims="outcome")
+    else:
+        tau = priors.tau.to_pymc("tau", dims="outcome")
+        if structure == "unstructured":
+            chol_r = pm.LKJCorr("chol_R", n=K, eta=priors.lkj_eta)
+            corr = _matmul(chol_r, chol_r.T)
+        else:
+            corr, chol_r = _correlation(priors, K, structure)
+        chol = tau[:, None] * chol_r
     pm.Deterministic("R", corr, dims=("outcome", "outcome_bis"))
     upper = np.triu_indices(K, 1)
     pm.Deterministic("rho", corr[upper], dims="pair")
-    return chol
+    return _matmul(chol, chol.T), chol
 
 
-def _marginal_likelihood(yi: np.ndarray, S: np.ndarray, location: pt.TensorVariable, chol: pt.TensorVariable) -> None:
-    """``y_i ~ MVN(r_i ⊙ m_i, Σ ⊙ r_i r_iᵀ + S_pad,i)`` for all studies at once (:func:`pad_missing`)."""
-    reported, y, s_pad = pad_missing(yi, S)
+def _within_covariance(yi: np.ndarray, S: np.ndarray, rho_within_prior: PriorSpec | None) -> pt.TensorVariable:
+    """Padded within-study covariances (:func:`pad_missing`): data, or built from ``rho_within`` and the SEs."""
+    reported, _, s_pad = pad_missing(yi, S)
+    if rho_within_prior is None:
+        # the within-study covariances are data, so that one compiled model serves every rho_w
+        return pm.Data("S", s_pad, shape=s_pad.shape)
     both = reported[:, :, None] * reported[:, None, :]
-    # the within-study covariances are data, so that one compiled model serves every rho_w
-    cov = _matmul(chol, chol.T)[None, :, :] * both + pm.Data("S", s_pad, shape=s_pad.shape)
+    sd = np.sqrt(np.diagonal(s_pad, axis1=1, axis2=2))
+    sd_outer = sd[:, :, None] * sd[:, None, :] * both
+    pad = s_pad * (1.0 - both)
+    rho_w = rho_within_prior.to_pymc("rho_within")
+    off = 1.0 - np.eye(yi.shape[1])
+    scale = 1.0 - off[None] + rho_w * off[None]
+    return pm.Data("sd_outer", sd_outer, shape=sd_outer.shape) * scale + pad
+
+
+def _marginal_likelihood(
+    yi: np.ndarray, s_pad: pt.TensorVariable, location: pt.TensorVariable, sigma: pt.TensorVariable
+) -> None:
+    """``y_i ~ MVN(r_i ⊙ m_i, Σ ⊙ r_i r_iᵀ + S_pad,i)`` for all studies at once (:func:`pad_missing`)."""
+    reported = (~np.isnan(yi)).astype(float)
+    both = reported[:, :, None] * reported[:, None, :]
+    cov = sigma[None, :, :] * both + s_pad
+    y = np.where(reported > 0, yi, 0.0)
     pm.MvNormal("y", mu=location * reported, cov=cov, observed=y, dims=("study", "outcome"))
 
 
-def _noncentred_likelihood(yi: np.ndarray, S: np.ndarray, location: pt.TensorVariable, chol: pt.TensorVariable) -> None:
+def _noncentred_likelihood(
+    yi: np.ndarray, s_pad: pt.TensorVariable, location: pt.TensorVariable, chol: pt.TensorVariable
+) -> None:
     z = pm.Normal("z", 0.0, 1.0, dims=("study", "outcome"))
     theta = pm.Deterministic("theta", location + _matmul(z, chol.T), dims=("study", "outcome"))
-    reported, y, s_pad = pad_missing(yi, S)
-    pm.MvNormal("y", mu=theta * reported, chol=np.linalg.cholesky(s_pad), observed=y, dims=("study", "outcome"))
+    reported = (~np.isnan(yi)).astype(float)
+    y = np.where(reported > 0, yi, 0.0)
+    pm.MvNormal("y", mu=theta * reported, cov=s_pad, observed=y, dims=("study", "outcome"))

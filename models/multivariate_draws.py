@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from models.multivariate_gls import study_covariances
+
 
 def marginal_logpdf(
     y_obs: np.ndarray, location: np.ndarray, sigma: np.ndarray, S_obs: np.ndarray, observed: np.ndarray
@@ -38,7 +40,13 @@ def _psd_sqrt(cov: np.ndarray) -> np.ndarray:
 
 
 def draw_theta(
-    yi: np.ndarray, S: np.ndarray, location: np.ndarray, sigma: np.ndarray, *, rng: np.random.Generator
+    yi: np.ndarray,
+    S: np.ndarray,
+    location: np.ndarray,
+    sigma: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    rho_within: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw every study's θ_i (all K outcomes) from its exact conditional, once per posterior draw.
 
@@ -54,6 +62,9 @@ def draw_theta(
         ``(n, K, K)`` between-study covariance per draw.
     rng : numpy.random.Generator
         Seeded generator.
+    rho_within : numpy.ndarray, optional
+        ``(n,)`` within-study correlation per draw when it is estimated (then only the diagonals
+        of ``S`` are used).
 
     Returns
     -------
@@ -64,10 +75,8 @@ def draw_theta(
     n, (k, K) = sigma.shape[0], yi.shape
     location = np.broadcast_to(location, (n, k, K))
     out = np.empty((n, k, K))
-    for i in range(k):
-        obs = np.flatnonzero(~np.isnan(yi[i]))
+    for i, obs, total in study_covariances(sigma, S, ~np.isnan(yi), rho_within):
         cross = sigma[:, :, obs]
-        total = sigma[:, obs][:, :, obs] + S[i][np.ix_(obs, obs)]
         gain = np.swapaxes(np.linalg.solve(total, np.swapaxes(cross, 1, 2)), 1, 2)
         resid = yi[i, obs] - location[:, i, obs]
         mean = location[:, i] + np.einsum("nko,no->nk", gain, resid)

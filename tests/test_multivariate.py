@@ -85,6 +85,7 @@ def _fake_posterior(data, sampler: SamplerSettings, seed: int) -> xr.DataTree:
             "tau": (("chain", "draw", "outcome"), np.abs(0.4 * rng.standard_normal((*n, K)))),
             "R": (("chain", "draw", "outcome", "outcome_bis"), R),
             "rho": (("chain", "draw", "pair"), R[..., upper[0], upper[1]]),
+            "rho_within": (("chain", "draw"), rng.beta(2.0, 2.0, n)),
         },
         coords={"outcome": ids, "outcome_bis": ids, "pair": outcome_pairs(ids)},
     )
@@ -105,7 +106,7 @@ def quick_fit(dataset):
 
         patch.setattr(mv, "sample_with_retry", fake_sampler)
         result = mv.fit_multivariate(dataset, seed=3, sampler=FAKE)
-    assert captured["free"] == ["chol_R", "mu", "tau"]
+    assert captured["free"] == ["chol_R", "mu", "rho_within", "tau"]
     return result
 
 
@@ -307,7 +308,7 @@ def test_conditional_theta_draws_match_gaussian_conditioning():
 
 def test_univariate_reference_is_fit_random_effects_oriented(dataset, data):
     table = compute_effects(dataset)
-    from_fit = mv._univariate_from_dataset(dataset, table, data, PriorSet())
+    from_fit = mv.univariate_from_dataset(dataset, table, data, PriorSet())
     from_exact = mv._univariate_exact(data, PriorSet())
     pd.testing.assert_frame_equal(from_fit.astype(float), from_exact.astype(float), atol=1e-9, rtol=0)
     assert from_fit.loc["Tb_Sp", "mean"] > 0
@@ -353,11 +354,18 @@ def test_quick_fit_result(quick_fit):
     np.testing.assert_allclose(np.diag(r.R_mean), 1.0)
     assert (r.borrowing["width_ratio"] > 0).all() and r.borrowing.loc["Tb_N", "k"] == 6
     out = json.loads(json.dumps(r.to_dict()))
-    assert out["rho_within"] == 0.5 and out["priors"] == {"mu": "normal:0:3", "tau": "halfnormal:1", "R": "lkj:2"}
+    draws = r.posterior.posterior["rho_within"].to_numpy().ravel()
+    assert out["rho_within"]["mean"] == pytest.approx(draws.mean())
+    assert out["rho_within"]["q025"] == pytest.approx(np.quantile(draws, 0.025))
+    assert out["priors"] == {"mu": "normal:0:3", "tau": "halfnormal:1", "R": "lkj:2", "rho_within": "beta:2:2"}
     assert set(out["mu"]["Tb_Sp"]) == {"mean", "sd", "median", "q025", "q975"} and len(out["R"]["pairs"]) == 6
     assert {"r_hat_max", "ess_bulk_min", "divergences"} <= set(out["diagnostics"])
+    assert [b["outcome"] for b in out["reporting_bias"]] == ["Tb_N", "Tb_Sp", "Tb_Th"]
+    tbn = out["reporting_bias"][0]
+    assert sorted(tbn["missing_studies"]) == ["SimStudyA2019", "SimStudyF2021", "SimStudyG2022", "SimStudyI2023"]
+    assert tbn["difference"]["q025"] <= tbn["difference"]["mean"] <= tbn["difference"]["q975"]
     text = str(r)
-    assert "SIMULATED" in text and "rho_w = 0.5" in text and "eti95" in text and "sign flipped for Tb_Sp" in text
+    assert "SIMULATED" in text and "rho_w ~ beta:2:2" in text and "eti95" in text and "sign flipped for Tb_Sp" in text
 
 
 def test_plots(quick_fit):

@@ -19,6 +19,7 @@ import xarray as xr
 
 from analysis.dataset.effects import EffectTable, compute_effects
 from analysis.dataset.load import Dataset
+from analysis.checks.reporting_bias import reporting_bias
 from analysis.fitting.multivariate_data import (
     DEFAULT_RHO_WITHIN,
     MultivariateData,
@@ -36,6 +37,7 @@ from models.multivariate import (
     draw_theta_new,
     outcome_pairs,
 )
+from models.multivariate_gls import pointwise_log_lik
 from models.priors import PriorSet, PriorSpec, default_priors
 
 __all__ = [
@@ -43,7 +45,10 @@ __all__ = [
     "RHO_WITHIN_GRID",
     "fit_multivariate",
     "fit_multivariate_data",
+    "gate_variables",
     "rho_within_sensitivity",
+    "univariate_from_dataset",
+    "within_draws",
 ]
 
 #: Assumed within-study correlations of the sensitivity analysis.
@@ -56,7 +61,7 @@ def fit_multivariate(
     dataset: Dataset,
     *,
     outcomes: Sequence[str] | str | None = None,
-    rho_within: float | np.ndarray = DEFAULT_RHO_WITHIN,
+    rho_within: float | np.ndarray | None = None,
     seed: int = 1,
     sampler: SamplerSettings | None = None,
     table: EffectTable | None = None,
@@ -65,6 +70,7 @@ def fit_multivariate(
     priors: PriorSet | None = None,
     moderators: Sequence[str] = (),
     parameterisation: str = "marginal",
+    structure: str = "unstructured",
 ) -> MultivariateResult:
     """Fit the multivariate random-effects model to several outcomes of a dataset.
 
@@ -74,9 +80,9 @@ def fit_multivariate(
         A validated dataset.
     outcomes : list of str, "all" or None
         Outcome ids; default ``["BV_TV", "Tb_N", "Tb_Sp", "Tb_Th"]`` (those reported).
-    rho_within : float or numpy.ndarray
-        Assumed within-study correlation of the benefit-oriented effects (scalar or K x K);
-        default :data:`~analysis.fitting.multivariate_data.DEFAULT_RHO_WITHIN` = 0.5.
+    rho_within : float, numpy.ndarray or None
+        Within-study correlation of the benefit-oriented effects: None (default) estimates one
+        scalar ρ_w under ``priors.rho_within``; a scalar or K x K matrix fixes it.
     seed : int
         Seed of every random step (sampler, θ draws).
     sampler : SamplerSettings, optional
@@ -94,6 +100,9 @@ def fit_multivariate(
         Moderators entering every outcome's mean (centred); mu is then the mean at the average.
     parameterisation : {"marginal", "noncentred"}
         See :mod:`models.multivariate`.
+    structure : {"unstructured", "cs", "independent"}
+        Between-study correlation structure (:data:`models.multivariate.STRUCTURES`); to choose
+        it by PSIS-LOO use :func:`analysis.fitting.multivariate_structures.fit_multivariate_structures`.
 
     Returns
     -------
@@ -106,7 +115,7 @@ def fit_multivariate(
     data = multivariate_data_from_dataset(
         dataset, outcomes=outcomes, rho_within=rho_within, table=table, within_cov=within_cov, moderators=moderators
     )
-    univariate = _univariate_from_dataset(dataset, table, data, priors)
+    univariate = univariate_from_dataset(dataset, table, data, priors)
     return fit_multivariate_data(
         data,
         priors=priors,
@@ -115,6 +124,7 @@ def fit_multivariate(
         progressbar=progressbar,
         parameterisation=parameterisation,
         univariate=univariate,
+        structure=structure,
     )
 
 
@@ -127,6 +137,7 @@ def fit_multivariate_data(
     progressbar: bool = False,
     parameterisation: str = "marginal",
     univariate: pd.DataFrame | None = None,
+    structure: str = "unstructured",
 ) -> MultivariateResult:
     """Fit the model to prepared data (e.g. :func:`~analysis.fitting.multivariate_data.multivariate_data_from_effects`).
 
@@ -134,7 +145,7 @@ def fit_multivariate_data(
     ----------
     data : MultivariateData
         Benefit-oriented effects and within-study covariances.
-    priors, seed, sampler, progressbar, parameterisation
+    priors, seed, sampler, progressbar, parameterisation, structure
         As in :func:`fit_multivariate`.
     univariate : pandas.DataFrame, optional
         Univariate reference per outcome (index outcome; ``k`` and the five summaries); computed
@@ -155,11 +166,14 @@ def fit_multivariate_data(
         X=data.X,
         coef_names=data.coef_names,
         parameterisation=parameterisation,
+        structure=structure,
+        rho_within_prior=priors.rho_within if data.rho_within_estimated else None,
     )
-    var_names = ["mu", "tau", "rho"] + (["beta"] if data.X is not None else [])
+    var_names = gate_variables(structure, data)
     idata, used, retried = sample_with_retry(model, var_names, seed=seed, sampler=sampler, progressbar=progressbar)
     diagnostics = diagnose(idata, var_names)
     _add_theta_draws(idata, data, seed, parameterisation)
+    _add_log_likelihood(idata, data)
     univariate = _univariate_exact(data, priors) if univariate is None else univariate
     post = idata.posterior
     mu = _per_outcome(post["mu"], data)
@@ -170,7 +184,7 @@ def fit_multivariate_data(
         outcomes=data.outcomes,
         study=data.study,
         reported=data.reported,
-        priors=priors.multivariate_dict(),
+        priors=_prior_strings(priors, structure, data),
         within=data.within,
         rho_within=data.rho_within,
         mu=mu,
@@ -188,7 +202,59 @@ def fit_multivariate_data(
         retried=retried,
         posterior=idata,
         settings={"seed": seed, **asdict(used), "parameterisation": parameterisation},
+        structure=structure,
+        rho_within_posterior=summarize_draws(_draws(post["rho_within"])) if "rho_within" in post else None,
+        reporting_bias=reporting_bias(data, idata, priors),
     )
+
+
+def gate_variables(structure: str, data: MultivariateData) -> list[str]:
+    """Variables whose convergence gates a fit must pass: mu, tau, the free correlations, rho_within, beta."""
+    correlation = {"unstructured": ["rho"], "cs": ["rho_shared"], "independent": []}[structure]
+    extra = (["rho_within"] if data.rho_within_estimated else []) + (["beta"] if data.X is not None else [])
+    return ["mu", "tau", *correlation, *extra]
+
+
+def _prior_strings(priors: PriorSet, structure: str, data: MultivariateData) -> dict[str, str]:
+    """The prior strings of this fit: R depends on the structure; rho_within only when estimated."""
+    out = priors.multivariate_dict()
+    eta = f"{priors.lkj_eta:g}"
+    out["R"] = {
+        "unstructured": f"lkj:{eta}",
+        "cs": f"compound symmetry, rho_b scaled beta:{eta}:{eta} on (-1/(K-1), 1)",
+        "independent": "identity (no between-study correlation)",
+    }[structure]
+    if not data.rho_within_estimated:
+        out.pop("rho_within")
+    return out
+
+
+def within_draws(posterior: xr.DataTree) -> np.ndarray | None:
+    """``(n,)`` draws of the estimated within-study correlation, or None when it was fixed."""
+    return _draws(posterior["rho_within"]) if "rho_within" in posterior else None
+
+
+def _add_log_likelihood(idata: xr.DataTree, data: MultivariateData) -> None:
+    """Pointwise log likelihood per study (``log_likelihood/y``, for PSIS-LOO over studies)."""
+    post = idata.posterior
+    shape = post["mu"].shape[:2]
+    sigma = _sigma_draws(post)
+    log_lik = pointwise_log_lik(data.yi, data.S, _location_draws(post, data), sigma, within_draws(post))
+    idata["log_likelihood"] = xr.Dataset(
+        {"y": (("chain", "draw", "study"), log_lik.reshape(*shape, -1))}, coords={"study": list(data.study)}
+    )
+
+
+def _sigma_draws(post: xr.DataTree) -> np.ndarray:
+    tau, R = _draws(post["tau"]), _draws(post["R"])
+    return tau[:, :, None] * R * tau[:, None, :]
+
+
+def _location_draws(post: xr.DataTree, data: MultivariateData) -> np.ndarray:
+    location = _draws(post["mu"])[:, None, :]
+    if data.X is not None:
+        location = location + np.einsum("sp,npk->nsk", data.X, _draws(post["beta"]))
+    return location
 
 
 def _draws(array: xr.DataArray) -> np.ndarray:
@@ -202,14 +268,12 @@ def _add_theta_draws(idata: xr.DataTree, data: MultivariateData, seed: int, para
     rng = np.random.default_rng([seed, _THETA_STREAM])
     post = idata.posterior
     shape = post["mu"].shape[:2]
-    mu, tau, R = _draws(post["mu"]), _draws(post["tau"]), _draws(post["R"])
-    sigma = tau[:, :, None] * R * tau[:, None, :]
-    location = mu[:, None, :]
-    if data.X is not None:
-        location = location + np.einsum("sp,npk->nsk", data.X, _draws(post["beta"]))
+    mu, sigma = _draws(post["mu"]), _sigma_draws(post)
     dims = ("chain", "draw", "study", "outcome")
     if parameterisation == "marginal":
-        theta = draw_theta(data.yi, data.S, location, sigma, rng=rng)
+        theta = draw_theta(
+            data.yi, data.S, _location_draws(post, data), sigma, rng=rng, rho_within=within_draws(post)
+        )
         idata["posterior/theta"] = xr.DataArray(
             theta.reshape(*shape, *theta.shape[1:]),
             dims=dims,
@@ -297,7 +361,7 @@ def _orient_summary(summary: dict[str, float], direction: int) -> dict[str, floa
     }
 
 
-def _univariate_from_dataset(
+def univariate_from_dataset(
     dataset: Dataset, table: EffectTable, data: MultivariateData, priors: PriorSet
 ) -> pd.DataFrame:
     """Univariate exact fits (:func:`analysis.fitting.random_effects.fit_random_effects`), benefit-oriented."""
@@ -328,6 +392,7 @@ def rho_within_sensitivity(
     sampler: SamplerSettings | None = None,
     table: EffectTable | None = None,
     priors: PriorSet | None = None,
+    structure: str = "unstructured",
 ) -> pd.DataFrame:
     """Refit the multivariate model for each assumed within-study correlation ρ_w.
 
@@ -337,7 +402,7 @@ def rho_within_sensitivity(
         A validated dataset.
     grid : sequence of float
         Values of ρ_w (benefit scale), default (0, 0.3, 0.6, 0.8).
-    outcomes, seed, sampler, table, priors
+    outcomes, seed, sampler, table, priors, structure
         As in :func:`fit_multivariate`.
 
     Returns
@@ -351,7 +416,7 @@ def rho_within_sensitivity(
     rows = []
     for rho_w in grid:
         data = multivariate_data_from_dataset(dataset, outcomes=outcomes, rho_within=float(rho_w), table=table)
-        fit = fit_multivariate_data(data, priors=priors, seed=seed, sampler=sampler)
+        fit = fit_multivariate_data(data, priors=priors, seed=seed, sampler=sampler, structure=structure)
         for name in ("mu", "tau", "rho"):
             for label, row in getattr(fit, name).iterrows():
                 rows.append(

@@ -39,9 +39,12 @@ Trabecular micro-CT indices are measured on the same animals and bones, so their
 correlated within a study; to first order corr(g_a, g_b) equals the animal-level correlation of
 the two outcomes (Gleser & Olkin 2009). Animal-level correlations among BV/TV, Tb.N, Tb.Sp and
 Tb.Th are moderate to strong (|r| ~ 0.2-0.8); Tb.Sp falls when the others rise, so *after* the
-benefit flip (Tb.Sp times -1) all these correlations are positive. 0.5 is a middle value; it is a
-stated assumption, checked by :func:`analysis.fitting.multivariate.rho_within_sensitivity`
-(0, 0.3, 0.6, 0.8).
+benefit flip (Tb.Sp times -1) all these correlations are positive. 0.5 is a middle value. By default rho_w is
+no longer fixed but estimated under the prior :data:`models.priors.DEFAULT_RHO_WITHIN_PRIOR`
+(Beta(2, 2), centred here); this value remains the one used for studies without a known
+covariance when others have one, and the grid of
+:func:`analysis.fitting.multivariate.rho_within_sensitivity` (0, 0.3, 0.6, 0.8) shows what fixing it
+would do.
 """
 
 
@@ -64,7 +67,11 @@ class MultivariateData:
     within : str
         How ``S`` was obtained (assumed correlation or known covariances), for the report.
     rho_within : float, numpy.ndarray or None
-        The assumed within-study correlation (None when all covariances were given).
+        The assumed within-study correlation (None when all covariances were given or when it is
+        estimated).
+    rho_within_estimated : bool
+        True if the model estimates a scalar rho_w under its prior; ``S`` then only supplies the
+        variances (its off-diagonals hold the value :data:`DEFAULT_RHO_WITHIN`, used for checks).
     X : numpy.ndarray or None
         ``(k, p)`` centred moderator columns; ``coef_names`` names them.
     """
@@ -78,6 +85,7 @@ class MultivariateData:
     S: np.ndarray
     within: str
     rho_within: float | np.ndarray | None = None
+    rho_within_estimated: bool = False
     X: np.ndarray | None = None
     coef_names: tuple[str, ...] = ()
 
@@ -187,7 +195,7 @@ def multivariate_data_from_dataset(
     dataset: Dataset,
     *,
     outcomes: Sequence[str] | str | None = None,
-    rho_within: float | np.ndarray = DEFAULT_RHO_WITHIN,
+    rho_within: float | np.ndarray | None = None,
     table: EffectTable | None = None,
     within_cov: dict[str, np.ndarray] | None = None,
     moderators: Sequence[str] = (),
@@ -200,8 +208,10 @@ def multivariate_data_from_dataset(
         A validated dataset.
     outcomes : list of str, "all" or None
         Outcome ids; ``None`` = :data:`DEFAULT_OUTCOMES` that the dataset reports.
-    rho_within : float or numpy.ndarray
-        Assumed within-study correlation (benefit scale), scalar or ``(K, K)`` in outcome order.
+    rho_within : float, numpy.ndarray or None
+        Assumed within-study correlation (benefit scale), scalar or ``(K, K)`` in outcome order;
+        None (default): estimated by the model under its prior, unless ``within_cov`` is given
+        (then the other studies get :data:`DEFAULT_RHO_WITHIN`).
     table : EffectTable, optional
         Precomputed effect table.
     within_cov : dict, optional
@@ -217,14 +227,19 @@ def multivariate_data_from_dataset(
     table = table or compute_effects(dataset)
     ids = resolve_outcomes(dataset, table, outcomes)
     study, yi, vi = _effect_matrix(dataset, table, ids)
+    known = bool(within_cov)
+    estimated = rho_within is None and not known
+    if rho_within is None:
+        rho_within = DEFAULT_RHO_WITHIN
     S = within_covariance(vi, rho_within)
     direction = np.array([dataset.outcomes[o].direction for o in ids], dtype=float)
-    known = bool(within_cov)
     if known:
         S = _apply_known(S, study, vi, direction, within_cov)
     X, names = _moderator_matrix(dataset, study, moderators)
     rho = correlation_matrix(rho_within, len(ids)) if np.ndim(rho_within) else float(rho_within)
     within = f"assumed within-study correlation rho_w = {_rho_text(rho)} (benefit scale)"
+    if estimated:
+        within = "within-study correlation rho_w (one for every pair, benefit scale) estimated under its prior"
     if known:
         within += f"; known covariance for {len(within_cov)} stud{'y' if len(within_cov) == 1 else 'ies'}"
     return MultivariateData(
@@ -236,7 +251,8 @@ def multivariate_data_from_dataset(
         yi=yi,
         S=S,
         within=within,
-        rho_within=rho,
+        rho_within=None if estimated else rho,
+        rho_within_estimated=estimated,
         X=X,
         coef_names=names,
     )

@@ -58,6 +58,15 @@ class MultivariateResult:
         Draws (with ``theta`` and ``theta_new``), savable as NetCDF.
     settings : dict
         Seed, sampler settings and parameterisation.
+    structure : str
+        Between-study correlation structure (``unstructured``, ``cs``, ``independent``).
+    rho_within_posterior : dict or None
+        Posterior summary of the estimated within-study correlation (None when it was fixed).
+    reporting_bias : pandas.DataFrame or None
+        Outcome-reporting-bias diagnostic (:mod:`analysis.checks.reporting_bias`).
+    structure_comparison : pandas.DataFrame or None
+        PSIS-LOO over studies of the structures (:mod:`analysis.fitting.multivariate_structures`),
+        when the structure was chosen by it.
     """
 
     dataset: str
@@ -82,6 +91,10 @@ class MultivariateResult:
     retried: bool = False
     posterior: xr.DataTree | None = None
     settings: dict = field(default_factory=dict)
+    structure: str = "unstructured"
+    rho_within_posterior: dict[str, float] | None = None
+    reporting_bias: pd.DataFrame | None = None
+    structure_comparison: pd.DataFrame | None = None
 
     @property
     def k(self) -> int:
@@ -113,8 +126,16 @@ class MultivariateResult:
             "k_per_outcome": {o.id: int(n) for o, n in zip(self.outcomes, self.reported.sum(axis=0))},
             "priors": dict(self.priors),
             "within": self.within,
-            "rho_within": _jsonable(self.rho_within),
+            "structure": self.structure,
+            "rho_within": (
+                dict(self.rho_within_posterior)
+                if self.rho_within_posterior is not None
+                else _jsonable(self.rho_within)
+            ),
         }
+        if self.structure_comparison is not None:
+            out["structure_comparison"] = _comparison_records(self.structure_comparison)
+        out["reporting_bias"] = reporting_bias_records(self.reporting_bias)
         for name in ("mu", "tau", "theta_new"):
             out[name] = _records(getattr(self, name))
         out["univariate_mu"] = _records(self.univariate[SUMMARY_COLUMNS])
@@ -142,6 +163,32 @@ class MultivariateResult:
 
     def __str__(self) -> str:
         return format_multivariate(self)
+
+
+def _comparison_records(frame: pd.DataFrame) -> list[dict]:
+    return [
+        {"structure": str(name), **{c: (v if isinstance(v, (str, bool)) else float(v)) for c, v in row.items()}}
+        for name, row in frame.iterrows()
+    ]
+
+
+def reporting_bias_records(frame: pd.DataFrame | None) -> list[dict]:
+    """The diagnostic as JSON records: ``{outcome, missing_studies, difference: {mean, sd, median, q025, q975}, ...}``."""
+    if frame is None:
+        return []
+    return [
+        {
+            "outcome": r.outcome,
+            "k_reported": int(r.k_reported),
+            "missing_studies": list(r.missing_studies),
+            "difference": {c: float(getattr(r, c)) for c in SUMMARY_COLUMNS},
+            "null_sd": float(r.null_sd),
+            "z": float(r.z),
+            "flagged": bool(r.flagged),
+            "drivers": [{"study": s, "change": float(v)} for s, v in r.drivers],
+        }
+        for r in frame.itertuples()
+    ]
 
 
 def _records(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -185,7 +232,9 @@ def format_multivariate(result: MultivariateResult) -> str:
             "each study contributes only the outcomes it reports"
         ),
         f"within-study: {result.within}",
-        f"priors: mu_k ~ {result.priors['mu']}, tau_k ~ {result.priors['tau']}, R ~ {result.priors['R']}",
+        f"between-study correlation structure: {result.structure}",
+        f"priors: mu_k ~ {result.priors['mu']}, tau_k ~ {result.priors['tau']}, R ~ {result.priors['R']}"
+        + (f", rho_w ~ {result.priors['rho_within']}" if "rho_within" in result.priors else ""),
         f"engine: NUTS ({s.get('chains')} chains x {s.get('draws')} draws, tune {s.get('tune')}, seed {s.get('seed')})",
         f"intervals: 95% equal-tailed ({INTERVAL_KIND})",
         "",
@@ -201,6 +250,13 @@ def format_multivariate(result: MultivariateResult) -> str:
         "Borrowing of strength: mu_k multivariate vs univariate (exact engine, same priors)",
         side.to_string(float_format=lambda z: f"{z:.3f}"),
     ]
+    if result.rho_within_posterior is not None:
+        lines += ["", "Within-study correlation rho_w", _fmt(pd.DataFrame([result.rho_within_posterior], index=["rho_w"]))]
+    if result.structure_comparison is not None:
+        lines += ["", "Structures compared by PSIS-LOO over studies", _fmt(result.structure_comparison)]
+    if result.reporting_bias is not None and not result.reporting_bias.empty:
+        rb = result.reporting_bias.set_index("outcome")[["k_reported", "mean", "q025", "q975", "null_sd", "z", "flagged"]]
+        lines += ["", "Outcome-reporting bias: mu_k multivariate - univariate (benefit scale)", _fmt(rb)]
     if result.beta is not None:
         lines += ["", "Moderator slopes beta (centred moderators)", _fmt(result.beta.set_index(["coef", "outcome"]))]
     pred = result.predictions
