@@ -20,7 +20,7 @@ not NUTS, and are calibrated separately by :mod:`analysis.studies.selection_cali
     :func:`models.multivariate.build_multivariate_model` (marginal form, padded batched MvNormal,
     LKJ(2) correlation) for the four default outcomes BV/TV, Tb.N, Tb.Sp, Tb.Th with the flagship's
     reporting pattern (10 studies; 6 report all four, 2 miss Tb.N, 2 report only BV/TV) and its
-    within-study covariances (assumed :math:`\rho_w = 0.5`). Parameters and data are one forward
+    within-study variances. Parameters and data are one forward
     draw of the model itself (``y`` is a standard MvNormal; the draws of unreported, padded cells
     are discarded). Ranked: every ``mu_k`` and ``tau_k`` and two correlations. The builder bakes
     the observed effects into the graph as a constant, which would give every replication its own
@@ -29,6 +29,12 @@ not NUTS, and are calibrated separately by :mod:`analysis.studies.selection_cali
     serve all replications (:mod:`analysis.fitting.nuts`). All seven outcomes (8 reporting
     patterns) were measured at about twice the sampling time per fit (13 s against 5-7 s for four,
     on the shared 2-core machine) and a 107 s compile, too slow for 200 replications here.
+``multivariate_cs``, ``multivariate_independent``
+    The same design and model with the compound-symmetry (one shared between-study correlation,
+    ranked as ``rho_shared``) and the independent between-study structures
+    (:data:`models.multivariate.STRUCTURES`). In all three multivariate cases the within-study
+    correlation is estimated under its Beta(2, 2) prior, as in production: the design keeps only
+    the variances of ``S``, the forward draw includes ``rho_within`` and it is ranked.
 ``arm_level``
     The arm-level multilevel model :func:`models.arm_level.build_arm_level_model` with
     between-comparison heterogeneity ``omega`` on the BV/TV arm structure of the 10 studies (29
@@ -131,7 +137,13 @@ __all__ = [
 ]
 
 #: Models in the order they are run.
-MODELS: tuple[str, ...] = ("multivariate", "arm_level")
+MODELS: tuple[str, ...] = ("multivariate", "arm_level", "multivariate_cs", "multivariate_independent")
+#: The between-study structure of each multivariate case.
+MULTIVARIATE_STRUCTURES: dict[str, str] = {
+    "multivariate": "unstructured",
+    "multivariate_cs": "cs",
+    "multivariate_independent": "independent",
+}
 #: Replications per model of ``main``.
 DEFAULT_REPS = 200
 #: Kept draws per chain, warm-up iterations per chain, chains.
@@ -176,7 +188,7 @@ class MultivariateDesign:
     outcome: tuple[str, ...]
     reported: np.ndarray
     S: np.ndarray
-    rho_within: float
+    structure: str = "unstructured"
     pairs: tuple[str, ...] = RANKED_PAIRS
 
 
@@ -295,7 +307,7 @@ def flagship_designs(path: Path = DEFAULT_DATASET) -> dict[str, Design]:
     from analysis.dataset.effects import compute_effects, study_effects
     from analysis.dataset.load import load_dataset
     from analysis.fitting.arm_level import outcome_arm_summaries
-    from analysis.fitting.multivariate_data import DEFAULT_RHO_WITHIN, multivariate_data_from_dataset
+    from analysis.fitting.multivariate_data import multivariate_data_from_dataset
 
     dataset = load_dataset(path)
     table = compute_effects(dataset)
@@ -308,17 +320,14 @@ def flagship_designs(path: Path = DEFAULT_DATASET) -> dict[str, Design]:
         arm_var=np.ones(len(arms.arm)),
         contrast=np.zeros(len(arms.comparison)),
     )
-    mv = multivariate_data_from_dataset(dataset, table=table, rho_within=DEFAULT_RHO_WITHIN)
-    return {
-        "multivariate": MultivariateDesign(
-            study=tuple(mv.study),
-            outcome=tuple(mv.outcome_ids),
-            reported=mv.reported,
-            S=mv.S,
-            rho_within=float(DEFAULT_RHO_WITHIN),
-        ),
-        "arm_level": ArmLevelDesign(data=standardised),
+    mv = multivariate_data_from_dataset(dataset, table=table)
+    multivariate = {
+        name: MultivariateDesign(
+            study=tuple(mv.study), outcome=tuple(mv.outcome_ids), reported=mv.reported, S=mv.S, structure=structure
+        )
+        for name, structure in MULTIVARIATE_STRUCTURES.items()
     }
+    return {**multivariate, "arm_level": ArmLevelDesign(data=standardised)}
 
 
 def describe_design(design: Design) -> dict:
@@ -329,7 +338,8 @@ def describe_design(design: Design) -> dict:
             "outcomes": list(design.outcome),
             "reported_per_outcome": design.reported.sum(axis=0).astype(int).tolist(),
             "missingness_patterns": int(np.unique(design.reported, axis=0).shape[0]),
-            "rho_within": design.rho_within,
+            "structure": design.structure,
+            "rho_within": f"estimated, prior {PriorSet().rho_within}",
         }
     data = design.data
     return {
@@ -347,7 +357,15 @@ def describe_design(design: Design) -> dict:
 
 def _multivariate_model(design: MultivariateDesign, yi: np.ndarray, priors: PriorSet) -> pm.Model:
     """The builder's model with its constant observed ``y`` swapped for a shared variable of the same values."""
-    model = build_multivariate_model(yi, design.S, study=design.study, outcome=design.outcome, priors=priors)
+    model = build_multivariate_model(
+        yi,
+        design.S,
+        study=design.study,
+        outcome=design.outcome,
+        priors=priors,
+        structure=design.structure,
+        rho_within_prior=priors.rho_within,
+    )
     _, y_padded, _ = pad_missing(yi, design.S)
     return pm.observe(model, {"y": pytensor.shared(y_padded, name=OBSERVED_NAME)})
 
@@ -356,7 +374,7 @@ def _simulate_multivariate(
     design: MultivariateDesign, priors: PriorSet, rng: np.random.Generator
 ) -> tuple[pm.Model, dict[str, np.ndarray]]:
     prior_model = _multivariate_model(design, np.where(design.reported, 0.0, np.nan), priors)
-    names = ("mu", "tau", "rho", "y")
+    names = ("mu", "tau", "rho", "rho_within", "y") + (("rho_shared",) if design.structure == "cs" else ())
     truth = dict(zip(names, pm.draw([prior_model[n] for n in names], random_seed=rng)))
     yi = np.where(design.reported, truth.pop("y"), np.nan)
     return _multivariate_model(design, yi, priors), truth
@@ -364,7 +382,12 @@ def _simulate_multivariate(
 
 def _multivariate_params(design: MultivariateDesign) -> list[Param]:
     per_outcome = [Param(var, "outcome", o) for var in ("mu", "tau") for o in design.outcome]
-    return per_outcome + [Param("rho", "pair", pair) for pair in design.pairs]
+    correlation = {
+        "unstructured": [Param("rho", "pair", pair) for pair in design.pairs],
+        "cs": [Param("rho_shared")],
+        "independent": [],
+    }[design.structure]
+    return per_outcome + correlation + [Param("rho_within")]
 
 
 # ---------------------------------------------------------------- arm-level model
@@ -397,13 +420,18 @@ def _sbc_sampler(target_accept: float) -> SamplerSettings:
 def _cases() -> dict[str, _Case]:
     from analysis.fitting.arm_level import DEFAULT_SAMPLER as ARM_SAMPLER
 
-    return {
-        "multivariate": _Case(
+    gates = {"unstructured": ("rho",), "cs": ("rho_shared",), "independent": ()}
+    multivariate = {
+        name: _Case(
             _simulate_multivariate,
             _multivariate_params,
-            ("mu", "tau", "rho"),
+            ("mu", "tau", *gates[structure], "rho_within"),
             _sbc_sampler(SamplerSettings().target_accept),
-        ),
+        )
+        for name, structure in MULTIVARIATE_STRUCTURES.items()
+    }
+    return {
+        **multivariate,
         "arm_level": _Case(
             _simulate_arm_level,
             _arm_level_params,
@@ -597,9 +625,24 @@ def _model_summary(frame: pd.DataFrame, threshold: float, target_reps: int) -> d
     }
 
 
-def summarise(rows: pd.DataFrame, *, threshold: float, target_reps: int) -> dict[str, dict]:
-    """Per model: counts, gate failures, timing and, per parameter, the uniformity tests (see ``sbc.json``)."""
-    return {m: _model_summary(g, threshold, target_reps) for m, g in rows.groupby("model", sort=False)}
+def summarise(rows: pd.DataFrame, *, threshold: float, target_reps: int | dict[str, int]) -> dict[str, dict]:
+    """Per model: counts, gate failures, timing and, per parameter, the uniformity tests (see ``sbc.json``).
+
+    ``target_reps`` is one number for every model or a number per model.
+    """
+    def target(model: str) -> int:
+        return target_reps[model] if isinstance(target_reps, dict) else target_reps
+
+    return {m: _model_summary(g, threshold, target(m)) for m, g in rows.groupby("model", sort=False)}
+
+
+def _earlier_rows(out_dir: Path, models: Sequence[str]) -> pd.DataFrame:
+    """Rows of an earlier ``sbc.csv`` for the models of :data:`MODELS` not rerun now (removed models are dropped)."""
+    path = out_dir / "sbc.csv"
+    if not path.exists():
+        return pd.DataFrame()
+    earlier = pd.read_csv(path)
+    return earlier[earlier["model"].isin(MODELS) & ~earlier["model"].isin(models)].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- main
@@ -684,7 +727,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     designs = flagship_designs()
     n_tests = n_ranked_parameters(designs)
     threshold = bonferroni_threshold(n_tests)
-    rows = pd.DataFrame()
+    rows = _earlier_rows(args.out_dir, models)
+    target = {m: int(g["rep"].nunique()) for m, g in rows.groupby("model")} | {m: args.reps for m in models}
     for model in models:
         model_started = time.perf_counter()
 
@@ -695,9 +739,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = pd.concat([rows, new], ignore_index=True)
         report = {
             "study": "simulation-based calibration (Talts et al. 2018), SIMULATED data",
-            "settings": _settings(args, n_tests, threshold),
-            "designs": {m: describe_design(designs[m]) for m in models},
-            "models": summarise(rows, threshold=threshold, target_reps=args.reps),
+            "settings": _settings(args, n_tests, threshold) | {"reps_per_model": target, "models": list(target)},
+            "designs": {m: describe_design(designs[m]) for m in rows["model"].unique()},
+            "models": summarise(rows, threshold=threshold, target_reps=target),
             "models_pending": models[models.index(model) + 1 :],
             "wall_seconds": time.perf_counter() - started,
         }
