@@ -27,6 +27,15 @@ from analysis.fitting.dispatch import LIKELIHOODS, MODELS, SLOPE_SCALES, FitRequ
 from analysis.inference.decision import DecisionSettings
 from models.priors import PriorSet, PriorSpec
 
+#: ``--structure`` choices -> structures fitted (names of models.multivariate.STRUCTURES, spelled out
+#: here so that the CLI does not import PyMC before it is needed); "auto" keeps the PSIS-LOO best.
+STRUCTURE_CHOICES: dict[str, tuple[str, ...]] = {
+    "auto": ("unstructured", "cs", "independent"),
+    "unstructured": ("unstructured",),
+    "cs": ("cs",),
+    "independent": ("independent",),
+}
+
 if TYPE_CHECKING:
     from analysis.dataset.effects import EffectTable
     from analysis.dataset.load import Dataset
@@ -234,7 +243,7 @@ def _exit_for(results: Sequence[FitResult]) -> int:
 
 
 def _fit_multivariate(args: argparse.Namespace, dataset: Dataset, table: EffectTable, request: FitRequest) -> int:
-    from analysis.fitting.multivariate import fit_multivariate
+    from analysis.fitting.multivariate_structures import fit_multivariate_structures
     from analysis.report.files import write_json
 
     outcomes = None if not args.outcomes else ("all" if args.outcomes == ["all"] else args.outcomes)
@@ -242,16 +251,19 @@ def _fit_multivariate(args: argparse.Namespace, dataset: Dataset, table: EffectT
         "multivariate model over "
         f"{', '.join(outcomes) if isinstance(outcomes, list) else outcomes or 'default outcomes'}"
     )
-    extra = {} if args.rho_within is None else {"rho_within": args.rho_within}
-    result = fit_multivariate(
+    structures = STRUCTURE_CHOICES[args.structure]
+    if len(structures) > 1:
+        _progress(f"comparing between-study structures {', '.join(structures)} by PSIS-LOO over studies")
+    result, _ = fit_multivariate_structures(
         dataset,
         outcomes=outcomes,
+        rho_within=args.rho_within,
         seed=args.seed,
         sampler=request.sampler,
         table=table,
         priors=request.priors,
         progressbar=request.progressbar,
-        **extra,
+        structures=structures,
     )
     print(result)
     if args.json is not None:
@@ -490,9 +502,20 @@ def _add_fit_parser(sub: argparse._SubParsersAction) -> None:
         "--outcomes",
         nargs="+",
         default=None,
-        help="multivariate: outcome ids, or 'all' (default BV_TV Tb_N Tb_Sp Tb_Th)",
+        help="multivariate: outcome ids, or 'all' (default BV_TV Tb_N Tb_Sp Tb_Th, else every co-reported outcome)",
     )
-    p.add_argument("--rho-within", type=float, default=None, help="multivariate: assumed within-study correlation")
+    p.add_argument(
+        "--rho-within",
+        type=float,
+        default=None,
+        help="multivariate: fix the within-study correlation (default: estimated under its beta:2:2 prior)",
+    )
+    p.add_argument(
+        "--structure",
+        choices=sorted(STRUCTURE_CHOICES),
+        default="auto",
+        help="multivariate: between-study correlation structure; auto = the best of all three by PSIS-LOO",
+    )
     p.add_argument("--engine", choices=["nuts", "exact"], default="nuts")
     p.add_argument(
         "--likelihood",

@@ -98,6 +98,7 @@ __all__ = [
     "STRUCTURES",
     "build_multivariate_model",
     "correlation_matrix",
+    "correlation_prior_marginals",
     "cs_lower_bound",
     "draw_theta",
     "draw_theta_new",
@@ -386,6 +387,34 @@ def _location(priors: PriorSet, X: np.ndarray | None) -> pt.TensorVariable:
         return mu[None, :]
     beta = pm.Normal("beta", mu=0.0, sigma=s, dims=("coef", "outcome"))
     return mu[None, :] + _matmul(pm.Data("X", X), beta)
+
+
+def correlation_prior_marginals(
+    structure: str, outcome: Sequence[str], eta: float, rho_within_prior: PriorSpec | None
+) -> dict[str, tuple[float, float, float, float]]:
+    """Prior marginal of every correlation parameter as a scaled beta ``(a, b, loc, scale)``.
+
+    ``rho[A~B]`` (unstructured): the LKJ(η) marginal of one correlation of a K x K matrix,
+    Beta(η - 1 + K/2, η - 1 + K/2) on (-1, 1) (Lewandowski, Kurowicka & Joe 2009);
+    ``rho_shared`` (compound symmetry): Beta(η, η) on (-1/(K-1), 1); ``rho_within`` when estimated:
+    its beta prior on (0, 1), or a uniform(A, B) as Beta(1, 1) on (A, B). Independent outcomes
+    have no correlation parameter.
+    """
+    K = len(outcome)
+    out: dict[str, tuple[float, float, float, float]] = {}
+    if structure == "unstructured":
+        a = eta - 1.0 + K / 2.0
+        out |= {f"rho[{pair}]": (a, a, -1.0, 2.0) for pair in outcome_pairs(outcome)}
+    elif structure == "cs":
+        low = cs_lower_bound(K)
+        out["rho_shared"] = (eta, eta, low, 1.0 - low)
+    if rho_within_prior is not None:
+        p = rho_within_prior.params
+        if rho_within_prior.family == "beta":
+            out["rho_within"] = (p[0], p[1], 0.0, 1.0)
+        else:
+            out["rho_within"] = (1.0, 1.0, p[0], p[1] - p[0])
+    return out
 
 
 def cs_lower_bound(K: int) -> float:

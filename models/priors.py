@@ -430,7 +430,12 @@ class PriorSet:
 
     def multivariate_dict(self) -> dict[str, str]:
         """Prior strings of the multivariate model (``R``: the unstructured LKJ form; ``rho_within`` if estimated)."""
-        return {"mu": str(self.mu), "tau": str(self.tau), "R": f"lkj:{self.lkj_eta:g}", "rho_within": str(self.rho_within)}
+        return {
+            "mu": str(self.mu),
+            "tau": str(self.tau),
+            "R": f"lkj:{self.lkj_eta:g}",
+            "rho_within": str(self.rho_within),
+        }
 
 
 #: Size of a between-study difference on each measure's scale relative to SMD (see :func:`measure_scale`).

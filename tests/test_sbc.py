@@ -64,12 +64,29 @@ def test_uniform_ranks_pass_and_biased_ranks_fail():
 
 
 def test_the_nuts_models_and_the_bonferroni_family():
-    """Only the two NUTS models are calibrated here; their 10 + 7 ranked parameters make the family."""
+    """The NUTS models without an exact oracle: three multivariate structures and the arm-level model.
+
+    Ranked: unstructured 8 (mu, tau) + 2 pairs + rho_within = 11, arm-level 7, compound symmetry
+    8 + rho_shared + rho_within = 10, independent 8 + rho_within = 9: a family of 37.
+    """
     designs = sbc.flagship_designs()
-    assert sbc.MODELS == ("multivariate", "arm_level")
+    assert sbc.MODELS == ("multivariate", "arm_level", "multivariate_cs", "multivariate_independent")
     assert set(designs) == set(sbc.MODELS) == set(sbc._cases())
-    assert sbc.n_ranked_parameters(designs) == 17
+    assert sbc.n_ranked_parameters(designs) == 37
+    names = {m: [p.name for p in sbc.ranked_parameters(m, designs[m])] for m in sbc.MULTIVARIATE_STRUCTURES}
+    assert "rho_shared" in names["multivariate_cs"] and "rho[BV_TV~Tb_N]" in names["multivariate"]
+    assert all(n[-1] == "rho_within" for n in names.values())
+    assert not any(p.startswith("rho[") or p == "rho_shared" for p in names["multivariate_independent"])
+    assert sbc.describe_design(designs["multivariate_cs"])["structure"] == "cs"
     assert sbc.describe_design(designs["arm_level"])["comparisons"] == 19
+
+
+def test_earlier_rows_of_models_not_rerun_are_kept(tmp_path):
+    rows = pd.DataFrame({"model": ["selection", "arm_level", "multivariate"], "rep": [0, 0, 0], "rank": [1, 2, 3]})
+    rows.to_csv(tmp_path / "sbc.csv", index=False)
+    kept = sbc._earlier_rows(tmp_path, ["multivariate"])
+    assert kept["model"].tolist() == ["arm_level"]  # the removed selection model is dropped, the rerun one replaced
+    assert sbc._earlier_rows(tmp_path / "nowhere", ["multivariate"]).empty
 
 
 def test_bonferroni_threshold():

@@ -16,10 +16,11 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy import stats
 
+from analysis.checks.reporting_bias import reporting_bias
 from analysis.dataset.effects import EffectTable, compute_effects
 from analysis.dataset.load import Dataset
-from analysis.checks.reporting_bias import reporting_bias
 from analysis.fitting.multivariate_data import (
     DEFAULT_RHO_WITHIN,
     MultivariateData,
@@ -33,6 +34,7 @@ from analysis.results.summaries import summarize_draws
 from models.exact.posterior import exact_posterior
 from models.multivariate import (
     build_multivariate_model,
+    correlation_prior_marginals,
     draw_theta,
     draw_theta_new,
     outcome_pairs,
@@ -46,6 +48,7 @@ __all__ = [
     "fit_multivariate",
     "fit_multivariate_data",
     "gate_variables",
+    "prior_posterior_table",
     "rho_within_sensitivity",
     "univariate_from_dataset",
     "within_draws",
@@ -205,7 +208,44 @@ def fit_multivariate_data(
         structure=structure,
         rho_within_posterior=summarize_draws(_draws(post["rho_within"])) if "rho_within" in post else None,
         reporting_bias=reporting_bias(data, idata, priors),
+        prior_posterior=prior_posterior_table(
+            post,
+            correlation_prior_marginals(
+                structure,
+                data.outcome_ids,
+                priors.lkj_eta,
+                priors.rho_within if data.rho_within_estimated else None,
+            ),
+        ),
     )
+
+
+def prior_posterior_table(post: xr.DataTree, marginals: dict[str, tuple[float, float, float, float]]) -> pd.DataFrame:
+    """Prior against posterior of every correlation parameter: what the data taught the model.
+
+    Per parameter (index ``rho[A~B]``, ``rho_shared``, ``rho_within``): the scaled-beta prior
+    ``prior_a, prior_b, prior_loc, prior_scale``, its ``prior_mean`` and ``prior_sd``, the posterior
+    ``mean, sd, median, q025, q975`` and the contraction ``1 - sd² / prior_sd²`` (Schad, Betancourt &
+    Vasishth 2021: near 0 = the prior unchanged, near 1 = the data determine it).
+    """
+    rows = {}
+    for label, (a, b, loc, scale) in marginals.items():
+        prior = stats.beta(a, b, loc=loc, scale=scale)
+        name, _, pair = label.partition("[")
+        array = post[name].sel(pair=pair.rstrip("]")) if pair else post[name]
+        draws = _draws(array)
+        summary = summarize_draws(draws)
+        rows[label] = {
+            "prior_a": a,
+            "prior_b": b,
+            "prior_loc": loc,
+            "prior_scale": scale,
+            "prior_mean": float(prior.mean()),
+            "prior_sd": float(prior.std()),
+            **summary,
+            "contraction": 1.0 - summary["sd"] ** 2 / float(prior.var()),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def gate_variables(structure: str, data: MultivariateData) -> list[str]:
@@ -271,9 +311,7 @@ def _add_theta_draws(idata: xr.DataTree, data: MultivariateData, seed: int, para
     mu, sigma = _draws(post["mu"]), _sigma_draws(post)
     dims = ("chain", "draw", "study", "outcome")
     if parameterisation == "marginal":
-        theta = draw_theta(
-            data.yi, data.S, _location_draws(post, data), sigma, rng=rng, rho_within=within_draws(post)
-        )
+        theta = draw_theta(data.yi, data.S, _location_draws(post, data), sigma, rng=rng, rho_within=within_draws(post))
         idata["posterior/theta"] = xr.DataArray(
             theta.reshape(*shape, *theta.shape[1:]),
             dims=dims,

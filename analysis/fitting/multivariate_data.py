@@ -110,11 +110,26 @@ class MultivariateData:
         return np.diagonal(self.S, axis1=1, axis2=2).copy()
 
 
+def default_outcomes(dataset: Dataset, table: EffectTable) -> list[str]:
+    """The multivariate model's outcomes when none are named.
+
+    :data:`DEFAULT_OUTCOMES` (the correlated trabecular microarchitecture measures) when at least two
+    of them are reported; otherwise every reported outcome that at least one study reports together
+    with another (an outcome no study shares with another borrows nothing). May return fewer than two.
+    """
+    studies = {o: set(study_effects(table, o)["study"]) for o in dataset.outcomes}
+    reported = [o for o, s in studies.items() if s]
+    micro = [o for o in DEFAULT_OUTCOMES if o in reported]
+    if len(micro) >= 2:
+        return micro
+    return [o for o in reported if any(studies[o] & studies[p] for p in reported if p != o)]
+
+
 def resolve_outcomes(dataset: Dataset, table: EffectTable, outcomes: Sequence[str] | str | None) -> list[str]:
-    """Outcome ids to model: ``None`` -> the default four that are reported, ``"all"`` -> every reported one."""
+    """Outcome ids to model: ``None`` -> :func:`default_outcomes`, ``"all"`` -> every reported one."""
     reported = [o for o in dataset.outcomes if not study_effects(table, o).empty]
     if outcomes is None:
-        chosen = [o for o in DEFAULT_OUTCOMES if o in reported]
+        chosen = default_outcomes(dataset, table)
     elif isinstance(outcomes, str):
         if outcomes != "all":
             raise ValueError(f"outcomes must be a list of ids, 'all' or None, got {outcomes!r}")
@@ -207,7 +222,7 @@ def multivariate_data_from_dataset(
     dataset : Dataset
         A validated dataset.
     outcomes : list of str, "all" or None
-        Outcome ids; ``None`` = :data:`DEFAULT_OUTCOMES` that the dataset reports.
+        Outcome ids; ``None`` = :func:`default_outcomes`.
     rho_within : float, numpy.ndarray or None
         Assumed within-study correlation (benefit scale), scalar or ``(K, K)`` in outcome order;
         None (default): estimated by the model under its prior, unless ``within_cov`` is given

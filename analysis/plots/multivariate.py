@@ -1,23 +1,35 @@
-"""Figures of a multivariate meta-analysis: the between-study correlation matrix and borrowing of strength.
+"""Figures of a multivariate meta-analysis: correlations, borrowing of strength, priors and reporting bias.
 
 :func:`correlation_heatmap` shows the posterior mean of R with the 95% ETI of every correlation
 written in its cell; :func:`borrowing_plot` sets each outcome's pooled μ_k (95% ETI) from the
-multivariate model beside the univariate fit, on the benefit scale, with the interval-width ratio.
-Both return a :class:`matplotlib.figure.Figure` built without pyplot and never save or show it.
+multivariate model beside the univariate fit, on the benefit scale, with the interval-width ratio;
+:func:`prior_posterior_plot` overlays prior density and posterior histogram of every correlation
+parameter and ρ_w (what the data taught the model); :func:`reporting_bias_plot` shows, per outcome
+with missing studies, the multivariate − univariate contrast against its spread under ignorable
+missingness. All return a :class:`matplotlib.figure.Figure` built without pyplot and never save or
+show it.
 
 Artists that tests and the report look up carry a ``gid``: ``"heatmap"`` (the image),
-``"cell_text"``, ``"univariate"``, ``"multivariate"``, ``"width_ratio"``, ``"simulated_marker"``.
+``"cell_text"``, ``"univariate"``, ``"multivariate"``, ``"width_ratio"``, ``"simulated_marker"``,
+``"prior"``, ``"posterior"``, ``"contrast"``, ``"null_band"``.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import xarray as xr
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from scipy import stats
 
+from analysis.checks.reporting_bias import Z_FLAG
 from analysis.config import INTERVAL_KIND
 from analysis.results.multivariate import MultivariateResult
+
+#: At most this many prior/posterior panels (the first pairs, then ρ_w); the table lists all.
+MAX_PANELS = 12
 
 COLORS: dict[str, str] = {"univariate": "#777777", "multivariate": "#0072B2", "simulated": "#C00000", "zero": "#BBBBBB"}
 CMAP: str = "RdBu_r"
@@ -110,6 +122,122 @@ def borrowing_plot(result: MultivariateResult) -> Figure:
         loc="left",
     )
     fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    _simulated(fig, ax, result)
+    return fig
+
+
+def prior_posterior_plot(result: MultivariateResult) -> Figure:
+    """Prior density against posterior histogram for every correlation parameter and ρ_w.
+
+    Parameters
+    ----------
+    result : MultivariateResult
+        A multivariate fit with ``prior_posterior`` and its posterior draws.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per parameter (at most :data:`MAX_PANELS`: the first pairs and ρ_w), the prior
+        as a grey line, the posterior as a blue histogram, the contraction 1 - var_post/var_prior
+        in the title. An independent-outcomes fit with a fixed ρ_w has no parameter: one panel
+        saying so.
+    """
+    table = result.prior_posterior if result.prior_posterior is not None else None
+    labels = [] if table is None else list(table.index)
+    if len(labels) > MAX_PANELS:
+        labels = labels[: MAX_PANELS - 1] + (["rho_within"] if "rho_within" in labels else [labels[MAX_PANELS - 1]])
+    ncols = min(4, max(len(labels), 1))
+    nrows = -(-max(len(labels), 1) // ncols)
+    fig = Figure(figsize=(2.6 * ncols + 0.6, 2.2 * nrows + 1.2), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    post = result.posterior.posterior if result.posterior is not None else None
+    for ax, label in zip(axes, labels, strict=False):
+        _prior_posterior_panel(ax, label, table.loc[label], post)
+    for ax in axes[len(labels) :]:
+        ax.set_axis_off()
+    if not labels:
+        axes[0].text(0.5, 0.5, "no correlation parameter\n(independent outcomes, ρ_w fixed)", ha="center", va="center")
+    shown = "" if table is None or len(labels) == len(table) else f"; {len(labels)} of {len(table)} shown"
+    fig.suptitle(
+        f"{result.dataset}: prior (grey) against posterior (blue), structure {result.structure}{shown}",
+        fontsize=9,
+        x=0.01,
+        ha="left",
+    )
+    _simulated(fig, axes[0], result)
+    return fig
+
+
+def _prior_posterior_panel(ax: Axes, label: str, row: pd.Series, post: xr.DataTree | None) -> None:
+    prior = stats.beta(row["prior_a"], row["prior_b"], loc=row["prior_loc"], scale=row["prior_scale"])
+    grid = np.linspace(row["prior_loc"], row["prior_loc"] + row["prior_scale"], 201)
+    name, _, pair = label.partition("[")
+    if post is not None and name in post:
+        array = post[name].sel(pair=pair.rstrip("]")) if pair else post[name]
+        ax.hist(
+            array.to_numpy().ravel(),
+            bins=40,
+            range=(grid[0], grid[-1]),
+            density=True,
+            color=COLORS["multivariate"],
+            alpha=0.55,
+            gid="posterior",
+        )
+    ax.plot(grid, prior.pdf(grid), color=COLORS["univariate"], lw=1.6, gid="prior")
+    ax.set_title(f"{label}\ncontraction {row['contraction']:.2f}", fontsize=8)
+    ax.set_yticks([])
+    ax.tick_params(labelsize=7)
+
+
+def reporting_bias_plot(result: MultivariateResult) -> Figure:
+    """Outcome-reporting-bias diagnostic: the multivariate − univariate contrast per outcome.
+
+    Parameters
+    ----------
+    result : MultivariateResult
+        A multivariate fit with ``reporting_bias`` rows.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Per outcome with missing studies, the posterior mean and 95% ETI of the contrast (blue;
+        negative = the missing studies pull the pooled effect down) over a grey band of ±1.96 SD
+        that the contrast has under ignorable missingness; the z statistic and whether it is
+        flagged (z <= -1.96) at the right.
+    """
+    rb = result.reporting_bias
+    rows = [] if rb is None else list(rb.itertuples())
+    n = max(len(rows), 1)
+    fig = Figure(figsize=(7.5, 0.7 * n + 1.8), layout="constrained")
+    ax = fig.add_subplot()
+    for y, r in enumerate(rows):
+        half = abs(Z_FLAG) * r.null_sd
+        ax.fill_betweenx([y - 0.3, y + 0.3], -half, half, color=COLORS["zero"], alpha=0.5, lw=0, gid="null_band")
+        ax.hlines(y, r.q025, r.q975, color=COLORS["multivariate"], lw=2.2, gid="contrast")
+        ax.plot(r.mean, y, "o", color=COLORS["multivariate"], gid="contrast")
+        verdict = "flagged" if r.flagged else "not flagged"
+        ax.text(
+            1.02,
+            y,
+            f"k={r.k_reported}, {len(r.missing_studies)} missing; z {r.z:.2f} {verdict}",
+            transform=ax.get_yaxis_transform(),
+            va="center",
+            fontsize=8,
+        )
+    if not rows:
+        ax.text(0.5, 0.5, "every study reports every outcome: nothing to diagnose", ha="center", va="center")
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), [r.outcome for r in rows])
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.set_xlabel(
+        f"multivariate − univariate pooled effect, benefit-oriented {result.measure} (negative: missing studies worse)"
+    )
+    ax.set_title(
+        f"{result.dataset}: outcome-reporting bias diagnostic ({result.structure} structure)\n"
+        "blue: contrast, mean and 95% ETI; grey: ±1.96 SD of the contrast if missingness were ignorable",
+        fontsize=9,
+        loc="left",
+    )
     _simulated(fig, ax, result)
     return fig
 

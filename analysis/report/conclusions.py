@@ -16,6 +16,7 @@ from analysis.checks.risk_of_bias import KEY_DOMAIN_GROUPS, low_risk_studies
 from analysis.dataset.load import Dataset
 from analysis.inference.bias_calibration import bias_flag_calibrated
 from analysis.inference.certainty import Certainty, Evidence, rate
+from analysis.inference.reporting_bias_calibration import reporting_bias_flag_calibrated
 from analysis.report.artifacts import OutcomeArtifacts, RunResult
 from analysis.report.tables import markdown_table
 from analysis.results.random_effects import MetaAnalysisResult
@@ -136,6 +137,20 @@ def _publication_bias_text(small_study: dict | None, e: Evidence, fit: MetaAnaly
     )
 
 
+def _reporting_bias_text(oid: str, multivariate: dict | None) -> str:
+    """The multivariate model's outcome-reporting-bias contrast for this outcome, if it was assessed."""
+    rows = {} if multivariate is None else {r["outcome"]: r for r in multivariate.get("reporting_bias", [])}
+    if oid not in rows:
+        return ""
+    r = rows[oid]
+    verdict = "flagged" if r["flagged"] else "not flagged"
+    status = "a calibrated flag" if reporting_bias_flag_calibrated() else "not a calibrated flag (README)"
+    return (
+        f"; outcome-reporting bias ({len(r['missing_studies'])} studies missing): multivariate − univariate μ "
+        f"{r['difference']['mean']:+.2f} on the benefit scale, z {r['z']:.2f}, {verdict}, {status}"
+    )
+
+
 def _robustness_text(ranges: dict[str, tuple[float, float]], fit: MetaAnalysisResult, e: Evidence) -> str:
     if not ranges:
         return "not assessed"
@@ -171,7 +186,8 @@ def conclusions_section(run: RunResult) -> list[str]:
                 "effect (95% ETI)": _effect_text(fit),
                 "consistency": _consistency_text(fit),
                 "risk of bias": _rob_text(e),
-                "publication bias": _publication_bias_text(art.jsons.get("small_study"), e, fit),
+                "publication bias": _publication_bias_text(art.jsons.get("small_study"), e, fit)
+                + _reporting_bias_text(oid, multivariate),
                 "robustness": _robustness_text(robustness_range(art, multivariate), fit, e),
                 "certainty": _certainty_text(c),
             }

@@ -30,6 +30,8 @@ RUN_FIGURES = {
     "risk_of_bias": "SYRCLE risk of bias",
     "multivariate_borrowing": "Univariate and multivariate pooled effects",
     "multivariate_correlation": "Between-study correlation matrix R",
+    "multivariate_prior_posterior": "Prior against posterior of the correlation parameters",
+    "multivariate_reporting_bias": "Outcome-reporting bias: multivariate minus univariate pooled effect",
 }
 
 

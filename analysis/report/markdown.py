@@ -409,6 +409,8 @@ def _reweighted_grid_lines(analysis: OutcomeAnalysis) -> list[str]:
 #: rendered per outcome (in worker processes, cached) before the run's total is known, and
 #: :func:`outcome_sections` fills it in (:func:`subgroup_comparison_count`).
 SUBGROUP_COUNT_PLACEHOLDER = "{n_subgroup_comparisons}"
+#: Line of an outcome's publication-bias section that :func:`outcome_sections` fills from the multivariate model.
+REPORTING_BIAS_PLACEHOLDER = "{{outcome_reporting_bias:{outcome}}}"
 
 
 def subgroup_section(oid: str, analysis: OutcomeAnalysis, n_comparisons: int | None = None) -> list[str]:
@@ -545,6 +547,8 @@ def small_study_section(oid: str, analysis: OutcomeAnalysis) -> list[str]:
         "",
         markdown_table(_bias_rows(analysis)),
         "",
+        REPORTING_BIAS_PLACEHOLDER.format(outcome=oid),
+        "",
         "```",
         str(analysis.small_study),
         "```",
@@ -645,22 +649,137 @@ def outcome_sections(run: RunResult) -> list[str]:
     for artifacts in run.outcomes.values():
         lines += artifacts.markdown
     count = str(subgroup_comparison_count(run))
-    return [line.replace(SUBGROUP_COUNT_PLACEHOLDER, count) for line in lines]
+    lines = [line.replace(SUBGROUP_COUNT_PLACEHOLDER, count) for line in lines]
+    return [_reporting_bias_line(line, run) for line in lines]
 
 
-def multivariate_section(result: MultivariateResult, sensitivity: pd.DataFrame) -> list[str]:
-    """The multivariate model: report text, borrowing of strength, R heatmap and the ρ_w sensitivity table."""
-    shown = sensitivity.copy()
+def _reporting_bias_line(line: str, run: RunResult) -> str:
+    """Fill an outcome's reporting-bias placeholder from the multivariate model's diagnostic (or say why not)."""
+    for oid in run.outcomes:
+        if line == REPORTING_BIAS_PLACEHOLDER.format(outcome=oid):
+            rows = [] if run.multivariate is None else run.multivariate.json.get("reporting_bias", [])
+            row = next((r for r in rows if r["outcome"] == oid), None)
+            if row is None:
+                return (
+                    "Outcome-reporting bias (studies leaving this outcome out because it was not significant) is "
+                    "assessed by the multivariate model only for outcomes in it with missing studies; not here."
+                )
+            d = row["difference"]
+            return (
+                f"Outcome-reporting bias: {len(row['missing_studies'])} studies in the multivariate model did not "
+                f"report this outcome; the multivariate minus univariate pooled effect is {d['mean']:+.2f} "
+                f"[{d['q025']:.2f}, {d['q975']:.2f}] on the benefit scale, z = {row['z']:.2f} "
+                f"({'flagged' if row['flagged'] else 'not flagged'}); see the multivariate section."
+            )
+    return line
+
+
+def _float_table(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    shown = frame.copy()
     for col in shown.columns:
         if pd.api.types.is_float_dtype(shown[col]):
-            shown[col] = shown[col].map("{:.3f}".format)
+            shown[col] = shown[col].map(f"{{:.{digits}f}}".format)
+    return shown
+
+
+def _structure_lines(result: MultivariateResult) -> list[str]:
+    table = result.structure_comparison
+    if table is None:
+        return [f"Between-study structure: {result.structure} (fixed by the caller, not compared).", ""]
+    runner = table.iloc[1] if len(table) > 1 else None
+    close = runner is not None and runner["elpd_diff"] < 2.0 * runner["se_diff"]
+    verdict = (
+        f"the data do not distinguish it from {table.index[1]} (difference {runner['elpd_diff']:.2f}, "
+        f"SE {runner['se_diff']:.2f})"
+        if close
+        else "it predicts new studies best by more than two standard errors"
+        if runner is not None
+        else "the only structure fitted"
+    )
     return [
-        "## Multivariate model across the microarchitecture outcomes",
+        f"**Between-study structure**, compared by PSIS-LOO over studies (the expected log predictive density "
+        f"of a left-out study with all its outcomes; Pareto k > 0.7 marks an unreliable study): "
+        f"**{table.index[0]}** is used below; {verdict}.",
         "",
-        "θ_i ~ MVN(μ, diag(τ) R diag(τ)) on benefit-oriented SMDs (lower-is-better outcomes sign-flipped), "
-        "LKJ prior on R; each study contributes only the outcomes it reports; the within-study correlation ρ_w "
-        "is an assumption (summary data do not reveal it), so it is varied below.",
+        markdown_table(_float_table(table.rename_axis("structure").reset_index())),
         "",
+    ]
+
+
+def _prior_posterior_lines(result: MultivariateResult) -> list[str]:
+    table = result.prior_posterior
+    if table is None or table.empty:
+        return []
+    shown = table[["prior_mean", "prior_sd", "mean", "sd", "q025", "q975", "contraction"]]
+    rw = result.rho_within_posterior
+    lines = []
+    if rw is not None:
+        lines += [
+            f"**Within-study correlation ρ_w**, estimated under its prior {result.priors.get('rho_within')}: "
+            f"posterior mean {rw['mean']:.2f}, 95% ETI [{rw['q025']:.2f}, {rw['q975']:.2f}] "
+            f"(contraction {table.loc['rho_within', 'contraction']:.2f}).",
+            "",
+        ]
+    return lines + [
+        "**Prior against posterior** of every correlation parameter: contraction = 1 − posterior variance / prior "
+        "variance (0: the data taught nothing, 1: the data determine it).",
+        "",
+        markdown_table(_float_table(shown.rename_axis("parameter").reset_index(), 2)),
+        "",
+        figure_link("multivariate_prior_posterior"),
+        "",
+    ]
+
+
+def reporting_bias_lines(result: MultivariateResult, calibration: str) -> list[str]:
+    """The outcome-reporting-bias table of the multivariate section, with its measured calibration."""
+    rb = result.reporting_bias
+    if rb is None or rb.empty:
+        why = "moderators in the model" if result.beta is not None else "every study reports every outcome"
+        return [f"**Outcome-reporting bias**: not assessed ({why}).", ""]
+    rows = [
+        {
+            "outcome": r.outcome,
+            "k reported": r.k_reported,
+            "missing studies": len(r.missing_studies),
+            "multivariate − univariate μ (95% ETI)": f"{r.mean:.2f} [{r.q025:.2f}, {r.q975:.2f}]",
+            "SD if ignorable": f"{r.null_sd:.2f}",
+            "z": f"{r.z:.2f}",
+            "flagged (z ≤ −1.96)": "**yes**" if r.flagged else "no",
+            "absences that pull it down most": ", ".join(f"{s} ({v:+.2f})" for s, v in r.drivers[:3] if v < 0)
+            or "none",
+        }
+        for r in rb.itertuples()
+    ]
+    return [
+        "**Outcome-reporting bias.** For each outcome some studies did not report, the multivariate estimate "
+        "(which sees the missing studies through their other outcomes and the correlations) minus the univariate "
+        "one (reporting studies only), on the benefit scale. If missingness were ignorable both would estimate the "
+        "same μ and the contrast would scatter with the SD shown (Hausman); a negative z means the missing "
+        "studies' other outcomes were worse than chance explains, the signature of non-significant results left "
+        "unreported. The change per absent study is the contrast minus the contrast without that study. " + calibration,
+        "",
+        markdown_table(pd.DataFrame(rows)),
+        "",
+        figure_link("multivariate_reporting_bias"),
+        "",
+    ]
+
+
+def multivariate_section(result: MultivariateResult, sensitivity: pd.DataFrame, calibration: str) -> list[str]:
+    """The multivariate model: structure comparison, ρ_w, prior vs posterior, reporting bias, borrowing, R, ρ_w grid."""
+    ids = ", ".join(o.id for o in result.outcomes)
+    return [
+        f"## Multivariate model across outcomes ({ids})",
+        "",
+        "θ_i ~ MVN(μ, diag(τ) R diag(τ)) on benefit-oriented effects (lower-is-better outcomes sign-flipped); "
+        "each study contributes only the outcomes it reports; the within-study correlation ρ_w (one for every "
+        "pair; summary data do not reveal it) is estimated under its prior, and the grid at the end shows what "
+        "fixing it would do.",
+        "",
+        *_structure_lines(result),
+        *_prior_posterior_lines(result),
+        *reporting_bias_lines(result, calibration),
         "```",
         str(result),
         "```",
@@ -669,9 +788,9 @@ def multivariate_section(result: MultivariateResult, sensitivity: pd.DataFrame) 
         "",
         figure_link("multivariate_correlation"),
         "",
-        "Sensitivity to the assumed within-study correlation ρ_w:",
+        f"Sensitivity to a fixed within-study correlation ρ_w ({result.structure} structure):",
         "",
-        markdown_table(shown),
+        markdown_table(_float_table(sensitivity)),
         "",
     ]
 

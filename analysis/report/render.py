@@ -9,11 +9,17 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis.checks.sensitivity import top_level_parameters
+from analysis.inference.reporting_bias_calibration import reporting_bias_calibration_text
 from analysis.plots.compare import compare_forest
 from analysis.plots.forest import caterpillar_plot, forest_plot
 from analysis.plots.influence import influence_plot
 from analysis.plots.meta_regression import subgroup_plot
-from analysis.plots.multivariate import borrowing_plot, correlation_heatmap
+from analysis.plots.multivariate import (
+    borrowing_plot,
+    correlation_heatmap,
+    prior_posterior_plot,
+    reporting_bias_plot,
+)
 from analysis.plots.predictive import loo_pit_plot, ppc_density_plot, ppc_statistics_plot
 from analysis.plots.sensitivity import prior_grid_plot, psense_plot
 from analysis.plots.small_study import funnel_plot
@@ -121,22 +127,40 @@ def build_artifacts(analysis: OutcomeAnalysis) -> OutcomeArtifacts:
     )
 
 
+def _multivariate_extra_tables(result: MultivariateResult) -> dict[str, pd.DataFrame]:
+    """Structure comparison, prior vs posterior and the reporting-bias diagnostic, where present."""
+    tables = {}
+    if result.structure_comparison is not None:
+        tables["multivariate_structures"] = result.structure_comparison.rename_axis("structure").reset_index()
+    if result.prior_posterior is not None:
+        tables["multivariate_prior_posterior"] = result.prior_posterior.rename_axis("parameter").reset_index()
+    if result.reporting_bias is not None:
+        rb = result.reporting_bias.copy()
+        rb["missing_studies"] = rb["missing_studies"].map("; ".join)
+        rb["drivers"] = rb["drivers"].map(lambda d: "; ".join(f"{s} {v:+.3f}" for s, v in d))
+        tables["multivariate_reporting_bias"] = rb
+    return tables
+
+
 def build_multivariate_artifacts(result: MultivariateResult, sensitivity: pd.DataFrame) -> MultivariateArtifacts:
     """Render a :class:`analysis.results.multivariate.MultivariateResult` and its ρ_w sensitivity table."""
     figures = {
         figure_stem("multivariate_correlation"): figure_bytes(correlation_heatmap(result)),
         figure_stem("multivariate_borrowing"): figure_bytes(borrowing_plot(result)),
+        figure_stem("multivariate_prior_posterior"): figure_bytes(prior_posterior_plot(result)),
+        figure_stem("multivariate_reporting_bias"): figure_bytes(reporting_bias_plot(result)),
     }
     tables = {
         "multivariate_mu": result.borrowing,
         "multivariate_rho": result.rho,
         "multivariate_rho_within_sensitivity": sensitivity,
         "multivariate_predictions": result.predictions,
+        **_multivariate_extra_tables(result),
     }
     return MultivariateArtifacts(
         outcomes=tuple(o.id for o in result.outcomes),
         converged=result.converged,
-        markdown=multivariate_section(result, sensitivity),
+        markdown=multivariate_section(result, sensitivity, reporting_bias_calibration_text()),
         figures=figures,
         tables=tables,
         json=result.to_dict() | {"rho_within_sensitivity": sensitivity.to_dict(orient="records")},

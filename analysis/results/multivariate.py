@@ -67,6 +67,9 @@ class MultivariateResult:
     structure_comparison : pandas.DataFrame or None
         PSIS-LOO over studies of the structures (:mod:`analysis.fitting.multivariate_structures`),
         when the structure was chosen by it.
+    prior_posterior : pandas.DataFrame or None
+        Prior against posterior of every correlation parameter and ρ_w
+        (:func:`analysis.fitting.multivariate.prior_posterior_table`).
     """
 
     dataset: str
@@ -95,6 +98,7 @@ class MultivariateResult:
     rho_within_posterior: dict[str, float] | None = None
     reporting_bias: pd.DataFrame | None = None
     structure_comparison: pd.DataFrame | None = None
+    prior_posterior: pd.DataFrame | None = None
 
     @property
     def k(self) -> int:
@@ -128,14 +132,16 @@ class MultivariateResult:
             "within": self.within,
             "structure": self.structure,
             "rho_within": (
-                dict(self.rho_within_posterior)
-                if self.rho_within_posterior is not None
-                else _jsonable(self.rho_within)
+                dict(self.rho_within_posterior) if self.rho_within_posterior is not None else _jsonable(self.rho_within)
             ),
         }
         if self.structure_comparison is not None:
             out["structure_comparison"] = _comparison_records(self.structure_comparison)
         out["reporting_bias"] = reporting_bias_records(self.reporting_bias)
+        if self.prior_posterior is not None:
+            out["prior_posterior"] = {
+                str(name): {c: float(v) for c, v in row.items()} for name, row in self.prior_posterior.iterrows()
+            }
         for name in ("mu", "tau", "theta_new"):
             out[name] = _records(getattr(self, name))
         out["univariate_mu"] = _records(self.univariate[SUMMARY_COLUMNS])
@@ -173,7 +179,7 @@ def _comparison_records(frame: pd.DataFrame) -> list[dict]:
 
 
 def reporting_bias_records(frame: pd.DataFrame | None) -> list[dict]:
-    """The diagnostic as JSON records: ``{outcome, missing_studies, difference: {mean, sd, median, q025, q975}, ...}``."""
+    """The diagnostic as JSON records: ``{outcome, missing_studies, difference: {mean, ..., q975}, ...}``."""
     if frame is None:
         return []
     return [
@@ -251,11 +257,17 @@ def format_multivariate(result: MultivariateResult) -> str:
         side.to_string(float_format=lambda z: f"{z:.3f}"),
     ]
     if result.rho_within_posterior is not None:
-        lines += ["", "Within-study correlation rho_w", _fmt(pd.DataFrame([result.rho_within_posterior], index=["rho_w"]))]
+        lines += [
+            "",
+            "Within-study correlation rho_w",
+            _fmt(pd.DataFrame([result.rho_within_posterior], index=["rho_w"])),
+        ]
     if result.structure_comparison is not None:
         lines += ["", "Structures compared by PSIS-LOO over studies", _fmt(result.structure_comparison)]
     if result.reporting_bias is not None and not result.reporting_bias.empty:
-        rb = result.reporting_bias.set_index("outcome")[["k_reported", "mean", "q025", "q975", "null_sd", "z", "flagged"]]
+        rb = result.reporting_bias.set_index("outcome")[
+            ["k_reported", "mean", "q025", "q975", "null_sd", "z", "flagged"]
+        ]
         lines += ["", "Outcome-reporting bias: mu_k multivariate - univariate (benefit scale)", _fmt(rb)]
     if result.beta is not None:
         lines += ["", "Moderator slopes beta (centred moderators)", _fmt(result.beta.set_index(["coef", "outcome"]))]

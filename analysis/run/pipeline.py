@@ -40,7 +40,9 @@ from analysis.dataset.load import Dataset, load_dataset
 from analysis.dataset.problems import NotApplicable
 from analysis.fitting.arm_level import fit_arm_level
 from analysis.fitting.meta_regression import fit_subgroups_one_at_a_time
-from analysis.fitting.multivariate import fit_multivariate, rho_within_sensitivity
+from analysis.fitting.multivariate import rho_within_sensitivity
+from analysis.fitting.multivariate_data import default_outcomes
+from analysis.fitting.multivariate_structures import fit_multivariate_structures
 from analysis.fitting.random_effects import fit_random_effects
 from analysis.fitting.sampling import SamplerSettings
 from analysis.fitting.small_study import fit_small_study
@@ -55,8 +57,6 @@ from analysis.run import cache
 from models.priors import PriorSet, default_priors
 
 Progress = Callable[[str], None]
-#: Outcomes of the multivariate model (the correlated microarchitecture measures), run when >= 2 have data.
-MULTIVARIATE_OUTCOMES = ("BV_TV", "Tb_N", "Tb_Sp", "Tb_Th")
 MULTIVARIATE = "__multivariate__"
 #: ``evmeta run --engine``: "nuts" (every analysis) or "exact" (the exact engine only: fast, no NUTS draws).
 ENGINES = ("nuts", "exact")
@@ -233,11 +233,13 @@ def _optional[T](analysis: OutcomeAnalysis, name: str, run: Callable[[], T]) -> 
 def run_multivariate_job(job: OutcomeJob) -> MultivariateArtifacts:
     """Worker entry point of the multivariate model (default outcome set) and its ρ_w sensitivity."""
     started = time.perf_counter()
-    result = fit_multivariate(job.dataset, seed=job.seed, sampler=job.sampler, table=job.table)
+    result, _ = fit_multivariate_structures(job.dataset, seed=job.seed, sampler=job.sampler, table=job.table)
     # the rho_w grid is a sensitivity table of posterior summaries: half the draws and tuning suffice
     # (ESS stays well above 400 for mu/tau on these data) and halves the cost of the four refits
     light = replace(job.sampler, draws=max(job.sampler.draws // 2, 100), tune=max(job.sampler.tune // 2, 100))
-    sensitivity = rho_within_sensitivity(job.dataset, seed=job.seed, sampler=light, table=job.table)
+    sensitivity = rho_within_sensitivity(
+        job.dataset, seed=job.seed, sampler=light, table=job.table, structure=result.structure
+    )
     fitted = time.perf_counter()
     artifacts = build_multivariate_artifacts(result, sensitivity)
     artifacts.timings = {"analysis": fitted - started, "figures": time.perf_counter() - fitted}
@@ -315,7 +317,8 @@ def _jobs(
             outcome_rows=raw[raw["outcome"] == outcome].to_csv(index=False),
         )
         jobs.append(OutcomeJob(outcome, key, seed + j, **common))
-    if engine == "nuts" and sum(o in MULTIVARIATE_OUTCOMES for o in (j.outcome for j in jobs)) >= 2:
+    multivariate_outcomes = default_outcomes(dataset, table)
+    if engine == "nuts" and len(multivariate_outcomes) >= 2:
         settings = {"sampler": asdict(sampler), "seed": seed, "model": "multivariate"}
         settings["measure"] = dataset.effect_measure
         raw = dataset.arms if dataset.arms is not None else dataset.effects
@@ -324,7 +327,7 @@ def _jobs(
             dataset_files=files,
             outcome=MULTIVARIATE,
             settings=settings,
-            outcome_rows=raw[raw["outcome"].isin(MULTIVARIATE_OUTCOMES)].to_csv(index=False),
+            outcome_rows=raw[raw["outcome"].isin(multivariate_outcomes)].to_csv(index=False),
         )
         jobs.append(OutcomeJob(MULTIVARIATE, key, seed, **common, kind="multivariate"))
     return jobs, skipped

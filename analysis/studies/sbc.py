@@ -630,6 +630,7 @@ def summarise(rows: pd.DataFrame, *, threshold: float, target_reps: int | dict[s
 
     ``target_reps`` is one number for every model or a number per model.
     """
+
     def target(model: str) -> int:
         return target_reps[model] if isinstance(target_reps, dict) else target_reps
 
