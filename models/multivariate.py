@@ -3,8 +3,16 @@ r"""Multivariate (multi-outcome) random-effects meta-analysis for NUTS in PyMC 6
 Data, for studies :math:`i = 1..k` and outcomes :math:`j = 1..K`: benefit-oriented effects
 :math:`y_{ij}` (natural-sign effect times the outcome's ``direction``, so that positive is
 benefit on every outcome), reported only for a subset :math:`O_i` of the outcomes, and the
-within-study sampling covariance :math:`S_i` (known, or built from the variances and an
-assumed within-study correlation, :func:`within_covariance`).
+within-study sampling covariance :math:`S_i`: known, built from the variances and a fixed
+within-study correlation (:func:`within_covariance`), or - the default - built from the
+variances :math:`v_{ij}` and a within-study correlation :math:`\rho_w` that is a parameter,
+
+.. math::
+
+    S_i = D_i^{1/2}\big((1 - \rho_w) I + \rho_w J\big) D_i^{1/2}, \qquad
+    D_i = \operatorname{diag}(v_{i\cdot}), \qquad \rho_w \sim \mathrm{Beta}(2, 2)
+
+(:data:`models.priors.DEFAULT_RHO_WITHIN_PRIOR`).
 
 Model:
 
@@ -15,6 +23,11 @@ Model:
         \qquad \Sigma = \operatorname{diag}(\tau)\, R\, \operatorname{diag}(\tau) = L L^\top, \\
     \mu_j &\sim \mathcal N(m, s^2), \quad \beta_{pj} \sim \mathcal N(0, s^2), \quad
     \tau_j \sim p(\tau), \quad R \sim \mathrm{LKJ}(\eta).
+
+The correlation R has one of three structures (:data:`STRUCTURES`): unstructured (the LKJ prior
+above), compound symmetry :math:`R = (1 - \rho_b) I + \rho_b J` with
+:math:`(\rho_b - l)/(1 - l) \sim \mathrm{Beta}(\eta, \eta)`, :math:`l = -1/(K-1)`, or
+independent outcomes, :math:`R = I`.
 
 The between-study covariance is built from its Cholesky factor, :math:`L = \operatorname{diag}(\tau)\,L_R`
 with :math:`L_R` the Cholesky factor of :math:`R` (``pm.LKJCorr``, which in PyMC 6 returns the

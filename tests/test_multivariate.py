@@ -433,3 +433,15 @@ def test_multivariate_report_section(quick_fit):
     assert "Within-study correlation ρ_w" in text and "beta:2:2" in text and "contraction" in text
     assert "CALIBRATION SENTENCE." in text and "| Tb_N | 6 | 4 |" in text
     assert "multivariate_prior_posterior" in text and "multivariate_reporting_bias" in text
+
+
+def test_default_outcomes_of_datasets_without_the_microarchitecture_set(dataset):
+    from analysis.fitting.multivariate_data import default_outcomes
+
+    assert default_outcomes(dataset, compute_effects(dataset)) == list(DEFAULT_OUTCOMES)
+    fear = load_dataset("data/fearlearning_ssri")
+    chosen = default_outcomes(fear, compute_effects(fear))
+    # every one of its eight processes is reported together with another one by at least one publication
+    assert chosen == list(fear.outcomes) and len(chosen) == 8
+    fst = load_dataset("data/fst_martins2025")
+    assert len(default_outcomes(fst, compute_effects(fst))) < 2  # one outcome: no multivariate model

@@ -1,11 +1,16 @@
 """Fitting the multivariate random-effects model across correlated outcomes (DESIGN.md §4).
 
 :func:`fit_multivariate` fits the model of :mod:`models.multivariate` (benefit-oriented effects,
-θ integrated out, R ~ LKJ) with NUTS, checks the convergence gates on mu, tau and the
-off-diagonal of R (retrying once, as the univariate fits), draws every study's θ_i - including
-the outcomes it did not report - from the exact conditional, and sets the pooled effects side by
-side with the univariate exact-engine fits under the same priors (borrowing of strength).
-:func:`rho_within_sensitivity` refits over a grid of assumed within-study correlations.
+θ integrated out, one of three between-study structures, the within-study correlation ρ_w
+estimated under its prior unless fixed) with NUTS, checks the convergence gates on mu, tau, the
+free correlations and ρ_w (retrying once, as the univariate fits), draws every study's θ_i -
+including the outcomes it did not report - from the exact conditional, stores the pointwise log
+likelihood per study (for PSIS-LOO), sets the pooled effects side by side with the univariate
+exact-engine fits under the same priors (borrowing of strength), tabulates prior against
+posterior of every correlation parameter and computes the outcome-reporting-bias diagnostic
+(:mod:`analysis.checks.reporting_bias`). :func:`rho_within_sensitivity` refits over a grid of
+fixed within-study correlations; :mod:`analysis.fitting.multivariate_structures` compares the
+structures.
 """
 
 from __future__ import annotations
