@@ -445,3 +445,21 @@ def test_default_outcomes_of_datasets_without_the_microarchitecture_set(dataset)
     assert chosen == list(fear.outcomes) and len(chosen) == 8
     fst = load_dataset("data/fst_martins2025")
     assert len(default_outcomes(fst, compute_effects(fst))) < 2  # one outcome: no multivariate model
+
+
+def test_multivariate_artifacts_render(quick_fit):
+    from analysis.report.render import build_multivariate_artifacts
+
+    sensitivity = pd.DataFrame({"rho_within": [0.0], "parameter": ["mu"], "outcome": ["BV_TV"], "mean": [1.0]})
+    art = build_multivariate_artifacts(quick_fit, sensitivity)
+    assert {"multivariate_prior_posterior", "multivariate_reporting_bias"} <= set(art.figures)
+    assert {"multivariate_prior_posterior", "multivariate_reporting_bias"} <= set(art.tables)
+    assert art.tables["multivariate_reporting_bias"].loc[0, "missing_studies"].count(";") == 3
+    assert json.loads(json.dumps(art.json))["reporting_bias"][0]["outcome"] == "Tb_N"
+
+
+def test_no_default_multivariate_outcomes_when_no_two_studies_share_them(tmp_path):
+    from analysis.fitting.multivariate_data import default_outcomes
+
+    tiny = load_dataset(write_dataset(tmp_path))  # BMD (3 studies) and Tb_Sp (1 study, also reporting BMD)
+    assert default_outcomes(tiny, compute_effects(tiny)) == []

@@ -114,15 +114,18 @@ def default_outcomes(dataset: Dataset, table: EffectTable) -> list[str]:
     """The multivariate model's outcomes when none are named.
 
     :data:`DEFAULT_OUTCOMES` (the correlated trabecular microarchitecture measures) when at least two
-    of them are reported; otherwise every reported outcome that at least one study reports together
-    with another (an outcome no study shares with another borrows nothing). May return fewer than two.
+    of them are reported; otherwise every outcome reported by at least two studies, of which at least
+    two also report another such outcome (an outcome that no two studies share with another borrows
+    almost nothing and leaves nothing to compare). May return fewer than two.
     """
     studies = {o: set(study_effects(table, o)["study"]) for o in dataset.outcomes}
     reported = [o for o, s in studies.items() if s]
     micro = [o for o in DEFAULT_OUTCOMES if o in reported]
     if len(micro) >= 2:
         return micro
-    return [o for o in reported if any(studies[o] & studies[p] for p in reported if p != o)]
+    candidates = [o for o in reported if len(studies[o]) >= 2]
+    shared = {o: set().union(*(studies[o] & studies[p] for p in candidates if p != o)) for o in candidates}
+    return [o for o in candidates if len(shared[o]) >= 2]
 
 
 def resolve_outcomes(dataset: Dataset, table: EffectTable, outcomes: Sequence[str] | str | None) -> list[str]:
