@@ -74,3 +74,11 @@ def test_unjudged_risk_of_bias_is_noted_not_downgraded():
 def test_publication_bias_without_a_calibrated_check_is_not_rated():
     c = rate(dataclasses.replace(CLEAN, asymmetry_p=None, asymmetry_flagged=False))
     assert c.level == "high" and any("no calibrated funnel-asymmetry check" in n for n in c.notes)
+
+
+def test_calibrated_reporting_bias_flag_downgrades_publication_bias_once():
+    flagged = dataclasses.replace(CLEAN, reporting_bias_z=-2.5)
+    c = rate(flagged)
+    assert [d for d, _ in c.downgrades] == ["publication bias"] and "z = -2.50" in c.downgrades[0][1]
+    both = dataclasses.replace(flagged, asymmetry_p=0.01, asymmetry_flagged=True)
+    assert [d for d, _ in rate(both).downgrades] == ["publication bias"]  # one domain, one level

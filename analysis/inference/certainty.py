@@ -17,7 +17,9 @@ outcome's direction, :math:`\delta` the minimal relevant effect):
   p-value of the slope of the effects on their SE, where ``reports/calibration.json`` measured it
   calibrated) flags; fewer than :data:`MIN_K_ASYMMETRY` studies are noted as too few to judge
   asymmetry (Sterne et al. 2011, BMJ 343:d4002), not downgraded; without a calibrated check the
-  domain is not rated (noted);
+  domain is not rated (noted); also serious when the multivariate model's outcome-reporting-bias
+  diagnostic flags the outcome *and* that flag was measured calibrated
+  (:mod:`analysis.inference.reporting_bias_calibration`); one downgrade for the domain either way;
 * **indirectness** (animal model, outcome and intervention against the reader's question) is not
   rated: it depends on the question, which the data do not contain.
 
@@ -53,6 +55,8 @@ class Evidence:
         p-value of the calibrated asymmetry check, None if it did not run.
     asymmetry_flagged : bool
         Whether that check flagged.
+    reporting_bias_z : float or None
+        z of the calibrated outcome-reporting-bias flag when it flagged this outcome, else None.
     """
 
     k: int
@@ -62,6 +66,7 @@ class Evidence:
     n_low_risk: int | None
     asymmetry_p: float | None
     asymmetry_flagged: bool
+    reporting_bias_z: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,13 @@ def rate(evidence: Evidence) -> Certainty:
     if lo_new < 0.0 < hi_new:
         interval = f"95% interval, benefit scale, [{lo_new:.2f}, {hi_new:.2f}]"
         downgrades.append(("inconsistency", f"a new study's true effect could go either way ({interval})"))
+    bias = []
     if e.asymmetry_flagged and e.asymmetry_p is not None:
-        downgrades.append(("publication bias", f"funnel-asymmetry check flagged (p = {e.asymmetry_p:.3f})"))
+        bias.append(f"funnel-asymmetry check flagged (p = {e.asymmetry_p:.3f})")
+    if e.reporting_bias_z is not None:
+        bias.append(f"outcome-reporting bias flagged by the multivariate model (z = {e.reporting_bias_z:.2f})")
+    if bias:
+        downgrades.append(("publication bias", "; ".join(bias)))
     if e.asymmetry_p is None:
         notes.append("publication bias not rated where no calibrated funnel-asymmetry check ran")
     elif e.k < MIN_K_ASYMMETRY:

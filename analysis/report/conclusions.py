@@ -38,8 +38,8 @@ def _n_low_risk(dataset: Dataset, studies: list[str]) -> int | None:
     return len(low_risk_studies(table, domains))
 
 
-def outcome_evidence(fit: MetaAnalysisResult, dataset: Dataset) -> Evidence:
-    """The numbers of one outcome's primary fit that its certainty rating rests on."""
+def outcome_evidence(fit: MetaAnalysisResult, dataset: Dataset, multivariate: dict | None = None) -> Evidence:
+    """The numbers of one outcome's primary fit (and the multivariate model's calibrated flags) a rating rests on."""
     d = fit.outcome.direction
     mu, new = fit.summaries["mu"], fit.summaries["theta_new"]
     asym = next((c for c in fit.checks if c.name == "egger_slope"), None)
@@ -53,7 +53,17 @@ def outcome_evidence(fit: MetaAnalysisResult, dataset: Dataset) -> Evidence:
         n_low_risk=_n_low_risk(dataset, [str(s) for s in fit.studies["study"]]),
         asymmetry_p=asym.p_value if calibrated else None,
         asymmetry_flagged=calibrated and asym.flagged is True,
+        reporting_bias_z=_calibrated_reporting_bias_z(fit.outcome.id, multivariate),
     )
+
+
+def _calibrated_reporting_bias_z(oid: str, multivariate: dict | None) -> float | None:
+    """z of the outcome-reporting-bias diagnostic if it flagged ``oid`` and the flag is calibrated."""
+    rows = [] if multivariate is None else multivariate.get("reporting_bias", [])
+    row = next((r for r in rows if r["outcome"] == oid), None)
+    if row is None or not row["flagged"] or not reporting_bias_flag_calibrated():
+        return None
+    return float(row["z"])
 
 
 def robustness_range(art: OutcomeArtifacts, multivariate: dict | None) -> dict[str, tuple[float, float]]:
@@ -177,7 +187,7 @@ def conclusions_section(run: RunResult) -> list[str]:
     rows, notes = [], set()
     for oid, art in run.outcomes.items():
         fit = art.primary
-        e = outcome_evidence(fit, run.dataset)
+        e = outcome_evidence(fit, run.dataset, multivariate)
         c = rate(e)
         notes.update(c.notes)
         rows.append(
