@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "fit_meta_regression": "analysis.fitting.meta_regression",
     "fit_small_study": "analysis.fitting.small_study",
     "fit_multivariate": "analysis.fitting.multivariate",
+    "fit_multivariate_structures": "analysis.fitting.multivariate_structures",
     "exact_posterior": "models.exact.posterior",
     "MetaAnalysisResult": "analysis.results.random_effects",
     # checks and comparisons
@@ -92,6 +93,7 @@ __all__ = [
     "fit_arm_level",
     "fit_meta_regression",
     "fit_multivariate",
+    "fit_multivariate_structures",
     "fit_random_effects",
     "fit_small_study",
     "forest_plot",
@@ -132,6 +134,7 @@ if TYPE_CHECKING:
     from analysis.fitting.arm_level import fit_arm_level
     from analysis.fitting.meta_regression import fit_meta_regression
     from analysis.fitting.multivariate import fit_multivariate
+    from analysis.fitting.multivariate_structures import fit_multivariate_structures
     from analysis.fitting.random_effects import fit_random_effects
     from analysis.fitting.sampling import SamplerSettings
     from analysis.fitting.small_study import fit_small_study
