@@ -12,11 +12,20 @@ Reported per outcome:
 * ``difference``: the posterior of :math:`d_j` (mean, SD, 95% ETI) - how far the multivariate
   estimate lies from the reporting studies' estimate. Its spread is the uncertainty about
   :math:`\Sigma` and ρ_w only; the yardstick of chance is :math:`s_j`.
-* ``z`` = :math:`E[d_j] / \sqrt{E[s_j^2]}` and ``flagged`` = ``z <= Z_FLAG`` (-1.96): the
-  missing studies' other outcomes are lower than ignorable missingness explains (the direction
-  outcome-reporting bias predicts: non-significant results left unreported). Its false-alarm
-  rate and power on the flagship design are measured by
-  :mod:`analysis.studies.reporting_bias_power`, never assumed.
+* ``z`` = :math:`d_j / s_j` evaluated at the posterior mean of :math:`\Sigma` and ρ_w (the
+  classical Hausman statistic with the covariance estimated), ``null_sd`` its :math:`s_j`, and
+  ``flagged`` = ``z <= Z_FLAG`` (-1.96): the missing studies' other outcomes are lower than
+  ignorable missingness explains (the direction outcome-reporting bias predicts: non-significant
+  results left unreported).
+* ``z_averaged`` = :math:`E[d_j] / \sqrt{E[s_j^2]}` over the posterior and ``flagged_averaged``:
+  the posterior-averaged version, kept for comparison. Averaging the pivot over the posterior of
+  :math:`\Sigma` (whose draws give correlated standard-normal pivots) shrinks it towards 0, so it is
+  conservative by construction; the first 50 simulated datasets per condition confirmed it (no
+  false alarm in 150 outcomes, flagged 2-8% of outcomes with outcome-reporting bias), which is why
+  the flag uses the plug-in ``z``.
+
+Both flags' false-alarm rate and power on the flagship design are measured by
+:mod:`analysis.studies.reporting_bias_power`, never assumed.
 * ``drivers``: which absences drive it - per missing study, the change in :math:`d_j` when the
   study is left out of the multivariate estimate (at the posterior mean of :math:`\Sigma` and
   ρ_w), most negative first.
@@ -53,6 +62,8 @@ REPORTING_BIAS_COLUMNS = [
     "null_sd",
     "z",
     "flagged",
+    "z_averaged",
+    "flagged_averaged",
     "drivers",
 ]
 
@@ -89,14 +100,18 @@ def reporting_bias(data: MultivariateData, idata: xr.DataTree, priors: PriorSet)
     rho_w = _stacked(post["rho_within"]) if "rho_within" in post else None
     m0, s0 = priors.mu.params
     contrast = gls_contrast(data.yi, data.S, sigma, rho_w, prior_mean=m0, prior_sd=s0)
-    drivers = _drivers(data, sigma.mean(axis=0), None if rho_w is None else np.array([rho_w.mean()]), m0, s0)
+    sigma_mean, rho_w_mean = sigma.mean(axis=0)[None], None if rho_w is None else np.array([rho_w.mean()])
+    plug_in = gls_contrast(data.yi, data.S, sigma_mean, rho_w_mean, prior_mean=m0, prior_sd=s0)
+    drivers = _drivers(data, sigma_mean[0], rho_w_mean, m0, s0)
     rows = []
     for j, outcome in enumerate(data.outcome_ids):
         if not missing[:, j].any():
             continue
         d = contrast.difference[:, j]
-        null_sd = float(np.sqrt(np.mean(contrast.null_sd[:, j] ** 2)))
-        z = float(d.mean() / null_sd) if null_sd > 0 else float("nan")
+        averaged_sd = float(np.sqrt(np.mean(contrast.null_sd[:, j] ** 2)))
+        z_averaged = float(d.mean() / averaged_sd) if averaged_sd > 0 else float("nan")
+        null_sd = float(plug_in.null_sd[0, j])
+        z = float(plug_in.difference[0, j] / null_sd) if null_sd > 0 else float("nan")
         rows.append(
             {
                 "outcome": outcome,
@@ -106,6 +121,8 @@ def reporting_bias(data: MultivariateData, idata: xr.DataTree, priors: PriorSet)
                 "null_sd": null_sd,
                 "z": z,
                 "flagged": bool(z <= Z_FLAG),
+                "z_averaged": z_averaged,
+                "flagged_averaged": bool(z_averaged <= Z_FLAG),
                 "drivers": drivers[outcome],
             }
         )

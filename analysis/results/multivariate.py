@@ -191,6 +191,7 @@ def reporting_bias_records(frame: pd.DataFrame | None) -> list[dict]:
             "null_sd": float(r.null_sd),
             "z": float(r.z),
             "flagged": bool(r.flagged),
+            "z_averaged": float(r.z_averaged),
             "drivers": [{"study": s, "change": float(v)} for s, v in r.drivers],
         }
         for r in frame.itertuples()

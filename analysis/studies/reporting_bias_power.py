@@ -171,6 +171,8 @@ ROW_COLUMNS = [
     "has_missing",
     "z",
     "flagged",
+    "z_averaged",
+    "flagged_averaged",
     "diff_mean",
     "diff_q025",
     "diff_q975",
@@ -447,6 +449,8 @@ def _outcome_rows(
             row |= {
                 "z": float(diag["z"]) if diag is not None else np.nan,
                 "flagged": bool(diag["flagged"]) if diag is not None else False,
+                "z_averaged": float(diag["z_averaged"]) if diag is not None else np.nan,
+                "flagged_averaged": bool(diag["flagged_averaged"]) if diag is not None else False,
                 "diff_mean": float(diag["mean"]) if diag is not None else np.nan,
                 "diff_q025": float(diag["q025"]) if diag is not None else np.nan,
                 "diff_q975": float(diag["q975"]) if diag is not None else np.nan,
@@ -606,6 +610,10 @@ def _flag_summary(part: pd.DataFrame) -> dict:
         "flag": _rate(fitted["flagged"]),
         "flag_given_missing": _rate(missing["flagged"]),
         "mean_z": _mean_se(missing["z"]),
+        "sd_z": float(missing["z"].std(ddof=1)) if len(missing) > 1 else float("nan"),
+        "flag_averaged_given_missing": _rate(missing["flagged_averaged"]),
+        "mean_z_averaged": _mean_se(missing["z_averaged"]),
+        "sd_z_averaged": float(missing["z_averaged"].std(ddof=1)) if len(missing) > 1 else float("nan"),
         "mean_k_reported": float(fitted["k_reported"].mean()) if len(fitted) else float("nan"),
     }
 
@@ -620,6 +628,17 @@ def _error_summary(part: pd.DataFrame) -> dict:
         "mv_rmse": _rmse(fitted["mv_error"]),
         "uv_rmse": _rmse(fitted["uv_error"]),
     }
+
+
+def _pooled_rate(part: pd.DataFrame, outcomes: Sequence[str], column: str) -> dict:
+    """Flag rate over every (replication, outcome) with missing studies, outcomes pooled.
+
+    Its MCSE treats the outcomes of one dataset as independent (they are positively correlated, so
+    it is somewhat too small); the per-dataset rate is ``any_outcome_flagged``.
+    """
+    fitted = _fitted(part)
+    fitted = fitted[fitted["outcome"].isin(outcomes) & _flag(fitted["has_missing"])]
+    return _rate(fitted[column])
 
 
 def _dataset_rate(part: pd.DataFrame, outcomes: Sequence[str]) -> dict:
@@ -654,6 +673,8 @@ def summarise(rows: pd.DataFrame, *, target_reps: int | None = None) -> dict:
                 "n_not_converged": int((~_flag(ran["converged"])).sum()) if len(ran) else 0,
                 "n_retried": int(_flag(ran["retried"]).sum()) if len(ran) else 0,
                 "any_outcome_flagged": _dataset_rate(part, tested),
+                "pooled_outcomes": _pooled_rate(part, tested, "flagged"),
+                "pooled_outcomes_averaged": _pooled_rate(part, tested, "flagged_averaged"),
                 "outcomes": {o: _flag_summary(part[part["outcome"] == o]) for o in tested},
                 "estimation": {o: _error_summary(part[part["outcome"] == o]) for o in outcomes},
             }
