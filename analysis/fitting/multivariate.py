@@ -87,7 +87,8 @@ def fit_multivariate(
     dataset : Dataset
         A validated dataset.
     outcomes : list of str, "all" or None
-        Outcome ids; default ``["BV_TV", "Tb_N", "Tb_Sp", "Tb_Th"]`` (those reported).
+        Outcome ids; default :func:`analysis.fitting.multivariate_data.default_outcomes` (BV_TV,
+        Tb_N, Tb_Sp, Tb_Th where reported).
     rho_within : float, numpy.ndarray or None
         Within-study correlation of the benefit-oriented effects: None (default) estimates one
         scalar ρ_w under ``priors.rho_within``; a scalar or K x K matrix fixes it.
