@@ -18,6 +18,7 @@ def test_measured_numbers_are_those_of_reports_reporting_bias_power():
     assert rbc.MEASURED["false_alarm"] == pytest.approx((null["rate"], null["mcse"]), abs=5e-4)
     assert rbc.MEASURED["power"] == pytest.approx((orb["rate"], orb["mcse"]), abs=5e-4)
     assert rbc.N_DATASETS == conditions["ignorable"]["n_replications"] == conditions["orb"]["n_replications"]
+    assert rbc.N_OUTCOMES == {"false_alarm": null["n"], "power": orb["n"]}
     assert study["complete"]
 
 

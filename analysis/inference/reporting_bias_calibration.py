@@ -16,9 +16,13 @@ __all__ = ["MAX_FALSE_ALARM", "MEASURED", "reporting_bias_calibration_text", "re
 MAX_FALSE_ALARM = 0.05
 
 #: Measured quantity -> (value, Monte Carlo SE): false-alarm rate and power per outcome (selected structure).
-MEASURED: dict[str, tuple[float, float]] = {}
-#: Simulated datasets per condition behind :data:`MEASURED`.
-N_DATASETS: int = 0
+MEASURED: dict[str, tuple[float, float]] = {
+    "false_alarm": (0.0000, 0.0000),
+    "power": (0.1176, 0.0276),
+}
+#: Simulated datasets per condition behind :data:`MEASURED`, and outcomes with missing studies behind each rate.
+N_DATASETS: int = 50
+N_OUTCOMES: dict[str, int] = {"false_alarm": 150, "power": 136}
 
 
 def reporting_bias_flag_calibrated() -> bool:
@@ -35,14 +39,22 @@ def reporting_bias_calibration_text() -> str:
         return "Its false-alarm rate and power have not been measured: it is not a calibrated flag."
     rate, rate_se = MEASURED["false_alarm"]
     power, power_se = MEASURED["power"]
+    # a rate of 0 has MCSE 0: state the rule-of-three 95% upper bound instead
+    n_null = N_OUTCOMES["false_alarm"]
+    alarm = (
+        f"{rate:.1%} (MCSE {rate_se:.1%}) of the {n_null} outcomes with ignorable missingness"
+        if rate > 0
+        else f"none of the {n_null} outcomes with ignorable missingness (95% upper bound {3 / n_null:.1%}, rule of three)"
+    )
     status = (
-        "a calibrated flag on that design"
+        "a calibrated but weak flag on that design: a flag is strong evidence, its absence is not evidence of no bias"
+        if reporting_bias_flag_calibrated() and power < 0.5
+        else "a calibrated flag on that design"
         if reporting_bias_flag_calibrated()
         else f"not a calibrated flag (false alarms above {MAX_FALSE_ALARM:.0%})"
     )
     return (
         f"Measured on {N_DATASETS} simulated flagship datasets per condition (README, 'Outcome-reporting bias'): "
-        f"it flagged {rate:.1%} (MCSE {rate_se:.1%}) of outcomes with ignorable missingness and {power:.1%} "
-        f"(MCSE {power_se:.1%}) of outcomes whose non-significant results were left unreported: {status}; "
-        "other designs are not measured."
+        f"it flagged {alarm} and {power:.1%} (MCSE {power_se:.1%}) of the {N_OUTCOMES['power']} outcomes whose "
+        f"non-significant results were left unreported: {status}; other designs are not measured."
     )
