@@ -44,7 +44,7 @@ def reporting_bias_calibration_text() -> str:
     alarm = (
         f"{rate:.1%} (MCSE {rate_se:.1%}) of the {n_null} outcomes with ignorable missingness"
         if rate > 0
-        else f"none of the {n_null} outcomes with ignorable missingness (95% upper bound {3 / n_null:.1%}, rule of three)"
+        else f"none of the {n_null} outcomes with ignorable missingness (95% upper bound {3 / n_null:.1%}, rule of 3)"
     )
     status = (
         "a calibrated but weak flag on that design: a flag is strong evidence, its absence is not evidence of no bias"
