@@ -426,13 +426,19 @@ def test_prior_posterior_table_and_figures(quick_fit):
 def test_multivariate_report_section(quick_fit):
     # cs loses 0.1 in total but gains or loses 0.5 per study: well within two SEs of the difference
     fits = {"unstructured": quick_fit, "cs": _shifted(quick_fit, 0.01 + 0.5 * (-1.0) ** np.arange(quick_fit.k))}
-    result = dataclasses.replace(quick_fit, structure_comparison=compare_structures(fits))
+    every = pd.concat([quick_fit.prior_posterior.assign(structure=s) for s in fits])
+    result = dataclasses.replace(
+        quick_fit, structure_comparison=compare_structures(fits), prior_posterior_by_structure=every
+    )
     sensitivity = pd.DataFrame({"rho_within": [0.0, 0.3], "parameter": ["mu", "mu"], "mean": [1.0, 1.1]})
     text = "\n".join(multivariate_section(result, sensitivity, "CALIBRATION SENTENCE."))
     assert "**unstructured** is used below; the data do not distinguish it from cs" in text
     assert "Within-study correlation ρ_w" in text and "beta:2:2" in text and "contraction" in text
     assert "CALIBRATION SENTENCE." in text and "| Tb_N | 6 | 4 |" in text
     assert "multivariate_prior_posterior" in text and "multivariate_reporting_bias" in text
+    assert "of every structure compared" in text and text.count("| rho_within | cs |") == 1
+    out = json.loads(json.dumps(result.to_dict()))
+    assert len(out["prior_posterior_by_structure"]) == len(every)
 
 
 def test_default_outcomes_of_datasets_without_the_microarchitecture_set(dataset):

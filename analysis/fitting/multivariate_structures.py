@@ -102,7 +102,8 @@ def fit_multivariate_structures(
     Returns
     -------
     selected : MultivariateResult
-        The fit with the highest elpd_loo, its ``structure_comparison`` set.
+        The fit with the highest elpd_loo, its ``structure_comparison`` and
+        ``prior_posterior_by_structure`` (every structure's prior-against-posterior rows) set.
     fits : dict
         Every fit by structure.
     """
@@ -122,4 +123,7 @@ def fit_multivariate_structures(
     comparison = compare_structures(fits)
     selected = fits[str(comparison.index[0])]
     selected.structure_comparison = comparison
+    selected.prior_posterior_by_structure = pd.concat(
+        [fits[str(s)].prior_posterior.assign(structure=str(s)) for s in comparison.index], axis=0
+    )
     return selected, fits

@@ -710,7 +710,9 @@ def _prior_posterior_lines(result: MultivariateResult) -> list[str]:
     table = result.prior_posterior
     if table is None or table.empty:
         return []
-    shown = table[["prior_mean", "prior_sd", "mean", "sd", "q025", "q975", "contraction"]]
+    columns = ["prior_mean", "prior_sd", "mean", "sd", "q025", "q975", "contraction"]
+    every = result.prior_posterior_by_structure
+    shown = table[columns] if every is None else every[["structure", *columns]]
     rw = result.rho_within_posterior
     lines = []
     if rw is not None:
@@ -721,8 +723,10 @@ def _prior_posterior_lines(result: MultivariateResult) -> list[str]:
             "",
         ]
     return lines + [
-        "**Prior against posterior** of every correlation parameter: contraction = 1 − posterior variance / prior "
-        "variance (0: the data taught nothing, 1: the data determine it).",
+        "**Prior against posterior** of every correlation parameter"
+        + ("" if every is None else " of every structure compared (the figure: the structure used)")
+        + ": contraction = 1 − posterior variance / prior variance (0: the data taught nothing, 1: the data "
+        "determine it).",
         "",
         markdown_table(_float_table(shown.rename_axis("parameter").reset_index(), 2)),
         "",

@@ -132,8 +132,11 @@ def _multivariate_extra_tables(result: MultivariateResult) -> dict[str, pd.DataF
     tables = {}
     if result.structure_comparison is not None:
         tables["multivariate_structures"] = result.structure_comparison.rename_axis("structure").reset_index()
-    if result.prior_posterior is not None:
-        tables["multivariate_prior_posterior"] = result.prior_posterior.rename_axis("parameter").reset_index()
+    every = (
+        result.prior_posterior if result.prior_posterior_by_structure is None else result.prior_posterior_by_structure
+    )
+    if every is not None:
+        tables["multivariate_prior_posterior"] = every.rename_axis("parameter").reset_index()
     if result.reporting_bias is not None:
         rb = result.reporting_bias.copy()
         rb["missing_studies"] = rb["missing_studies"].map("; ".join)

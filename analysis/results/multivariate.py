@@ -70,6 +70,8 @@ class MultivariateResult:
     prior_posterior : pandas.DataFrame or None
         Prior against posterior of every correlation parameter and ρ_w
         (:func:`analysis.fitting.multivariate.prior_posterior_table`).
+    prior_posterior_by_structure : pandas.DataFrame or None
+        The same rows for every structure compared (column ``structure``), when they were compared.
     """
 
     dataset: str
@@ -99,6 +101,7 @@ class MultivariateResult:
     reporting_bias: pd.DataFrame | None = None
     structure_comparison: pd.DataFrame | None = None
     prior_posterior: pd.DataFrame | None = None
+    prior_posterior_by_structure: pd.DataFrame | None = None
 
     @property
     def k(self) -> int:
@@ -142,6 +145,11 @@ class MultivariateResult:
             out["prior_posterior"] = {
                 str(name): {c: float(v) for c, v in row.items()} for name, row in self.prior_posterior.iterrows()
             }
+        if self.prior_posterior_by_structure is not None:
+            out["prior_posterior_by_structure"] = [
+                {"parameter": str(name), **{c: (v if isinstance(v, str) else float(v)) for c, v in row.items()}}
+                for name, row in self.prior_posterior_by_structure.iterrows()
+            ]
         for name in ("mu", "tau", "theta_new"):
             out[name] = _records(getattr(self, name))
         out["univariate_mu"] = _records(self.univariate[SUMMARY_COLUMNS])
