@@ -15,9 +15,10 @@ import pandas as pd
 import pytensor
 import pytest
 
+from analysis.fitting.multivariate import multivariate_model
 from analysis.fitting.nuts import model_fingerprint
 from analysis.studies import reporting_bias_power as rbp
-from models.multivariate import build_multivariate_model, within_covariance
+from models.multivariate import within_covariance
 from models.priors import default_priors
 
 PRIORS = default_priors("SMD")
@@ -175,15 +176,7 @@ def test_shared_data_model_has_one_fingerprint_for_every_pattern_and_the_builder
     mode = pytensor.compile.mode.Mode(linker="py", optimizer="fast_compile")
     for data in (flagship, patterned):
         shared = rbp.shared_data_model(data, PRIORS, "cs")
-        built = build_multivariate_model(
-            data.yi,
-            data.S,
-            study=data.study,
-            outcome=data.outcome_ids,
-            priors=PRIORS,
-            structure="cs",
-            rho_within_prior=PRIORS.rho_within,
-        )
+        built = multivariate_model(data, PRIORS, structure="cs")
         point = {k: v + 0.2 for k, v in built.initial_point().items()}
         expected = built.compile_logp(mode=mode)(point)
         assert shared.compile_logp(mode=mode)(point) == pytest.approx(expected, rel=1e-12)

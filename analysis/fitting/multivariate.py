@@ -20,6 +20,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
+import pymc as pm
 import xarray as xr
 from scipy import stats
 
@@ -53,6 +54,7 @@ __all__ = [
     "fit_multivariate",
     "fit_multivariate_data",
     "gate_variables",
+    "multivariate_model",
     "prior_posterior_table",
     "rho_within_sensitivity",
     "univariate_from_dataset",
@@ -166,18 +168,7 @@ def fit_multivariate_data(
     """
     priors = priors or default_priors(data.measure)
     sampler = sampler or SamplerSettings()
-    model = build_multivariate_model(
-        data.yi,
-        data.S,
-        study=data.study,
-        outcome=data.outcome_ids,
-        priors=priors,
-        X=data.X,
-        coef_names=data.coef_names,
-        parameterisation=parameterisation,
-        structure=structure,
-        rho_within_prior=priors.rho_within if data.rho_within_estimated else None,
-    )
+    model = multivariate_model(data, priors, structure=structure, parameterisation=parameterisation)
     var_names = gate_variables(structure, data)
     idata, used, retried = sample_with_retry(model, var_names, seed=seed, sampler=sampler, progressbar=progressbar)
     diagnostics = diagnose(idata, var_names)
@@ -252,6 +243,24 @@ def prior_posterior_table(post: xr.DataTree, marginals: dict[str, tuple[float, f
             "contraction": 1.0 - summary["sd"] ** 2 / float(prior.var()),
         }
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def multivariate_model(
+    data: MultivariateData, priors: PriorSet, *, structure: str = "unstructured", parameterisation: str = "marginal"
+) -> pm.Model:
+    """The PyMC model of ``data``; ρ_w gets its prior if the data say it is estimated."""
+    return build_multivariate_model(
+        data.yi,
+        data.S,
+        study=data.study,
+        outcome=data.outcome_ids,
+        priors=priors,
+        X=data.X,
+        coef_names=data.coef_names,
+        parameterisation=parameterisation,
+        structure=structure,
+        rho_within_prior=priors.rho_within if data.rho_within_estimated else None,
+    )
 
 
 def gate_variables(structure: str, data: MultivariateData) -> list[str]:

@@ -19,6 +19,7 @@ from analysis.inference.certainty import Certainty, Evidence, rate
 from analysis.inference.reporting_bias_calibration import reporting_bias_flag_calibrated
 from analysis.report.artifacts import OutcomeArtifacts, RunResult
 from analysis.report.tables import markdown_table
+from analysis.results.multivariate import reporting_bias_row
 from analysis.results.random_effects import MetaAnalysisResult
 
 __all__ = ["conclusions_section", "outcome_evidence", "robustness_range"]
@@ -59,8 +60,7 @@ def outcome_evidence(fit: MetaAnalysisResult, dataset: Dataset, multivariate: di
 
 def _calibrated_reporting_bias_z(oid: str, multivariate: dict | None) -> float | None:
     """z of the outcome-reporting-bias diagnostic if it flagged ``oid`` and the flag is calibrated."""
-    rows = [] if multivariate is None else multivariate.get("reporting_bias", [])
-    row = next((r for r in rows if r["outcome"] == oid), None)
+    row = reporting_bias_row(multivariate, oid)
     if row is None or not row["flagged"] or not reporting_bias_flag_calibrated():
         return None
     return float(row["z"])
@@ -149,10 +149,9 @@ def _publication_bias_text(small_study: dict | None, e: Evidence, fit: MetaAnaly
 
 def _reporting_bias_text(oid: str, multivariate: dict | None) -> str:
     """The multivariate model's outcome-reporting-bias contrast for this outcome, if it was assessed."""
-    rows = {} if multivariate is None else {r["outcome"]: r for r in multivariate.get("reporting_bias", [])}
-    if oid not in rows:
+    r = reporting_bias_row(multivariate, oid)
+    if r is None:
         return ""
-    r = rows[oid]
     verdict = "flagged" if r["flagged"] else "not flagged"
     status = "a calibrated flag" if reporting_bias_flag_calibrated() else "not a calibrated flag (README)"
     return (

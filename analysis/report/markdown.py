@@ -16,7 +16,7 @@ from analysis.report.rob_lines import rob_sensitivity_lines
 from analysis.report.tables import compare_markdown, interval, markdown_table
 from analysis.results.influence import format_influence
 from analysis.results.meta_regression import MIN_K_SUBGROUPS, SubgroupResults
-from analysis.results.multivariate import MultivariateResult
+from analysis.results.multivariate import MultivariateResult, reporting_bias_row
 from analysis.results.outcome import OutcomeAnalysis
 from analysis.results.random_effects import MetaAnalysisResult
 
@@ -657,8 +657,7 @@ def _reporting_bias_line(line: str, run: RunResult) -> str:
     """Fill an outcome's reporting-bias placeholder from the multivariate model's diagnostic (or say why not)."""
     for oid in run.outcomes:
         if line == REPORTING_BIAS_PLACEHOLDER.format(outcome=oid):
-            rows = [] if run.multivariate is None else run.multivariate.json.get("reporting_bias", [])
-            row = next((r for r in rows if r["outcome"] == oid), None)
+            row = reporting_bias_row(None if run.multivariate is None else run.multivariate.json, oid)
             if row is None:
                 return (
                     "Outcome-reporting bias (studies leaving this outcome out because it was not significant) is "

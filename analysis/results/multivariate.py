@@ -186,6 +186,12 @@ def _comparison_records(frame: pd.DataFrame) -> list[dict]:
     ]
 
 
+def reporting_bias_row(multivariate: dict | None, outcome: str) -> dict | None:
+    """The :func:`reporting_bias_records` entry of ``outcome`` in a multivariate fit's JSON dict, if assessed."""
+    rows = [] if multivariate is None else multivariate.get("reporting_bias", [])
+    return next((r for r in rows if r["outcome"] == outcome), None)
+
+
 def reporting_bias_records(frame: pd.DataFrame | None) -> list[dict]:
     """The diagnostic as JSON records: ``{outcome, missing_studies, difference: {mean, ..., q975}, ...}``."""
     if frame is None:

@@ -103,13 +103,13 @@ from analysis.checks.reporting_bias import Z_FLAG, reporting_bias
 from analysis.config import DEFAULT_DATASET, REPORTS_DIR
 from analysis.dataset import simulate_design as D
 from analysis.dataset.load import Outcome
-from analysis.fitting.multivariate import _add_log_likelihood, _univariate_exact, gate_variables
+from analysis.fitting.multivariate import _add_log_likelihood, _univariate_exact, gate_variables, multivariate_model
 from analysis.fitting.multivariate_data import DEFAULT_OUTCOMES, DEFAULT_RHO_WITHIN, MultivariateData
 from analysis.fitting.multivariate_structures import compare_structures
 from analysis.fitting.sampling import SamplerSettings, sample_with_retry
 from analysis.results.diagnostics import diagnose
 from analysis.studies.parallel import interleave, map_tasks
-from models.multivariate import STRUCTURES, build_multivariate_model, pad_missing, within_covariance
+from models.multivariate import STRUCTURES, pad_missing, within_covariance
 from models.priors import PriorSet, default_priors
 
 __all__ = [
@@ -342,15 +342,7 @@ def shared_data_model(data: MultivariateData, priors: PriorSet, structure: str) 
     RuntimeError
         If the four constants are not found exactly once each (the builder changed).
     """
-    model = build_multivariate_model(
-        data.yi,
-        data.S,
-        study=data.study,
-        outcome=data.outcome_ids,
-        priors=priors,
-        structure=structure,
-        rho_within_prior=priors.rho_within if data.rho_within_estimated else None,
-    )
+    model = multivariate_model(data, priors, structure=structure)
     reported, y, s_pad = pad_missing(data.yi, data.S)
     both = reported[:, :, None] * reported[:, None, :]
     targets = dict(zip(_SHARED_NAMES, (y, reported, both, s_pad * (1.0 - both))))
