@@ -93,8 +93,8 @@ def test_fit_all_exact_writes_figures_tables(tmp_path):
     fits = json.loads((tmp_path / "all.json").read_text())["fits"]
     assert set(fits) == {"BMD", "BV_TV", "Tb_N", "Tb_Sp", "Tb_Th", "Ct_Th", "ultimate_load"}
     for outcome in fits:
-        assert (out / "figures" / f"forest_{outcome}.png").stat().st_size > 10_000
-        assert (out / "figures" / f"forest_{outcome}.svg").exists()
+        assert (out / "figures" / f"forest_{outcome}.svg").stat().st_size > 10_000
+        assert not (out / "figures" / f"forest_{outcome}.png").exists()  # one format (issue 19)
     assert len(pd.read_csv(out / "tables" / "pooled_summary.csv")) == 7
 
 
@@ -163,4 +163,4 @@ def test_compare_saved_fits_and_standard_set(tmp_path, capsys):
     assert {"NUTS, default priors", "exact, default priors", "NUTS, arm-level likelihood", "frequentist DL"} <= set(
         std.index
     )
-    assert (tmp_path / "std" / "compare_forest.png").stat().st_size > 5_000
+    assert (tmp_path / "std" / "compare_forest.svg").stat().st_size > 5_000

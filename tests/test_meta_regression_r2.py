@@ -213,7 +213,7 @@ def test_at_min_k_the_tables_show_the_r2_posterior_and_the_count(flagship_subgro
     text = "\n".join(lines)
     assert "exploratory" in lines[0] and "28 subgroup comparisons" in lines[0]
     assert "with 28 comparisons in this report" in text and "Not shown" not in text
-    assert "R² of moderator [eti95]" in text and "figures/subgroups_BV_TV.png" in text
+    assert "R² of moderator [eti95]" in text and "figures/subgroups_BV_TV.svg" in text
     r2 = fits["engineered"].R2
     shown = f"{100 * r2['median']:.0f}% [{100 * r2['q025']:.0f}%, {100 * r2['q975']:.0f}%]"
     assert shown in text

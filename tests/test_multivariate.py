@@ -338,7 +338,11 @@ def test_rho_within_sensitivity_shape(dataset, monkeypatch):
         "q025",
         "q975",
         "converged",
+        "method",
+        "pareto_k",
+        "ess",
     ]
+    assert set(table["method"]) == {"refit"}  # no fit given: nothing to reweight
     assert table.groupby("rho_within")["mean"].first().index.tolist() == list(mv.RHO_WITHIN_GRID)
     mu = table[table["parameter"] == "mu"]
     np.testing.assert_allclose(mu["mean"], mu["rho_within"])

@@ -46,13 +46,13 @@ def test_report_files_complete(run_and_report):
         "tables/prior_grid.csv",
         "fits/nuts.json",
         "fits/exact.json",
-        "figures/risk_of_bias.png",
+        "figures/risk_of_bias.svg",
         "figures/pooled_summary.svg",
     ):
         assert (out / name).is_file(), name
     for oid in run.outcomes:
         for stem in ("forest", "ppc", "ppc_stats", "psense", "prior_grid", "compare"):
-            assert (out / "figures" / f"{stem}_{oid}.png").stat().st_size > 5_000, (stem, oid)
+            assert (out / "figures" / f"{stem}_{oid}.svg").stat().st_size > 5_000, (stem, oid)
         assert (out / "posteriors" / f"{oid}.nc").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest) >= {

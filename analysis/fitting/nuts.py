@@ -41,6 +41,8 @@ __all__ = ["CACHE_SIZE", "clear_cache", "compiled_model", "model_fingerprint", "
 #: Compiled models kept per process (least recently used are dropped first).
 CACHE_SIZE = 16
 _CACHE: OrderedDict[tuple[str, tuple[str, ...] | None], object] = OrderedDict()
+#: Seconds this process has spent compiling models (nutpie), for the run's "where the time goes".
+_COMPILE_SECONDS = [0.0]
 
 
 def _outputs(model: pm.Model) -> list:
@@ -89,6 +91,11 @@ def _fingerprint(model: pm.Model, outputs: list) -> str:
     return digest.hexdigest()
 
 
+def compile_seconds() -> float:
+    """Seconds this process has spent in nutpie's model compilation so far (cache misses only)."""
+    return _COMPILE_SECONDS[0]
+
+
 def clear_cache() -> None:
     """Drop every compiled model of this process."""
     _CACHE.clear()
@@ -114,7 +121,9 @@ def compiled_model(model: pm.Model, var_names: Sequence[str] | None = None) -> C
     key = (_fingerprint(model, outputs), None if var_names is None else tuple(var_names))
     compiled = _CACHE.get(key)
     if compiled is None:
+        started = time.perf_counter()
         compiled = nutpie.compile_pymc_model(model, var_names=None if var_names is None else list(var_names))
+        _COMPILE_SECONDS[0] += time.perf_counter() - started
         _CACHE[key] = compiled
         while len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)

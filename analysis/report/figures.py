@@ -1,14 +1,14 @@
 """File names of the report's figures: the one place that both the writers and the report text use.
 
 A figure is named by its kind and, for per-outcome figures, the outcome id (``forest_BMD``); it is
-written as ``figures/<stem>.png`` and ``.svg`` and the report links the PNG.
+written as ``figures/<stem>.svg``, the file the report links.
 """
 
 from __future__ import annotations
 
 FIGURES_DIR = "figures"
 #: The format the report (Markdown and HTML) embeds.
-LINKED_FORMAT = "png"
+LINKED_FORMAT = "svg"
 
 #: Per-outcome figure kinds: file-name prefix -> the report's caption (alt text).
 OUTCOME_FIGURES = {
@@ -57,11 +57,11 @@ INFLUENCE_ROWS = 25
 
 
 def figure_path(kind: str, outcome: str | None = None, fmt: str = LINKED_FORMAT) -> str:
-    """Path of a figure relative to the report folder: ``figures/forest_BMD.png``."""
+    """Path of a figure relative to the report folder: ``figures/forest_BMD.svg``."""
     return f"{FIGURES_DIR}/{figure_stem(kind, outcome)}.{fmt}"
 
 
 def figure_link(kind: str, outcome: str | None = None) -> str:
-    """Markdown image of a figure with its caption: ``![Forest plot of BMD](figures/forest_BMD.png)``."""
+    """Markdown image of a figure with its caption: ``![Forest plot of BMD](figures/forest_BMD.svg)``."""
     alt = OUTCOME_FIGURES[kind].format(outcome=outcome) if outcome is not None else RUN_FIGURES[kind]
     return f"![{alt}]({figure_path(kind, outcome)})"

@@ -38,9 +38,10 @@ def _inline(text: str) -> str:
 def _image(match: re.Match, folder: Path) -> str:
     src = match["src"]
     path = folder / src
-    if path.suffix.lower() == ".png" and path.is_file():
+    kinds = {".png": "image/png", ".svg": "image/svg+xml"}
+    if path.suffix.lower() in kinds and path.is_file():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        src = f"data:image/png;base64,{data}"
+        src = f"data:{kinds[path.suffix.lower()]};base64,{data}"
     return f'<figure><img src="{src}" alt="{html.escape(match["alt"])}"></figure>'
 
 

@@ -565,8 +565,8 @@ def _forest_lines(oid: str, r: MetaAnalysisResult) -> list[str]:
     return [
         figure_link("caterpillar", oid),
         "",
-        f"The forest plot of all {r.k} studies is a tall figure of its own: `{figure_path('forest', oid)}` "
-        f"(and `.svg`); the study effects are in `tables/studies_{oid}.csv`.",
+        f"The forest plot of all {r.k} studies is a tall figure of its own: `{figure_path('forest', oid)}`; "
+        f"the study effects are in `tables/studies_{oid}.csv`.",
         "",
     ]
 

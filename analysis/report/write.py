@@ -242,7 +242,7 @@ def _keep_foreign_files(out_dir: Path, stage: Path) -> None:
 def write_run_report(run: RunResult, out_dir: Path, *, elapsed: float) -> Path:
     """Write the whole report of a run to ``out_dir`` (replaced only once complete).
 
-    Layout: ``report.md``, ``report.html`` (self-contained), ``manifest.json``, ``figures/`` (PNG + SVG),
+    Layout: ``report.md``, ``report.html`` (self-contained), ``manifest.json``, ``figures/`` (SVG),
     ``tables/`` (CSV), ``fits/`` (JSON: NUTS, exact, PPC, subgroups), ``posteriors/`` (NetCDF DataTrees).
     """
     with staged_directory(Path(out_dir)) as stage:

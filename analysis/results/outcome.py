@@ -57,6 +57,7 @@ class OutcomeAnalysis:
     #: the pooled effect by SYRCLE risk-of-bias judgement (analysis.checks.risk_of_bias)
     rob: RobSensitivity | None = None
     seconds: float = 0.0
+    compile_seconds: float = 0.0
 
     @property
     def decision(self) -> DecisionQuantities | None:
