@@ -163,6 +163,7 @@ def test_meta_regression_graph_has_coefficients(tiny):
     assert np.isfinite(model.compile_logp()(model.initial_point()))
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_tiny_nuts_fit_result():
     _, result = tiny_arm_fit()
     out = json.loads(json.dumps(result.to_dict()))
@@ -195,6 +196,7 @@ def test_padded_layout_changes_the_log_density_by_a_constant_only(tiny):
         build_arm_level_model(data, tau_prior=TAU_PRIOR, beta_priors=[MU_PRIOR], layout=Layout(2, 11, 7))
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_fit_trims_the_padding_of_the_dataset_layout(tiny):
     assert dataset_layout(tiny).studies >= 3
     _, result = tiny_arm_fit()

@@ -71,6 +71,7 @@ def test_check_flags_below_its_level():
     assert set(check.to_dict()) >= {"name", "statistic", "p_value", "nominal_level", "flagged", "false_alarm_rate"}
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_check_fit_stores_the_checks_of_an_arm_fit():
     dataset, fit = tiny_arm_fit()
     ppc = check_fit(fit, dataset, seed=5)
@@ -103,6 +104,7 @@ def test_false_alarm_rates_are_the_committed_calibration_study():
         assert FALSE_ALARM_RATES[key] == (pytest.approx(rate), pytest.approx(mcse)), key
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_miscalibrated_and_unmeasured_checks_never_flag():
     dataset, fit = tiny_arm_fit()
     ppc = check_fit(fit, dataset, seed=5)

@@ -52,6 +52,7 @@ def fit():
     return fit_random_effects(load_dataset(DATA_DIR / "normand1999"), "length_of_stay", seed=3, sampler=QUICK)
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_identical_effects_give_q_ppp_one(fit):
     """If every study had the same effect, Q_obs = 0 and every replicate is at least as large."""
     fit_copy = type(fit)(**{**fit.__dict__, "studies": fit.studies.assign(yi=-0.5)})

@@ -115,6 +115,7 @@ def test_console_script_installed(tmp_path):
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_compare_saved_fits_and_standard_set(tmp_path, capsys):
     for name, prior in (("hn1", "halfnormal:1"), ("hc05", "halfcauchy:0.5")):
         assert (

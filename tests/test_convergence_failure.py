@@ -30,6 +30,7 @@ def failed_fit(tmp_path_factory):
     return fit_random_effects(dataset, "BMD", engine="nuts", seed=3, sampler=TOO_SHORT)
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_gate_failure_is_retried_once_then_marked_failed(failed_fit):
     assert failed_fit.retried is True
     assert failed_fit.converged is False
@@ -52,6 +53,7 @@ def test_failure_is_in_the_json_the_text_and_the_tables(failed_fit):
     assert not row["converged"] and row["diag_ess_bulk_min"] < ESS_BULK_MIN
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_cli_fit_exits_3_and_still_writes_the_marked_result(tmp_path, capsys):
     path = write_dataset(tmp_path)
     target = tmp_path / "fit.json"

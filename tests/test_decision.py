@@ -45,6 +45,7 @@ def test_new_study_needs_two_animals():
         DecisionSettings(planned_n=1)
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_decision_quantities_of_an_arm_fit():
     dataset, fit = tiny_arm_fit()
     post = fit.posterior.posterior
@@ -66,6 +67,7 @@ def test_decision_quantities_of_an_arm_fit():
     assert set(q.to_dict()) >= {"min_effect", "prob_mu_above_min", "prob_theta_new_benefit", "prob_replication"}
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_measure_without_default_needs_min_effect():
     dataset, fit = tiny_arm_fit()
     other = dataclasses.replace(fit, measure="logRR")

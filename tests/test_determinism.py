@@ -92,6 +92,7 @@ def fits(tmp_path_factory):
     return [fit_random_effects(dataset, "BMD", engine="nuts", seed=seed, sampler=SAMPLER) for seed in (1, 1, 2)]
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_same_seed_gives_identical_fit_json_and_csv_bytes(fits):
     first, again, _ = fits
     assert json_text(first.to_dict()) == json_text(again.to_dict())

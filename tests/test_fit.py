@@ -107,6 +107,7 @@ def test_bad_configuration_raises_before_sampling(normand):
         SamplerSettings(draws=0)
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_nuts_fit_has_diagnostics_and_theta(nuts_fit):
     assert nuts_fit.diagnostics is not None and nuts_fit.diagnostics.divergences == 0
     post = nuts_fit.posterior.posterior
@@ -115,6 +116,7 @@ def test_nuts_fit_has_diagnostics_and_theta(nuts_fit):
     assert set(nuts_fit.to_dict()["diagnostics"]) >= {"r_hat_max", "ess_bulk_min", "ess_tail_min", "divergences"}
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_same_seed_same_numbers(normand, nuts_fit):
     again = fit_random_effects(normand, "length_of_stay", engine="nuts", seed=11, sampler=QUICK)
     assert json.dumps(again.to_dict()) == json.dumps(nuts_fit.to_dict())
@@ -122,6 +124,7 @@ def test_same_seed_same_numbers(normand, nuts_fit):
     assert other.summaries["mu"]["mean"] != nuts_fit.summaries["mu"]["mean"]
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_posterior_saved_as_netcdf_datatree(tmp_path, nuts_fit):
     path = save_posterior(nuts_fit, tmp_path / "fit.nc")
     tree = xr.open_datatree(path)

@@ -124,6 +124,7 @@ def test_quadrature_over_log_sigma_has_converged(data):
     np.testing.assert_allclose(single, integrated_log_likelihood(data, mu, tau, np.zeros(500), nodes=40))
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_tiny_fit_leave_one_out_table():
     tiny, result = tiny_arm_fit()
     table = arm_leave_one_out(result, tiny)

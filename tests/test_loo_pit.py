@@ -57,6 +57,7 @@ def test_pit_of_studies_from_the_model_is_uniform_and_an_outlier_is_caught():
     assert 2 * min(pit[0], 1 - pit[0]) < 0.01
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_check_of_a_tiny_fit():
     tiny, fit = tiny_arm_fit()
     check = arm_loo_pit(fit, tiny, seed=3)

@@ -358,6 +358,7 @@ def test_json_layout_and_report_text(tiny) -> None:
         assert fragment in text, fragment
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_nuts_path_runs_and_records_diagnostics(tiny) -> None:
     """A short NUTS run exercises the sampling path (accuracy is the slow tests' business)."""
     result = fit_meta_regression(

@@ -55,6 +55,7 @@ def test_fingerprint_ignores_data_values_and_lengths_only():
     )
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_second_data_set_reuses_the_compiled_model_and_gets_its_own_posterior(compile_count):
     first = nuts.sample_nuts(_model(SMALL), seed=3, **SETTINGS)
     second = nuts.sample_nuts(_model(LARGE), seed=3, **SETTINGS)
@@ -66,6 +67,7 @@ def test_second_data_set_reuses_the_compiled_model_and_gets_its_own_posterior(co
         assert abs(float(draws.posterior["mu"].mean()) - exact) <= MCSE_MULTIPLE * mcse
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_draws_through_the_cache_equal_draws_after_a_fresh_compile(compile_count):
     nuts.sample_nuts(_model(SMALL), seed=5, **SETTINGS)
     cached = nuts.sample_nuts(_model(LARGE), seed=5, **SETTINGS)
@@ -76,6 +78,7 @@ def test_draws_through_the_cache_equal_draws_after_a_fresh_compile(compile_count
     np.testing.assert_array_equal(cached.posterior["tau"].to_numpy(), fresh.posterior["tau"].to_numpy())
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_result_has_the_groups_of_pm_sample(compile_count):
     idata = nuts.sample_nuts(_model(SMALL), seed=1, **SETTINGS)
     assert {"posterior", "sample_stats", "observed_data"} <= set(idata.children)
@@ -83,6 +86,7 @@ def test_result_has_the_groups_of_pm_sample(compile_count):
     np.testing.assert_array_equal(idata.observed_data["y"].to_numpy(), SMALL[0])
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_draws_carry_the_labels_of_their_own_model(compile_count):
     """A cached compiled model knows the coordinates of the model it was compiled from; the draws must not."""
     import pymc as pm

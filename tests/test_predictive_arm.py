@@ -91,6 +91,7 @@ def test_observed_comparisons_are_the_effect_table_rows(tiny):
     np.testing.assert_allclose(observed["vi"], expected["vi"], atol=1e-12)
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_check_of_a_tiny_arm_level_fit():
     tiny, fit = tiny_arm_fit()
     check = arm_posterior_predictive_check(fit, tiny, seed=3)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import pytest
 
 import analysis
 
@@ -36,6 +37,7 @@ def test_importing_the_package_does_not_import_pymc():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_readme_example_runs_as_written(tmp_path, monkeypatch, capsys):
     matplotlib.use("Agg")
     os.symlink(ROOT / "data", tmp_path / "data")

@@ -32,6 +32,30 @@ def run_and_report(tmp_path_factory):
     return run, out
 
 
+@pytest.fixture(scope="module")
+def exact_run_and_report(tmp_path_factory):
+    """The same dataset through ``evmeta run --engine exact``: no NUTS compile, so it stays in the fast suite."""
+    root = tmp_path_factory.mktemp("exact_report")
+    run = run_analysis(write_dataset(root), seed=3, engine="exact", workers=1, use_cache=False)
+    out = write_run_report(run, root / "reports", elapsed=1.0)
+    return run, out
+
+
+def test_exact_engine_report_files_and_links(exact_run_and_report):
+    run, out = exact_run_and_report
+    for name in ("report.md", "report.html", "manifest.json", "tables/pooled_summary.csv", "fits/exact.json"):
+        assert (out / name).is_file(), name
+    for oid in run.outcomes:
+        for stem in ("forest", "prior_grid", "compare"):
+            assert (out / "figures" / f"{stem}_{oid}.svg").stat().st_size > 5_000, (stem, oid)
+    text = (out / "report.md").read_text()
+    assert text.index("SIMULATED DATA") < text.index("## Conclusions") < text.index("## Methods")
+    links = re.findall(r"\]\((figures/[^)]+)\)", text)
+    assert links and all((out / src).is_file() for src in links), links
+    assert not list(out.parent.glob(".reports.tmp-*"))
+
+
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_report_files_complete(run_and_report):
     run, out = run_and_report
     for name in (
@@ -69,6 +93,7 @@ def test_report_files_complete(run_and_report):
     assert not list(out.parent.glob(".reports.tmp-*"))  # staging folder gone
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_report_markdown_states_provenance_priors_intervals(run_and_report):
     run, out = run_and_report
     text = (out / "report.md").read_text()
@@ -92,6 +117,7 @@ def test_report_markdown_states_provenance_priors_intervals(run_and_report):
         assert (out / src).is_file(), src
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_failed_fit_is_flagged_at_the_top(run_and_report):
     run, _ = run_and_report
     oid, artifacts = next(iter(run.outcomes.items()))
@@ -109,9 +135,10 @@ def test_failed_fit_is_flagged_at_the_top(run_and_report):
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)"
 )
-def test_html_report_in_headless_chromium(run_and_report):
-    """Load report.html in a real browser: every figure must be decoded and visible."""
-    _, out = run_and_report
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
+def test_html_report_in_headless_chromium(exact_run_and_report):
+    """Load report.html in a real browser: every figure (SVG, embedded) must be decoded and visible."""
+    _, out = exact_run_and_report
     probe = out.parent / "probe.html"
     script = (
         "<script>window.addEventListener('load',()=>{const r=[...document.images].map(i=>{"
@@ -165,8 +192,9 @@ def test_a_run_keeps_other_reports_and_files_in_its_folder(tmp_path):
     assert kept == ["benchmark.json", "other/figures/a.png", "other/report.md"]
 
 
-def test_conclusions_have_one_rated_row_per_outcome(run_and_report):
-    run, out = run_and_report
+@pytest.mark.parametrize("which", ["exact_run_and_report", pytest.param("run_and_report", marks=pytest.mark.slow)])
+def test_conclusions_have_one_rated_row_per_outcome(which, request):
+    run, out = request.getfixturevalue(which)
     text = (out / "report.md").read_text()
     block = text[text.index("## Conclusions") : text.index("## Methods")]
     rows = [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| outcome")]

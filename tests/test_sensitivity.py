@@ -23,6 +23,7 @@ def fit():
     return fit_random_effects(dataset, "length_of_stay", seed=5, sampler=SamplerSettings(draws=500, tune=500, chains=2))
 
 
+@pytest.mark.slow  # NUTS sampling: compiles a model (issue 19: real sampling under -m slow)
 def test_power_scaling_uses_only_top_level_priors(fit):
     table = power_scaling(fit)
     assert list(table.index) == ["mu", "tau"]

@@ -1,18 +1,28 @@
 """Benchmark of evmeta on the default dataset: ``python -m analysis.studies.benchmark`` (or ``evmeta benchmark``).
 
-Measures, on this machine: the full ``evmeta run`` cold (empty cache) and warm (nothing
-changed), as real subprocesses with their peak memory; the stage timings the cold run records
-in its manifest; compile time versus sampling time of one univariate fit (nutpie, and PyMC's
-own sampler for comparison); the exact
-engine per outcome; and the multivariate model over all outcomes (``evmeta fit --model
-multivariate --outcomes all``) as a child process, with its own peak memory against the limits
-:data:`MULTIVARIATE_ALL_WALL_LIMIT_S` and :data:`MULTIVARIATE_ALL_RSS_LIMIT_MIB`; and one
-bias-averaged fit per flagship outcome against R's RoBMA default ensemble on the same data
-(:func:`bias_averaged_vs_robma`; RoBMA's wall times are those recorded in
-``../shared/reference/robma_reference.json``, not re-measured: RoBMA and JAGS are not installed
-here). ``--only bias-averaged`` runs that part alone and updates its key in the JSON. Writes
-``reports/benchmark.json`` and prints a Markdown table for the README. Timings are measured here,
-never asserted in tests.
+Measures, on this machine and in one run, so that the targets of issue 19 are ratios (absolute
+times differ about 2x between machines of the same kind):
+
+* ``evmeta run`` on a copy of the default dataset as child processes: cold (empty result cache),
+  unchanged rerun, and reruns after editing one outcome's rows (one outside the multivariate model,
+  then one inside it), each with its wall time and peak memory summed over its process tree;
+* where the cold run's time went (its manifest: fits, compile, figures, multivariate job);
+* R's brms compiling and sampling one random-effects meta-analysis of one outcome in a fresh
+  ``Rscript`` (``r/brms_one_fit.R``, a copy of ``../shared/reference/brms_one_fit.R``) and R's
+  ``bayesmeta()`` per outcome against the exact engine on the same effects (``r/bayesmeta_timing.R``),
+  when ``Rscript`` and those packages are installed (otherwise recorded as not measured, with why);
+* the fast test suite (the README's test command) as a child process;
+* compile against sampling time of one univariate fit (nutpie, and PyMC's own sampler);
+* the multivariate model over all outcomes (``evmeta fit --model multivariate --outcomes all``) as a
+  child process with its own peak memory against :data:`MULTIVARIATE_ALL_WALL_LIMIT_S` and
+  :data:`MULTIVARIATE_ALL_RSS_LIMIT_MIB`, with this machine's compile cache and an empty one;
+* one bias-averaged fit per flagship outcome against R's RoBMA default ensemble on the same data
+  (:func:`bias_averaged_vs_robma`; RoBMA's wall times are those recorded in
+  ``../shared/reference/robma_reference.json``, not re-measured: RoBMA and JAGS are not installed here).
+
+``--only bias-averaged`` runs that part alone and updates its key in the JSON; ``--no-suite`` skips
+the test suite. Writes ``reports/benchmark.json`` (with the target ratios under ``ratios``) and
+prints a Markdown table for the README. Timings are measured here, never asserted in tests.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -253,12 +264,21 @@ def bayesmeta_vs_exact(effects_csv: Path, repeats: int = 20) -> dict:
     return {"available": True, "outcomes": rows, "min_speedup": min(r["speedup"] for r in rows.values())}
 
 
+def readme_pytest_args(readme: Path) -> list[str]:
+    """The arguments of ``python -m pytest`` in the README's test command (the line after ``<!-- test-command -->``)."""
+    lines = readme.read_text(encoding="utf-8").splitlines()
+    command = next(lines[i + 2] for i, line in enumerate(lines) if line.strip() == "<!-- test-command -->")
+    return shlex.split(command.split("-m pytest", 1)[1])
+
+
 def fast_suite() -> dict:
-    """The README's test command (``python -m pytest``, the fast suite) as a child process: wall time, result."""
+    """The README's test command (the fast suite) as a child process, quiet and without a cache folder."""
     root = Path(__file__).resolve().parents[2]
-    measured = run_measured([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=root, timeout=3600)
+    args = [*readme_pytest_args(root / "README.md"), "-q", "-p", "no:cacheprovider"]
+    measured = run_measured([sys.executable, "-m", "pytest", *args], cwd=root, timeout=3600)
     summary = [line for line in measured["stdout_tail"].splitlines() if " passed" in line or " failed" in line]
     return {
+        "command": " ".join(["python -m pytest", *args]),
         "wall_seconds": measured["wall_seconds"],
         "exit_code": measured["exit_code"],
         "summary": summary[-1].strip("= ") if summary else "",
