@@ -116,6 +116,7 @@ def test_flagship_truth_is_the_mean_effect_of_the_reporting_studies(tmp_path):
     assert shifted > 0  # some outcome subsets do not average the moderator contributions to zero
 
 
+@pytest.mark.slow  # runs a simulation study (issue 19: simulation studies under -m slow)
 def test_one_flagship_replicate_with_the_exact_candidates():
     (task,) = make_tasks("flagship", 1, seed=3, candidates=EXACT_CANDIDATES)
     rows = pd.DataFrame(run_replicate(task))

@@ -258,6 +258,7 @@ def test_plot_is_titled_exploratory_and_warns_below_min_k(flagship_subgroups) ->
 # --- the measurement script -----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs a simulation study (issue 19: simulation studies under -m slow)
 def test_measurement_script_on_one_seed() -> None:
     runs = subgroup_r2.simulate_and_fit(5)
     assert list(runs.columns) == list(subgroup_r2.COLUMNS)

@@ -121,6 +121,7 @@ def uninformative_rows() -> pd.DataFrame:
     return sc.run_calibration([ONE_CUT], reps=60, seed=3, vi=np.full(3, 1e8))
 
 
+@pytest.mark.slow  # runs a simulation study (issue 19: simulation studies under -m slow)
 def test_pits_of_a_small_run_match_the_known_answer(uninformative_rows):
     rows = uninformative_rows
     assert len(rows) == 60 and (rows["error"] == "").all() and rows["seed"].nunique() == 60
@@ -153,6 +154,7 @@ def _shifted_pits(task: sc.CalibrationTask, shift: float) -> dict:
     return sc.posterior_pits(model, integral, truth)
 
 
+@pytest.mark.slow  # runs a simulation study (issue 19: simulation studies under -m slow)
 def test_a_wrong_posterior_is_caught():
     """Same seeds, flagship variances: the right posterior passes, data shifted by +0.5 fail."""
     tasks = sc.make_tasks(ONE_CUT, 30, 11, sc.flagship_vi(), sc.default_priors())

@@ -71,6 +71,7 @@ def _significant_from_arms(sim: SimulatedDataset, outcome: str, direction: int, 
     return int(count)
 
 
+@pytest.mark.slow  # runs a simulation study (issue 19: simulation studies under -m slow)
 def test_per_seed_frame_matches_the_simulated_dataset(seed1, tmp_path):
     sim = simulate_dataset(SEED)
     truth = sim.truth
@@ -110,6 +111,7 @@ def test_per_seed_frame_matches_the_simulated_dataset(seed1, tmp_path):
     assert by["analysed"].all() and (by["n_significant"] <= by["k"]).all()
 
 
+@pytest.mark.slow  # runs a simulation study (issue 19: simulation studies under -m slow)
 def test_error_coverage_and_evidence_columns(seed1, default_runs):
     runs = pd.concat([seed1, default_runs], ignore_index=True)
     for estimator in ESTIMATORS:
@@ -127,6 +129,7 @@ def test_error_coverage_and_evidence_columns(seed1, default_runs):
     assert runs["prob_benefit"].between(0, 1).all() and (runs["fit_seconds"] > 0).all()
 
 
+@pytest.mark.slow  # runs a simulation study (issue 19: simulation studies under -m slow)
 def test_default_seed_reproduces_the_known_tb_n_numbers(default_runs):
     """The default dataset's Tb_N: k = 6 (3 of 9 omitted, all six significant).
 

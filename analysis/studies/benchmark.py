@@ -236,11 +236,12 @@ def brms_one_fit(effects_csv: Path, outcome: str = BRMS_OUTCOME) -> dict:
     }
 
 
-def bayesmeta_vs_exact(effects_csv: Path, repeats: int = 20) -> dict:
+def bayesmeta_vs_exact(effects_csv: Path, repeats: int = 3) -> dict:
     """Per outcome: median time of R's ``bayesmeta()`` and of evmeta's exact engine on the same effects and priors.
 
-    Both are timed inside their own process (no start-up), each the median of ``repeats`` fits with all
-    summaries (evmeta: :func:`~analysis.fitting.random_effects.fit_random_effects`, engine ``exact``).
+    Both are timed inside their own process (no start-up): bayesmeta the median of ``repeats`` fits (it
+    takes seconds per fit), evmeta the median of 20, each fit with all summaries (evmeta:
+    :func:`~analysis.fitting.random_effects.fit_random_effects`, engine ``exact``).
     The posterior means of μ are recorded as a check that both fitted the same model.
     """
     missing = r_package_available("bayesmeta")
@@ -250,7 +251,7 @@ def bayesmeta_vs_exact(effects_csv: Path, repeats: int = 20) -> dict:
     found = re.findall(r"bayesmeta (\S+) k=(\d+) median_s=([\d.]+) mu=(-?[\d.]+)", measured["stdout_tail"])
     if measured["exit_code"] != 0 or not found:
         return {"available": False, "reason": f"bayesmeta failed: {measured['stderr_tail'][-500:]}"}
-    ours = exact_per_outcome(repeats)
+    ours = exact_per_outcome()
     rows = {}
     for oid, k, seconds, mu in found:
         rows[oid] = {
@@ -701,13 +702,13 @@ def stages_from_manifest(out: Path) -> dict:
 
     stages = {
         f"outcome fits + checks, summed over the {len(manifest['fits'])} outcome jobs": total("analysis"),
-        "  of which compiling models (nutpie/numba)": total("compile"),
+        "outcome fits: of which compiling models (nutpie/numba)": total("compile"),
         "outcome figures, summed over outcomes": total("figures"),
     }
     mv = (manifest.get("multivariate") or {}).get("timings_seconds", {})
     if mv:
         stages["multivariate job (structures, LOO, rho_w sensitivity)"] = mv.get("analysis", 0.0)
-        stages["  of which compiling models (nutpie/numba)"] = mv.get("compile", 0.0)
+        stages["multivariate job: of which compiling models (nutpie/numba)"] = mv.get("compile", 0.0)
         stages["multivariate figures"] = mv.get("figures", 0.0)
     stages["analysis wall time (2 worker processes)"] = manifest["timings_seconds"].get("analysis", 0.0)
     return stages
