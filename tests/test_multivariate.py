@@ -36,6 +36,7 @@ from analysis.fitting.nuts import model_fingerprint
 from analysis.fitting.sampling import SamplerSettings
 from analysis.plots.multivariate import borrowing_plot, correlation_heatmap, prior_posterior_plot, reporting_bias_plot
 from analysis.report.markdown import multivariate_section
+from analysis.results.multivariate import SUMMARY_COLUMNS
 from analysis.studies.benchmark import run_measured
 from models.multivariate import (
     build_multivariate_model,
@@ -473,3 +474,29 @@ def test_no_default_multivariate_outcomes_when_no_two_studies_share_them(tmp_pat
 
     tiny = load_dataset(write_dataset(tmp_path))  # BMD (3 studies) and Tb_Sp (1 study, also reporting BMD)
     assert default_outcomes(tiny, compute_effects(tiny)) == []
+
+
+def test_rho_within_grid_reweights_an_estimated_fit(dataset, quick_fit, monkeypatch):
+    """The grid from the rho_w-estimated fit's draws (synthetic here): refits exactly where k-hat > 0.7."""
+
+    def stub(data, **_):
+        frame = pd.DataFrame({c: data.rho_within for c in SUMMARY_COLUMNS}, index=data.outcome_ids)
+        return SimpleNamespace(mu=frame, tau=frame, rho=quick_fit.rho[SUMMARY_COLUMNS] * 0.0, converged=True)
+
+    monkeypatch.setattr(mv, "fit_multivariate_data", stub)
+    table = mv.rho_within_sensitivity(dataset, fit=quick_fit, structure=quick_fit.structure)
+    per_value = table.groupby("rho_within").first()
+    assert per_value.index.tolist() == list(mv.RHO_WITHIN_GRID)
+    assert ((per_value["method"] == "refit") == (per_value["pareto_k"] > 0.7)).all(), per_value
+    reweighted = table[table["method"] == "reweighted"]
+    n = quick_fit.posterior.posterior.sizes["chain"] * quick_fit.posterior.posterior.sizes["draw"]
+    assert ((reweighted["ess"] > 0) & (reweighted["ess"] <= n)).all()
+    assert (reweighted["q025"] <= reweighted["median"]).all() and (reweighted["median"] <= reweighted["q975"]).all()
+    assert set(table["outcome"]) == set(quick_fit.mu.index) | set(quick_fit.rho.index)
+
+
+def test_rho_within_grid_refuses_to_reweight_a_fit_with_fixed_rho_within(dataset, quick_fit):
+    fixed = quick_fit.posterior.copy()
+    fixed["posterior"] = xr.DataTree(fixed.posterior.to_dataset().drop_vars("rho_within"))
+    with pytest.raises(ValueError, match="rho_within estimated"):
+        mv.rho_within_sensitivity(dataset, fit=SimpleNamespace(posterior=fixed))
